@@ -1,0 +1,286 @@
+"""Load diffusers pipelines and reach their denoisers.
+
+``load_pipeline`` accepts three kinds of source:
+
+* a built-in name: ``"toy"`` (the trained DiffShapes model shipped in the package) or one of
+  the tiny random-initialised pipelines of :mod:`denoisefeat.tiny`;
+* a local folder written by ``pipeline.save_pretrained`` (it holds a ``model_index.json``);
+* a Hugging Face Hub id (``"stable-diffusion-v1-5/stable-diffusion-v1-5"``), loaded with diffusers'
+  own ``from_pretrained``.  Without network access this fails with a message that names the id
+  and says how to use a local copy instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "ClassConditionalImagePipeline",
+    "ModelSourceError",
+    "denoiser_of",
+    "load_pipeline",
+    "pipeline_family",
+]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+TOY_WEIGHTS = Path(__file__).parent / "toy" / "weights"
+
+
+class ModelSourceError(ValueError):
+    """A model source that cannot be loaded: unknown name, missing folder, unreachable hub id."""
+
+
+class ClassConditionalImagePipeline(DiffusionPipeline):
+    """A pixel-space pipeline for a class-conditional ``UNet2DModel``, with classifier-free guidance.
+
+    diffusers' ``DDPMPipeline``/``DDIMPipeline`` take no class labels; this is the same loop with
+    ``class_labels`` passed to the UNet.  ``null_class`` is the label the model was trained with for
+    "no condition" (classifier-free dropout): sampling with it is unconditional sampling, and
+    guidance mixes the conditional and the null prediction.
+
+    Parameters
+    ----------
+    unet : diffusers.UNet2DModel
+        A UNet with ``num_class_embeds`` set (labels ``0 … num_class_embeds − 1``).
+    scheduler : diffusers.SchedulerMixin
+    null_class : int, optional
+        The unconditional label; defaults to ``num_class_embeds − 1``.
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet, scheduler, null_class: int | None = None):
+        super().__init__()
+        if unet.config.num_class_embeds is None:
+            raise ValueError("ClassConditionalImagePipeline needs a UNet2DModel with num_class_embeds set.")
+        if null_class is None:
+            null_class = unet.config.num_class_embeds - 1
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_to_config(null_class=int(null_class))
+
+    @property
+    def null_class(self) -> int:
+        return self.config.null_class
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels,
+        *,
+        guidance_scale: float = 1.0,
+        generator=None,
+        num_inference_steps: int = 50,
+        eta: float = 0.0,
+        output_type: str = "np",
+    ) -> ImagePipelineOutput:
+        """Sample one image per label.
+
+        Parameters
+        ----------
+        class_labels : sequence of int
+            One label per image; ``null_class`` samples unconditionally.
+        guidance_scale : float
+            Classifier-free guidance weight; ``1`` (the default) means no guidance.
+        generator : torch.Generator or list of torch.Generator, optional
+            One generator per image makes each image independent of the others in the batch.
+        num_inference_steps : int
+        eta : float
+            DDIM's η (ignored by schedulers that do not take it).
+        output_type : {"np", "pt"}
+            Images as a float array (N, H, W, 3) in [0, 1], or a tensor (N, 3, H, W) in [0, 1].
+
+        Returns
+        -------
+        diffusers.ImagePipelineOutput
+        """
+        import inspect
+
+        labels = torch.as_tensor(list(class_labels), device=self._execution_device).long()
+        size = self.unet.config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (len(labels), self.unet.config.in_channels, *size)
+        x = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
+        x = x * self.scheduler.init_noise_sigma
+        guided = guidance_scale != 1.0
+        null = torch.full_like(labels, self.null_class)
+        model_labels = torch.cat([null, labels]) if guided else labels
+        step_kwargs = {}
+        step_params = set(inspect.signature(self.scheduler.step).parameters)
+        if "generator" in step_params:
+            step_kwargs["generator"] = generator
+        if "eta" in step_params:
+            step_kwargs["eta"] = eta
+        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_input = torch.cat([x, x]) if guided else x
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            out = self.unet(model_input, t, class_labels=model_labels, return_dict=False)[0]
+            if guided:
+                uncond, cond = out.chunk(2)
+                out = uncond + guidance_scale * (cond - uncond)
+            x = self.scheduler.step(out, t, x, **step_kwargs).prev_sample
+        images = (x / 2 + 0.5).clamp(0, 1)
+        if output_type == "np":
+            images = images.permute(0, 2, 3, 1).float().cpu().numpy()
+        return ImagePipelineOutput(images=images)
+
+
+#: Names ``load_pipeline`` accepts without a folder or a network: the trained toy model and the
+#: tiny random-initialised pipelines of :mod:`denoisefeat.tiny`.
+BUILTIN_MODELS = ("toy", "tiny-unet", "tiny-class-unet", "tiny-sd", "tiny-sdxl", "tiny-dit")
+
+
+def load_pipeline(source: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """Load a diffusers pipeline from a built-in name, a local folder or a Hub id.
+
+    Parameters
+    ----------
+    source : str or path
+        ``"toy"`` (the trained DiffShapes model, offline), a tiny built-in (``"tiny-unet"``,
+        ``"tiny-class-unet"``, ``"tiny-sd"``, ``"tiny-sdxl"``, ``"tiny-dit"``), a folder written by
+        ``save_pretrained``, or a Hub id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``.
+    device : str or torch.device
+        Where to put the pipeline.
+    dtype : torch.dtype, optional
+        Weights' dtype (e.g. ``torch.float16`` on a GPU); default: as stored (float32 for built-ins).
+
+    Returns
+    -------
+    diffusers.DiffusionPipeline
+
+    Raises
+    ------
+    ModelSourceError
+        Unknown built-in name, missing or non-pipeline folder, or a Hub id that cannot be reached
+        (the message says how to download it and pass the local folder instead).
+    """
+    pipe = _load(source, dtype=dtype)
+    pipe = pipe.to(device)
+    if dtype is not None:
+        pipe = pipe.to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    return pipe
+
+
+def _load(source, *, dtype):
+    from denoisefeat.tiny import TINY_BUILDERS
+
+    text = str(source)
+    if text == "toy":
+        return _load_toy(dtype=dtype)
+    if text in TINY_BUILDERS:
+        return TINY_BUILDERS[text]()
+    path = Path(text).expanduser()
+    if path.exists():
+        return _load_folder(path, dtype=dtype)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text:
+        raise ModelSourceError(f"Model folder {text!r} does not exist.")
+    if _HUB_ID.match(text):
+        return _load_hub(text, dtype=dtype)
+    close = difflib.get_close_matches(text, BUILTIN_MODELS, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ModelSourceError(
+        f"Unknown model source {text!r}.{hint} Give a built-in name ({', '.join(BUILTIN_MODELS)}), "
+        "a folder written by save_pretrained, or a Hugging Face Hub id like 'org/name'."
+    )
+
+
+def _load_folder(path: Path, *, dtype):
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelSourceError(
+            f"{str(path)!r} is not a diffusers pipeline folder (it has no model_index.json). "
+            "Pass the folder that pipeline.save_pretrained(...) wrote."
+        )
+    class_name = json.loads(index.read_text()).get("_class_name")
+    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    if class_name == ClassConditionalImagePipeline.__name__:
+        return ClassConditionalImagePipeline.from_pretrained(path, use_safetensors=True, **kwargs)
+    try:
+        return DiffusionPipeline.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as error:
+        raise ModelSourceError(f"Could not load the pipeline in {str(path)!r}: {error}") from error
+
+
+def _load_hub(repo_id: str, *, dtype):
+    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    try:
+        return DiffusionPipeline.from_pretrained(repo_id, **kwargs)
+    except Exception as error:  # network errors come in many types (OSError, requests, httpx, hub errors)
+        raise ModelSourceError(
+            f"Could not load {repo_id!r} from the Hugging Face Hub ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no detail'}). If this machine is offline, download it "
+            f"where there is network (`hf download {repo_id} --local-dir DIR`) and pass that local folder instead."
+        ) from error
+
+
+def _load_toy(*, dtype):
+    if not (TOY_WEIGHTS / "model_index.json").is_file():
+        raise ModelSourceError(
+            f"The toy model's weights are missing from {TOY_WEIGHTS}; reinstall denoisefeat, or train them with "
+            "`denoisefeat toy train`."
+        )
+    return _load_folder(TOY_WEIGHTS, dtype=dtype)
+
+
+def denoiser_of(pipe) -> torch.nn.Module:
+    """The pipeline's denoiser: ``pipe.unet`` or ``pipe.transformer``.
+
+    Parameters
+    ----------
+    pipe : diffusers.DiffusionPipeline or torch.nn.Module
+        A pipeline, or a denoiser (returned as it is).
+
+    Returns
+    -------
+    torch.nn.Module
+    """
+    if isinstance(pipe, torch.nn.Module):
+        return pipe
+    for name in ("unet", "transformer", "prior"):
+        module = getattr(pipe, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    raise TypeError(f"{type(pipe).__name__} has no unet or transformer denoiser.")
+
+
+def pipeline_family(pipe) -> str:
+    """Which denoising loop denoisefeat runs for ``pipe``.
+
+    Returns
+    -------
+    {"pixel", "stable-diffusion", "stable-diffusion-xl", "dit"}
+        ``"pixel"``: ``UNet2DModel`` in pixel space (DDPM/DDIM pipelines and
+        :class:`ClassConditionalImagePipeline`); the others are latent pipelines.
+    """
+    from diffusers import (
+        DDIMPipeline,
+        DDPMPipeline,
+        DiTPipeline,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+    )
+
+    if isinstance(pipe, (DDPMPipeline, DDIMPipeline, ClassConditionalImagePipeline)):
+        return "pixel"
+    if isinstance(pipe, StableDiffusionXLPipeline):
+        return "stable-diffusion-xl"
+    if isinstance(pipe, StableDiffusionPipeline):
+        return "stable-diffusion"
+    if isinstance(pipe, DiTPipeline):
+        return "dit"
+    raise TypeError(
+        f"denoisefeat cannot run the denoising loop of {type(pipe).__name__} yet. Supported: DDPMPipeline, "
+        "DDIMPipeline, ClassConditionalImagePipeline, StableDiffusionPipeline, StableDiffusionXLPipeline, DiTPipeline."
+    )

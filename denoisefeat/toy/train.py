@@ -1,0 +1,552 @@
+"""Training recipe of the toy model: a class-conditional DDPM on DiffShapes.
+
+The whole recipe is in this file: the configuration (:class:`TrainConfig`),
+the model (:func:`build_unet`), the noise schedule (:func:`build_scheduler`),
+the loop (:func:`train`) and the shipped artifact (:func:`export`).
+
+The model is a ``diffusers.UNet2DModel`` conditioned on the joint DiffShapes
+label (shape, colour, texture); label :data:`~denoisefeat.toy.diffshapes.NULL_LABEL`
+is the unconditional class, used with probability ``class_dropout`` during
+training so that samples can use classifier-free guidance.
+
+Data are infinite: iteration ``i`` trains on ``generate(batch_size, seed=...)``
+with a seed that is a function of ``(config.seed, i)``, and its noise, timesteps
+and label dropout come from a generator seeded the same way.  A checkpoint is
+therefore the model, its exponential moving average (EMA), the optimizer state
+and the iteration number, and a run resumed after a kill reproduces the weights
+of an uninterrupted run (on CPU with a fixed number of threads).
+
+Run from a shell::
+
+    python -m denoisefeat.toy.train --out toy-training --export denoisefeat/toy/weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from safetensors.torch import load_file, save_file
+
+from denoisefeat.toy.diffshapes import NULL_LABEL, NUM_CONDITIONS, generate
+
+__all__ = [
+    "TrainConfig",
+    "build_unet",
+    "build_scheduler",
+    "learning_rate_at",
+    "train",
+    "load_checkpoint_unet",
+    "latest_checkpoint",
+    "export",
+]
+
+_LATEST = "latest.json"
+_CHECKPOINTS = "checkpoints"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of the toy model's training.
+
+    Attributes
+    ----------
+    seed : int
+        Seeds the initial weights, the data and the noise.
+    size : int
+        Image height and width in pixels.
+    batch_size : int
+        Images per iteration.
+    iterations : int
+        Total number of optimizer steps.
+    learning_rate : float
+        Peak AdamW learning rate.
+    warmup : int
+        Iterations of linear learning-rate warmup from 0.
+    lr_schedule : {"cosine", "constant"}
+        Learning rate after warmup: cosine decay to ``min_lr_ratio * learning_rate``, or constant.
+    min_lr_ratio : float
+        Final learning rate of the cosine schedule, as a fraction of the peak.
+    weight_decay : float
+        AdamW weight decay.
+    grad_clip : float
+        Maximum global gradient norm.
+    ema_decay : float
+        Decay of the exponential moving average of the weights (the EMA is what ships).
+        The effective decay at step ``k`` is ``min(ema_decay, (1 + k) / (10 + k))``.
+    block_out_channels : tuple of int
+        Channels of the UNet at each resolution, from full resolution down.
+    layers_per_block : int
+        ResNet layers per UNet block.
+    attention : bool
+        Self-attention in the mid block and the lowest-resolution down and up blocks.
+    norm_num_groups : int
+        Groups of the GroupNorm layers (must divide every channel count).
+    class_dropout : float
+        Probability that a training label is replaced by ``NULL_LABEL``.
+    beta_schedule : {"squaredcos_cap_v2", "linear"}
+        Noise schedule of the DDPM (and of the shipped DDIM scheduler).
+    num_train_timesteps : int
+        Number of diffusion timesteps.
+    n_objects : int
+        Objects per training image; 1 keeps the condition unambiguous.
+    checkpoint_every : int
+        Iterations between checkpoints (a checkpoint is also written at the end).
+    keep_checkpoints : int
+        Number of most recent checkpoints kept on disk.
+    log_every : int
+        Iterations between loss log lines.
+    threads : int
+        ``torch.set_num_threads`` during training.
+    """
+
+    seed: int = 0
+    size: int = 32
+    batch_size: int = 64
+    iterations: int = 9000
+    learning_rate: float = 3e-4
+    warmup: int = 200
+    lr_schedule: str = "cosine"
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 2
+    attention: bool = False
+    norm_num_groups: int = 8
+    class_dropout: float = 0.1
+    beta_schedule: str = "squaredcos_cap_v2"
+    num_train_timesteps: int = 1000
+    n_objects: int = 1
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 3
+    log_every: int = 25
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        if self.beta_schedule not in ("squaredcos_cap_v2", "linear"):
+            raise ValueError(f"beta_schedule must be 'squaredcos_cap_v2' or 'linear', got {self.beta_schedule!r}")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(
+                f"norm_num_groups={self.norm_num_groups} must divide every block_out_channels {self.block_out_channels}"
+            )
+        if not 0.0 <= self.class_dropout < 1.0:
+            raise ValueError(f"class_dropout must lie in [0, 1), got {self.class_dropout}")
+        if self.iterations < 1 or self.checkpoint_every < 1:
+            raise ValueError("iterations and checkpoint_every must be positive")
+
+    def to_json(self) -> dict:
+        """The configuration as a JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict) -> "TrainConfig":
+        """Inverse of :meth:`to_json`."""
+        values = dict(values)
+        values["block_out_channels"] = tuple(values["block_out_channels"])
+        return cls(**values)
+
+
+def build_unet(config: TrainConfig) -> UNet2DModel:
+    """The class-conditional UNet of the toy model, freshly initialised.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        Architecture knobs: ``size``, ``block_out_channels``, ``layers_per_block``,
+        ``attention``, ``norm_num_groups``.
+
+    Returns
+    -------
+    diffusers.UNet2DModel
+        Three input and output channels, ``num_class_embeds = NUM_CONDITIONS + 1``
+        (the last class is ``NULL_LABEL``).
+    """
+    levels = len(config.block_out_channels)
+    lowest_down = "AttnDownBlock2D" if config.attention else "DownBlock2D"
+    lowest_up = "AttnUpBlock2D" if config.attention else "UpBlock2D"
+    return UNet2DModel(
+        sample_size=config.size,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=tuple(config.block_out_channels),
+        layers_per_block=config.layers_per_block,
+        down_block_types=("DownBlock2D",) * (levels - 1) + (lowest_down,),
+        up_block_types=(lowest_up,) + ("UpBlock2D",) * (levels - 1),
+        add_attention=config.attention,
+        attention_head_dim=8,
+        norm_num_groups=config.norm_num_groups,
+        num_class_embeds=NUM_CONDITIONS + 1,
+    )
+
+
+def build_scheduler(config: TrainConfig) -> DDPMScheduler:
+    """The training noise schedule (epsilon prediction).
+
+    Parameters
+    ----------
+    config : TrainConfig
+        Uses ``num_train_timesteps`` and ``beta_schedule``.
+
+    Returns
+    -------
+    diffusers.DDPMScheduler
+    """
+    return DDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        prediction_type="epsilon",
+        clip_sample=True,
+    )
+
+
+def learning_rate_at(config: TrainConfig, iteration: int) -> float:
+    """Learning rate of the optimizer step that produces iteration ``iteration + 1``.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        Uses ``learning_rate``, ``warmup``, ``lr_schedule``, ``min_lr_ratio``, ``iterations``.
+    iteration : int
+        Zero-based index of the optimizer step.
+
+    Returns
+    -------
+    float
+    """
+    if iteration < config.warmup:
+        return config.learning_rate * (iteration + 1) / config.warmup
+    if config.lr_schedule == "constant":
+        return config.learning_rate
+    progress = (iteration - config.warmup) / max(1, config.iterations - config.warmup)
+    floor = config.min_lr_ratio
+    return config.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def _iteration_seed(config: TrainConfig, iteration: int) -> int:
+    # Distinct, reproducible seed per (config seed, iteration); 2**31 - 1 is prime.
+    return (config.seed * (2**31 - 1) + iteration) % (2**63)
+
+
+def _training_batch(config: TrainConfig, iteration: int, scheduler: DDPMScheduler):
+    """Noisy inputs, timesteps, labels and target noise of one iteration."""
+    seed = _iteration_seed(config, iteration)
+    batch = generate(config.batch_size, seed=seed, size=config.size, n_objects=config.n_objects)
+    generator = torch.Generator().manual_seed(seed)
+    x0 = torch.from_numpy(batch.images) * 2.0 - 1.0  # [0, 1] -> [-1, 1]
+    noise = torch.randn(x0.shape, generator=generator)  # epsilon
+    timesteps = torch.randint(0, config.num_train_timesteps, (config.batch_size,), generator=generator)
+    labels = torch.from_numpy(batch.label)
+    dropped = torch.rand(config.batch_size, generator=generator) < config.class_dropout
+    labels = torch.where(dropped, torch.full_like(labels, NULL_LABEL), labels)
+    # x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) epsilon
+    noisy = scheduler.add_noise(x0, noise, timesteps)
+    return noisy, timesteps, labels, noise
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"{index}.{key}"] = torch.as_tensor(value).contiguous()
+    return tensors
+
+
+def _load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    state_dict = optimizer.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    state_dict["state"] = state
+    optimizer.load_state_dict(state_dict)
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """Folder of the most recent complete checkpoint of a training run.
+
+    Parameters
+    ----------
+    out_dir : path
+        The ``out_dir`` given to :func:`train`.
+
+    Returns
+    -------
+    pathlib.Path or None
+        None if the run has no checkpoint yet.
+    """
+    pointer = Path(out_dir) / _LATEST
+    if not pointer.exists():
+        return None
+    return Path(out_dir) / _CHECKPOINTS / json.loads(pointer.read_text())["checkpoint"]
+
+
+def _write_json_atomic(path: Path, values: dict) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
+        json.dump(values, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(handle.name, path)
+
+
+def _save_checkpoint(
+    out_dir: Path,
+    config: TrainConfig,
+    iteration: int,
+    unet: UNet2DModel,
+    ema: UNet2DModel,
+    optimizer: torch.optim.Optimizer,
+    loss: float,
+) -> Path:
+    """Write a checkpoint folder atomically, then point ``latest.json`` at it."""
+    root = out_dir / _CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"iteration-{iteration:07d}"
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}-"))
+    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, staging / "model.safetensors")
+    save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, staging / "ema.safetensors")
+    save_file(_optimizer_tensors(optimizer), staging / "optimizer.safetensors")
+    (staging / "state.json").write_text(
+        json.dumps({"iteration": iteration, "loss": loss, "config": config.to_json()}, indent=2)
+    )
+    final = root / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)  # a folder appears complete or not at all
+    _write_json_atomic(out_dir / _LATEST, {"checkpoint": name, "iteration": iteration})
+    kept = sorted(p for p in root.iterdir() if p.name.startswith("iteration-"))
+    for old in kept[: -config.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint_unet(checkpoint: str | os.PathLike, *, ema: bool = True) -> UNet2DModel:
+    """Rebuild a UNet (float32) from a training checkpoint folder.
+
+    Parameters
+    ----------
+    checkpoint : path
+        A folder written by :func:`train`, e.g. ``latest_checkpoint(out_dir)``.
+    ema : bool, optional
+        Load the EMA weights (what ships) rather than the raw weights.
+
+    Returns
+    -------
+    diffusers.UNet2DModel
+        In eval mode.
+    """
+    checkpoint = Path(checkpoint)
+    state = json.loads((checkpoint / "state.json").read_text())
+    unet = build_unet(TrainConfig.from_json(state["config"]))
+    unet.load_state_dict(load_file(checkpoint / ("ema.safetensors" if ema else "model.safetensors")))
+    return unet.eval()
+
+
+@torch.no_grad()
+def _update_ema(ema: UNet2DModel, unet: UNet2DModel, decay: float) -> None:
+    # ema <- decay * ema + (1 - decay) * weights
+    ema_params = list(ema.parameters())
+    torch._foreach_lerp_(ema_params, [p.detach() for p in unet.parameters()], 1.0 - decay)
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    until: int | None = None,
+) -> Path:
+    """Train the toy model, checkpointing periodically.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The recipe.
+    out_dir : path
+        Run folder: ``config.json``, ``log.jsonl``, ``checkpoints/`` and
+        ``latest.json`` (the pointer to the last complete checkpoint).
+    resume : bool, optional
+        Continue from the latest checkpoint in ``out_dir`` if there is one.
+        The stored configuration must equal ``config``.
+    progress : bool, optional
+        Show a rich progress bar (loss lines are logged either way).
+    until : int, optional
+        Stop after this iteration (and checkpoint), as if the job had been
+        killed there; a later call resumes.  Defaults to ``config.iterations``.
+
+    Returns
+    -------
+    pathlib.Path
+        Folder of the last checkpoint written.
+
+    Raises
+    ------
+    ValueError
+        If ``out_dir`` holds a run with a different configuration.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stop = config.iterations if until is None else min(until, config.iterations)
+    config_path = out_dir / "config.json"
+    if config_path.exists() and resume:
+        stored = TrainConfig.from_json(json.loads(config_path.read_text()))
+        if stored != config:
+            raise ValueError(f"{out_dir} holds a run with a different configuration: {stored}")
+    _write_json_atomic(config_path, config.to_json())
+
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    unet = build_unet(config)
+    ema = build_unet(config)
+    ema.load_state_dict(unet.state_dict())
+    ema.requires_grad_(False)
+    scheduler = build_scheduler(config)
+    optimizer = torch.optim.AdamW(
+        unet.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.999)
+    )
+
+    start = 0
+    checkpoint = latest_checkpoint(out_dir) if resume else None
+    if checkpoint is not None:
+        unet.load_state_dict(load_file(checkpoint / "model.safetensors"))
+        ema.load_state_dict(load_file(checkpoint / "ema.safetensors"))
+        _load_optimizer_tensors(optimizer, load_file(checkpoint / "optimizer.safetensors"))
+        start = json.loads((checkpoint / "state.json").read_text())["iteration"]
+    if start >= stop:
+        return checkpoint
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("toy model"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(), disable=not progress,
+    )
+    task = bar.add_task("train", total=config.iterations, completed=start, loss=float("nan"))
+    unet.train()
+    running, count, tick = 0.0, 0, time.perf_counter()
+    last = checkpoint
+    with bar, open(out_dir / "log.jsonl", "a") as log:
+        for iteration in range(start, stop):
+            noisy, timesteps, labels, noise = _training_batch(config, iteration, scheduler)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(config, iteration)
+            prediction = unet(noisy, timesteps, class_labels=labels).sample  # epsilon_theta(x_t, t, y)
+            loss = torch.nn.functional.mse_loss(prediction, noise)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
+            optimizer.step()
+            _update_ema(ema, unet, min(config.ema_decay, (1 + iteration) / (10 + iteration)))
+
+            done = iteration + 1
+            running, count = running + loss.item(), count + 1
+            bar.update(task, completed=done, loss=loss.item())
+            if done % config.log_every == 0 or done == stop:
+                now = time.perf_counter()
+                record = {
+                    "iteration": done, "loss": running / count, "lr": learning_rate_at(config, iteration),
+                    "seconds_per_iteration": (now - tick) / count, "time": time.time(),
+                }
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                if not progress:
+                    print(json.dumps(record), flush=True)
+                running, count, tick = 0.0, 0, now
+            if done % config.checkpoint_every == 0 or done == stop:
+                last = _save_checkpoint(out_dir, config, done, unet, ema, optimizer, loss.item())
+    return last
+
+
+def export(out_dir: str | os.PathLike, weights_dir: str | os.PathLike) -> Path:
+    """Write the shipped artifact from a run's latest checkpoint.
+
+    Parameters
+    ----------
+    out_dir : path
+        A training run folder (see :func:`train`).
+    weights_dir : path
+        Destination; receives ``unet/`` (the EMA weights in float16 safetensors,
+        loadable with ``UNet2DModel.from_pretrained``) and ``scheduler/`` (a
+        ``DDIMScheduler`` with the training betas, epsilon prediction,
+        ``clip_sample=True``).
+
+    Returns
+    -------
+    pathlib.Path
+        ``weights_dir``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the run has no checkpoint.
+    """
+    checkpoint = latest_checkpoint(out_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"no checkpoint in {out_dir}")
+    config = TrainConfig.from_json(json.loads((checkpoint / "state.json").read_text())["config"])
+    weights_dir = Path(weights_dir)
+    unet = load_checkpoint_unet(checkpoint, ema=True).to(torch.float16)
+    for sub in ("unet", "scheduler"):
+        if (weights_dir / sub).exists():
+            shutil.rmtree(weights_dir / sub)
+    unet.save_pretrained(weights_dir / "unet", safe_serialization=True)
+    DDIMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        prediction_type="epsilon",
+        clip_sample=True,
+        clip_sample_range=1.0,
+        set_alpha_to_one=True,
+        timestep_spacing="trailing",
+    ).save_pretrained(weights_dir / "scheduler")
+    return weights_dir
+
+
+def _parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(description="Train the denoisefeat toy model on DiffShapes.")
+    parser.add_argument("--out", required=True, help="run folder (checkpoints, logs)")
+    parser.add_argument("--export", default=None, help="after training, write unet/ and scheduler/ here")
+    parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    parser.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint exists")
+    parser.add_argument("--until", type=int, default=None, help="stop after this iteration")
+    for field in dataclasses.fields(TrainConfig):
+        value = getattr(defaults, field.name)
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(value, bool):
+            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=value)
+        elif isinstance(value, tuple):
+            parser.add_argument(flag, type=lambda s: tuple(int(c) for c in s.split(",")), default=value,
+                                help="comma-separated")
+        else:
+            parser.add_argument(flag, type=type(value), default=value)
+    args = parser.parse_args(argv)
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    return config, args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point: ``python -m denoisefeat.toy.train --out DIR``."""
+    config, args = _parse_args(argv)
+    train(config, args.out, resume=not args.no_resume, progress=not args.no_progress, until=args.until)
+    if args.export is not None:
+        export(args.out, args.export)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,610 @@
+"""Run a pipeline's denoising loop and keep every step: x_t, x̂0 and the decoded image.
+
+denoisefeat runs the loop itself, unrolled as diffusers documents it (denoiser, then
+``scheduler.step``), for each pipeline family it supports; the loop of each family reproduces the
+pipeline's own ``__call__`` (tests compare them) so that what is stored is what the pipeline makes.
+Running the loop ourselves is what lets us take x̂0 from the scheduler's own step, split the
+classifier-free-guidance batch, and know at every denoiser call which loop step it is.
+
+Conventions
+-----------
+* ``step`` is the 0-based index of the sampling loop: one per denoiser call of the loop.  Second-order
+  schedulers (Heun) call the denoiser twice per ``scheduler.timesteps`` pair; each call is a step, and
+  ``timestep``/``sigma`` (coordinates along ``step``) say which point of the schedule it evaluated.
+* ``xt[step]`` is the sample the scheduler holds when the denoiser is called at that step (before
+  ``scale_model_input``), ``x0[step]`` is the scheduler's x̂0 at that step
+  (:func:`denoisefeat.schedulers.predicted_original_sample`), ``images[step]`` is x̂0 in pixel space.
+* Every sample has its own ``torch.Generator`` seeded with its seed, for the initial noise and any
+  noise the scheduler adds: a sample's trajectory does not depend on the rest of its batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from denoisefeat import schedulers as _schedulers
+from denoisefeat.models import denoiser_of, pipeline_family
+from denoisefeat.store import Run, RunMismatchError, RunStore, StepWriter
+
+__all__ = ["StepClock", "TraceRequest", "trace"]
+
+
+@dataclass
+class StepClock:
+    """Which loop step the denoiser is being called for; read by hooks during a trace.
+
+    Attributes
+    ----------
+    step : int or None
+        Loop index of the current denoiser call (``None`` outside the loop).
+    samples : slice or None
+        Which samples of the run are in the batch being denoised.
+    branches : tuple of str or None
+        Under classifier-free guidance, the order of the halves of the denoiser's batch
+        (e.g. ``("uncond", "cond")``); ``None`` without guidance.
+    """
+
+    step: int | None = None
+    samples: slice | None = None
+    branches: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TraceRequest:
+    """A validated description of what to run: the run store's ``attrs["run"]``."""
+
+    model_id: str
+    pipeline_class: str
+    family: str
+    denoiser_class: str
+    denoiser_config: dict
+    scheduler_class: str
+    scheduler_config: dict
+    prediction_type: str
+    steps: int
+    seeds: tuple[int, ...]
+    prompts: tuple[str, ...] | None
+    negative_prompt: str | None
+    class_labels: tuple[int, ...] | None
+    guidance_scale: float
+    eta: float
+    height: int | None
+    width: int | None
+    decode: bool
+    dtype: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.seeds)
+
+    def as_attrs(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _count(samples, prompts, class_labels) -> int:
+    given = [len(c) for c in (prompts, class_labels) if c is not None]
+    if prompts is not None and class_labels is not None:
+        raise ValueError("Pass prompts or class_labels, not both.")
+    if samples is not None:
+        if samples <= 0:
+            raise ValueError(f"samples must be a positive number, got {samples}.")
+        if given and given[0] not in (1, samples):
+            raise ValueError(
+                f"samples={samples} but {given[0]} conditions were given; give one condition per sample, "
+                "or a single one to repeat."
+            )
+        return samples
+    if given:
+        if given[0] == 0:
+            raise ValueError("prompts/class_labels is empty.")
+        return given[0]
+    raise ValueError("Say how many samples to make: samples=N, prompts=[...] or class_labels=[...].")
+
+
+def _repeat(values, n):
+    if values is None:
+        return None
+    values = list(values)
+    return tuple(values * n if len(values) == 1 else values)
+
+
+def _seeds(seed, n) -> tuple[int, ...]:
+    if isinstance(seed, (int, np.integer)):
+        return tuple(int(seed) + i for i in range(n))
+    seeds = tuple(int(s) for s in seed)
+    if len(seeds) != n:
+        raise ValueError(f"{len(seeds)} seeds for {n} samples: give one seed per sample, or a single int.")
+    return seeds
+
+
+def _default_guidance(pipe) -> float:
+    parameter = inspect.signature(pipe.__call__).parameters.get("guidance_scale")
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return 1.0
+    return float(parameter.default)
+
+
+def make_request(
+    pipe,
+    *,
+    samples=None,
+    prompts=None,
+    class_labels=None,
+    negative_prompt=None,
+    seed=0,
+    steps=50,
+    scheduler=None,
+    guidance_scale=None,
+    eta=0.0,
+    height=None,
+    width=None,
+    decode=True,
+    model_id=None,
+) -> tuple[TraceRequest, object]:
+    """Validate a trace's arguments; returns the request and a fresh scheduler to run it with."""
+    family = pipeline_family(pipe)
+    if not isinstance(steps, (int, np.integer)) or steps <= 0:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    n = _count(samples, prompts, class_labels)
+    prompts, class_labels = _repeat(prompts, n), _repeat(class_labels, n)
+    if family in ("stable-diffusion", "stable-diffusion-xl") and prompts is None:
+        raise ValueError(f"A {type(pipe).__name__} needs prompts=[...] (use [''] for unconditional samples).")
+    if family not in ("stable-diffusion", "stable-diffusion-xl") and prompts is not None:
+        raise ValueError(f"{type(pipe).__name__} takes no prompts; it takes class_labels or samples.")
+    if family == "dit" and class_labels is None:
+        raise ValueError("A DiTPipeline needs class_labels=[...].")
+    denoiser = denoiser_of(pipe)
+    conditional = getattr(denoiser.config, "num_class_embeds", None) is not None
+    if family == "pixel" and conditional and class_labels is None:
+        class_labels = (pipe.null_class,) * n  # unconditional sampling of a class-conditional model
+    if family == "pixel" and not conditional and class_labels is not None:
+        raise ValueError(f"{type(denoiser).__name__} of this pipeline is not class-conditional; drop class_labels.")
+    base = pipe.scheduler
+    fresh = _schedulers.make_scheduler(base if scheduler is None else scheduler, base_config=base.config)
+    _schedulers.sample_convention(fresh)  # refuse schedulers whose x̂0 we cannot get right
+    guidance = _default_guidance(pipe) if guidance_scale is None else float(guidance_scale)
+    if family == "pixel" and not conditional and guidance != 1.0:
+        raise ValueError("Guidance needs a conditional model; this pipeline is unconditional.")
+    request = TraceRequest(
+        model_id=str(model_id or getattr(pipe, "name_or_path", None) or type(pipe).__name__),
+        pipeline_class=type(pipe).__name__,
+        family=family,
+        denoiser_class=type(denoiser).__name__,
+        denoiser_config=dict(denoiser.config),
+        scheduler_class=type(fresh).__name__,
+        scheduler_config=dict(fresh.config),
+        prediction_type=str(fresh.config.get("prediction_type") or "flow_prediction"),
+        steps=int(steps),
+        seeds=_seeds(seed, n),
+        prompts=prompts,
+        negative_prompt=negative_prompt,
+        class_labels=None if class_labels is None else tuple(int(c) for c in class_labels),
+        guidance_scale=guidance,
+        eta=float(eta),
+        height=height,
+        width=width,
+        decode=bool(decode),
+        dtype=str(denoiser.dtype).removeprefix("torch."),
+    )
+    return request, fresh
+
+
+# ---------------------------------------------------------------------------------------------
+# Families: how each kind of pipeline conditions, calls and decodes its denoiser.
+# ---------------------------------------------------------------------------------------------
+class _Family:
+    """One pipeline family's denoising loop pieces.  ``branches`` is the CFG batch order."""
+
+    branches: tuple[str, ...] | None = None
+
+    def __init__(self, pipe, request: TraceRequest):
+        self.pipe = pipe
+        self.request = request
+        self.denoiser = denoiser_of(pipe)
+        self.device = self.denoiser.device
+        self.dtype = self.denoiser.dtype
+        self.guided = request.guidance_scale > 1.0
+
+    def initial_sample(self, generators, scheduler) -> torch.Tensor:
+        raise NotImplementedError
+
+    def conditioning(self, samples: slice) -> dict:
+        raise NotImplementedError
+
+    def call_denoiser(self, model_input, t, cond) -> torch.Tensor:
+        raise NotImplementedError
+
+    def combine(self, output: torch.Tensor) -> torch.Tensor:
+        """Classifier-free guidance over the doubled batch, in the family's branch order."""
+        if not self.guided:
+            return output
+        first, second = output.chunk(2)
+        uncond, cond = (first, second) if self.branches == ("uncond", "cond") else (second, first)
+        return uncond + self.request.guidance_scale * (cond - uncond)
+
+    def to_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-space samples → RGB in [0, 1]."""
+        return (x / 2 + 0.5).clamp(0, 1)
+
+    def model_output(self, x: torch.Tensor, t, cond: dict, scheduler) -> torch.Tensor:
+        model_input = torch.cat([x, x]) if self.guided else x
+        model_input = scheduler.scale_model_input(model_input, t)
+        return self.combine(self.call_denoiser(model_input, t, cond))
+
+
+class _PixelFamily(_Family):
+    branches = ("uncond", "cond")
+
+    def initial_sample(self, generators, scheduler):
+        from diffusers.utils.torch_utils import randn_tensor
+
+        size = self.denoiser.config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (len(generators), self.denoiser.config.in_channels, *size)
+        x = randn_tensor(shape, generator=generators, device=self.device, dtype=self.dtype)
+        return x * scheduler.init_noise_sigma
+
+    def conditioning(self, samples):
+        if self.request.class_labels is None:
+            return {}
+        labels = torch.tensor(self.request.class_labels[samples], device=self.device)
+        if self.guided:
+            labels = torch.cat([torch.full_like(labels, self.pipe.null_class), labels])
+        return {"class_labels": labels}
+
+    def call_denoiser(self, model_input, t, cond):
+        return self.denoiser(model_input, t, return_dict=False, **cond)[0]
+
+
+class _StableDiffusionFamily(_Family):
+    branches = ("uncond", "cond")
+
+    def _size(self):
+        scale = self.pipe.vae_scale_factor
+        default = self.denoiser.config.sample_size * scale
+        return self.request.height or default, self.request.width or default
+
+    def initial_sample(self, generators, scheduler):
+        height, width = self._size()
+        latents = self.pipe.prepare_latents(
+            len(generators), self.denoiser.config.in_channels, height, width, self.dtype, self.device, generators
+        )
+        # prepare_latents scales by the pipeline's scheduler; ours may differ (another scheduler class)
+        return latents / self.pipe.scheduler.init_noise_sigma * scheduler.init_noise_sigma
+
+    def conditioning(self, samples):
+        prompts = list(self.request.prompts[samples])
+        negative = None if self.request.negative_prompt is None else [self.request.negative_prompt] * len(prompts)
+        embeds, negative_embeds = self.pipe.encode_prompt(prompts, self.device, 1, self.guided, negative)
+        cond = {"encoder_hidden_states": torch.cat([negative_embeds, embeds]) if self.guided else embeds}
+        proj_dim = self.denoiser.config.time_cond_proj_dim
+        if proj_dim is not None:  # guidance-distilled (LCM) UNets take the guidance scale as an embedding
+            w = torch.tensor(self.request.guidance_scale - 1).repeat(len(prompts))
+            cond["timestep_cond"] = self.pipe.get_guidance_scale_embedding(w, embedding_dim=proj_dim).to(
+                device=self.device, dtype=self.dtype
+            )
+        return cond
+
+    def call_denoiser(self, model_input, t, cond):
+        return self.denoiser(model_input, t, return_dict=False, **cond)[0]
+
+    def to_images(self, x):
+        vae = self.pipe.vae
+        decoded = vae.decode(x.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        return (decoded.float() / 2 + 0.5).clamp(0, 1)
+
+
+class _StableDiffusionXLFamily(_StableDiffusionFamily):
+    def conditioning(self, samples):
+        prompts = list(self.request.prompts[samples])
+        negative = None if self.request.negative_prompt is None else [self.request.negative_prompt] * len(prompts)
+        embeds, negative_embeds, pooled, negative_pooled = self.pipe.encode_prompt(
+            prompt=prompts, device=self.device, num_images_per_prompt=1,
+            do_classifier_free_guidance=self.guided, negative_prompt=negative,
+        )
+        height, width = self._size()
+        # SDXL's micro-conditioning: original size, crop top-left, target size (no crop, no resize)
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=embeds.dtype, device=self.device)
+        time_ids = time_ids.repeat(len(prompts), 1)
+        if self.guided:
+            embeds = torch.cat([negative_embeds, embeds])
+            pooled = torch.cat([negative_pooled, pooled])
+            time_ids = torch.cat([time_ids, time_ids])
+        return {"encoder_hidden_states": embeds, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
+
+
+class _DiTFamily(_Family):
+    branches = ("cond", "uncond")  # DiTPipeline puts the null class second
+
+    def initial_sample(self, generators, scheduler):
+        from diffusers.utils.torch_utils import randn_tensor
+
+        size = self.denoiser.config.sample_size
+        shape = (len(generators), self.denoiser.config.in_channels, size, size)
+        x = randn_tensor(shape, generator=generators, device=self.device, dtype=self.dtype)
+        return x * scheduler.init_noise_sigma
+
+    def conditioning(self, samples):
+        labels = torch.tensor(self.request.class_labels[samples], device=self.device)
+        if self.guided:
+            labels = torch.cat([labels, torch.full_like(labels, 1000)])
+        return {"class_labels": labels}
+
+    def call_denoiser(self, model_input, t, cond):
+        timestep = t if torch.is_tensor(t) else torch.tensor([t], device=self.device)
+        timestep = timestep.reshape(-1).to(self.device).expand(model_input.shape[0])
+        output = self.denoiser(model_input, timestep=timestep, return_dict=False, **cond)[0]
+        channels = self.denoiser.config.in_channels
+        return output[:, :channels]  # drop the learned variance, as DiTPipeline does
+
+    def to_images(self, x):
+        vae = self.pipe.vae
+        decoded = vae.decode(x.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        return (decoded.float() / 2 + 0.5).clamp(0, 1)
+
+
+_FAMILIES = {
+    "pixel": _PixelFamily,
+    "stable-diffusion": _StableDiffusionFamily,
+    "stable-diffusion-xl": _StableDiffusionXLFamily,
+    "dit": _DiTFamily,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+def _step_kwargs(scheduler, generators, eta) -> dict:
+    params = set(inspect.signature(scheduler.step).parameters)
+    kwargs = {}
+    if "generator" in params:
+        kwargs["generator"] = generators
+    if "eta" in params:
+        kwargs["eta"] = eta
+    return kwargs
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().float().cpu().numpy()
+
+
+def _schedule(scheduler, steps: int, device) -> dict[str, np.ndarray]:
+    """Timesteps, sigmas and ᾱ of every loop step (Heun's doubled schedule included)."""
+    scheduler.set_timesteps(steps, device=device)
+    timesteps = scheduler.timesteps
+    coords = {"timestep": np.asarray(_numpy(timesteps), dtype=np.float64)}
+    sigmas = getattr(scheduler, "sigmas", None)
+    if sigmas is not None and len(sigmas) >= len(timesteps):
+        coords["sigma"] = np.asarray(_numpy(sigmas[: len(timesteps)]), dtype=np.float64)
+    coords["alpha_bar"] = np.array(
+        [_schedulers.noise_level(scheduler, timestep=t, step_index=i).alpha_bar for i, t in enumerate(timesteps)]
+    )
+    return coords
+
+
+@torch.no_grad()
+def _run_chunk(family: _Family, scheduler, samples: slice, writer: StepWriter, keep, clock: StepClock, progress):
+    request = family.request
+    generators = [torch.Generator(device=family.device).manual_seed(s) for s in request.seeds[samples]]
+    scheduler.set_timesteps(request.steps, device=family.device)
+    x = family.initial_sample(generators, scheduler)
+    cond = family.conditioning(samples)
+    step_kwargs = _step_kwargs(scheduler, generators, request.eta)
+    clock.samples, clock.branches = samples, (family.branches if family.guided else None)
+    try:
+        for i, t in enumerate(scheduler.timesteps):
+            clock.step = i
+            output = family.model_output(x, t, cond, scheduler)
+            step = scheduler.step(output, t, x, **step_kwargs)
+            x0 = _schedulers.predicted_original_sample(
+                scheduler, step_output=step, model_output=output, sample=x, timestep=t, step_index=i
+            )
+            if "xt" in keep:
+                writer.append("xt", i, _numpy(x))
+            if "x0" in keep:
+                writer.append("x0", i, _numpy(x0))
+            if "images" in keep:
+                writer.append("images", i, _numpy(family.to_images(x0)))
+            x = step.prev_sample  # x_{t-1}
+            if progress is not None:
+                progress()
+    finally:
+        clock.step = clock.samples = clock.branches = None
+    return family.to_images(x)
+
+
+def trace(
+    pipe,
+    *,
+    samples: int | None = None,
+    prompts: Sequence[str] | str | None = None,
+    class_labels: Sequence[int] | None = None,
+    negative_prompt: str | None = None,
+    seed: int | Sequence[int] = 0,
+    steps: int = 50,
+    scheduler=None,
+    guidance_scale: float | None = None,
+    eta: float = 0.0,
+    height: int | None = None,
+    width: int | None = None,
+    batch_size: int = 8,
+    store: str | Path | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    keep: Sequence[str] = ("xt", "x0", "images"),
+    store_dtype: str = "float32",
+    model_id: str | None = None,
+    progress: bool = False,
+) -> Run:
+    """Run the denoising loop and store every step of every sample.
+
+    Parameters
+    ----------
+    pipe : diffusers.DiffusionPipeline
+        From :func:`denoisefeat.load_pipeline` or diffusers directly.  Supported: DDPM/DDIM
+        pipelines, :class:`~denoisefeat.models.ClassConditionalImagePipeline`, Stable Diffusion
+        1.x/2.x, SDXL and DiT.
+    samples : int, optional
+        Number of samples; with one prompt or label, that condition is repeated.
+    prompts : str or sequence of str, optional
+        Text prompts (latent text-to-image pipelines), one per sample.
+    class_labels : sequence of int, optional
+        Class labels (class-conditional models), one per sample.  A class-conditional model
+        without labels samples unconditionally (its null class).
+    negative_prompt : str, optional
+        Negative prompt for every sample under guidance.
+    seed : int or sequence of int
+        Sample ``i`` uses seed ``seed + i`` (or ``seed[i]``): its own generator, so its trajectory
+        does not depend on the other samples of its batch.
+    steps : int
+        Number of inference steps (``num_inference_steps``).
+    scheduler : str or diffusers scheduler, optional
+        ``"ddim"``, ``"ddpm"``, ``"euler"``, ``"heun"``, ``"dpm++"``, ``"flow-euler"`` … or an instance;
+        built from the pipeline's scheduler config.  Default: the pipeline's own scheduler class.
+        The pipeline itself is never modified.
+    guidance_scale : float, optional
+        Classifier-free guidance; default: the pipeline's own default.  ``1`` switches guidance off.
+    eta : float
+        DDIM's η.
+    height, width : int, optional
+        Image size for latent text-to-image pipelines.
+    batch_size : int
+        Samples denoised together; also the store's sample chunk (the unit a writer owns).
+    store : str or path, optional
+        Where to write the zarr store; ``None`` keeps it in memory (small notebook runs).
+    overwrite : bool
+        Replace an existing denoisefeat store at ``store``.
+    resume : bool
+        Complete a half-written store made with the same settings (only missing sample chunks run).
+    keep : sequence of {"xt", "x0", "images"}
+        Which per-step arrays to store (``final`` is always stored).
+    store_dtype : {"float32", "float16"}
+        dtype of the stored per-step arrays.
+    model_id : str, optional
+        Name recorded in the store; default: where the pipeline was loaded from.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    Run
+        The store, opened for reading (``run.dataset``, ``run["x0"]``, ``run.acts(...)``).
+    """
+    unknown = set(keep) - {"xt", "x0", "images"}
+    if unknown:
+        raise ValueError(f"keep: unknown arrays {sorted(unknown)}; choose from 'xt', 'x0', 'images'.")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    request, scheduler_ = make_request(
+        pipe, samples=samples, prompts=prompts, class_labels=class_labels, negative_prompt=negative_prompt,
+        seed=seed, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale, eta=eta, height=height,
+        width=width, decode="images" in keep, model_id=model_id,
+    )
+    family = _FAMILIES[request.family](pipe, request)
+    run_store = _open_or_create(store, request, batch_size=batch_size, overwrite=overwrite, resume=resume)
+    coords = _schedule(scheduler_, request.steps, family.device)
+    chunks = run_store.incomplete_chunks()
+    _write_coordinates(run_store, request, coords)
+    clock = StepClock()
+    with _progress(progress, total=len(chunks) * len(coords["timestep"])) as advance:
+        for samples_ in chunks:
+            writer = StepWriter(run_store, samples_)
+            # the shapes of the per-step arrays are known after the first step; create them lazily
+            writer_proxy = _LazyArrays(run_store, writer, store_dtype)
+            final = _run_chunk(family, scheduler_, samples_, writer_proxy, keep, clock, advance)
+            run_store.ensure_array(
+                "final", shape=(run_store.n_samples, *final.shape[1:]), dims=("sample", "rgb", "height", "width"),
+                dtype=store_dtype,
+            )[samples_] = _numpy(final)
+            writer.flush()
+            run_store.mark_complete(samples_)
+    run_store.finalize()
+    return Run(run_store)
+
+
+_DIMS = {
+    "xt": ("channel", "y", "x"),
+    "x0": ("channel", "y", "x"),
+    "images": ("rgb", "height", "width"),
+}
+
+
+class _LazyArrays:
+    """Creates each per-step array on its first step (when its shape is known), then appends."""
+
+    def __init__(self, store: RunStore, writer: StepWriter, dtype: str):
+        self.store, self.writer, self.dtype = store, writer, dtype
+
+    def append(self, name, step, data):
+        if name not in self.store.group:
+            self.store.ensure_step_array(name, tail_shape=data.shape[1:], tail_dims=_DIMS[name], dtype=self.dtype)
+        self.writer.append(name, step, data)
+
+
+def _write_coordinates(store: RunStore, request: TraceRequest, coords: dict) -> None:
+    if "timestep" in store.group:
+        return
+    store.write_coordinate("step", np.arange(len(coords["timestep"])), dim="step")
+    for name, values in coords.items():
+        store.write_coordinate(name, values, dim="step")
+    store.write_coordinate("seed", np.asarray(request.seeds, dtype=np.int64), dim="sample")
+    if request.class_labels is not None:
+        store.write_coordinate("class_label", np.asarray(request.class_labels, dtype=np.int64), dim="sample")
+
+
+def _open_or_create(path, request: TraceRequest, *, batch_size, overwrite, resume) -> RunStore:
+    attrs = request.as_attrs()
+    if path is not None and resume and Path(path).expanduser().exists():
+        store = RunStore.open(path)
+        diff = store.differing_attrs(attrs)
+        if diff:
+            raise RunMismatchError(
+                f"Cannot resume {str(store.path)!r}: it was started with different settings ({', '.join(diff)}). "
+                "Resume with the same settings, or write a new store."
+            )
+        return store
+    return RunStore.create(
+        path, run_attrs=attrs, n_samples=request.n_samples, n_steps=_loop_length(request),
+        chunk_samples=batch_size, overwrite=overwrite,
+    )
+
+
+def _loop_length(request: TraceRequest) -> int:
+    scheduler = _schedulers.make_scheduler(request.scheduler_class, base_config=request.scheduler_config)
+    scheduler.set_timesteps(request.steps)
+    return len(scheduler.timesteps)
+
+
+class _progress:
+    """A rich progress bar over denoiser calls, or nothing."""
+
+    def __init__(self, enabled: bool, *, total: int):
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn("denoising"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=False
+        )
+        self._bar.__enter__()
+        task = self._bar.add_task("denoising", total=self.total)
+        return lambda: self._bar.advance(task)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._bar.__exit__(*exc)
+        return False
