@@ -21,6 +21,8 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from denoisefeat.schedulers import initial_noise_scale, scale_model_input
+
 __all__ = [
     "BUILTIN_MODELS",
     "ClassConditionalImagePipeline",
@@ -108,7 +110,7 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
         size = (size, size) if isinstance(size, int) else tuple(size)
         shape = (len(labels), self.unet.config.in_channels, *size)
         x = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
-        x = x * self.scheduler.init_noise_sigma
+        x = x * initial_noise_scale(self.scheduler)
         guided = guidance_scale != 1.0
         null = torch.full_like(labels, self.null_class)
         model_labels = torch.cat([null, labels]) if guided else labels
@@ -121,7 +123,7 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = torch.cat([x, x]) if guided else x
-            model_input = self.scheduler.scale_model_input(model_input, t)
+            model_input = scale_model_input(self.scheduler, model_input, t)
             out = self.unet(model_input, t, class_labels=model_labels, return_dict=False)[0]
             if guided:
                 uncond, cond = out.chunk(2)

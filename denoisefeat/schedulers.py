@@ -33,10 +33,12 @@ __all__ = [
     "SCHEDULERS",
     "NoiseLevel",
     "derive_original_sample",
+    "initial_noise_scale",
     "make_scheduler",
     "noise_level",
     "predicted_original_sample",
     "sample_convention",
+    "scale_model_input",
 ]
 
 #: Short names accepted wherever a scheduler is chosen (``trace(..., scheduler="euler")``, CLI, job specs).
@@ -99,6 +101,17 @@ def make_scheduler(name_or_scheduler, *, base_config=None):
             "(or any diffusers scheduler class name)."
         )
     return cls.from_config(base_config or {})
+
+
+def scale_model_input(scheduler, sample: torch.Tensor, timestep) -> torch.Tensor:
+    """``scheduler.scale_model_input`` where the scheduler has one (flow matching has none: identity)."""
+    scale = getattr(scheduler, "scale_model_input", None)
+    return sample if scale is None else scale(sample, timestep)
+
+
+def initial_noise_scale(scheduler) -> float:
+    """``scheduler.init_noise_sigma`` (1 for schedulers without one, such as flow matching)."""
+    return float(getattr(scheduler, "init_noise_sigma", 1.0))
 
 
 def sample_convention(scheduler) -> str:

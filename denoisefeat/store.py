@@ -337,7 +337,11 @@ class RunStore:
     def finalize(self) -> None:
         """Consolidate metadata (after the last writer) so readers open the store in one read."""
         if self.path is not None:
-            zarr.consolidate_metadata(str(self.path))
+            import warnings
+
+            with warnings.catch_warnings():  # zarr says consolidated metadata is not in the v3 spec yet
+                warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+                zarr.consolidate_metadata(str(self.path))
 
 
 class StepWriter:

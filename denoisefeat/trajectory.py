@@ -239,7 +239,7 @@ class _Family:
 
     def model_output(self, x: torch.Tensor, t, cond: dict, scheduler) -> torch.Tensor:
         model_input = torch.cat([x, x]) if self.guided else x
-        model_input = scheduler.scale_model_input(model_input, t)
+        model_input = _schedulers.scale_model_input(scheduler, model_input, t)
         return self.combine(self.call_denoiser(model_input, t, cond))
 
 
@@ -253,7 +253,7 @@ class _PixelFamily(_Family):
         size = (size, size) if isinstance(size, int) else tuple(size)
         shape = (len(generators), self.denoiser.config.in_channels, *size)
         x = randn_tensor(shape, generator=generators, device=self.device, dtype=self.dtype)
-        return x * scheduler.init_noise_sigma
+        return x * _schedulers.initial_noise_scale(scheduler)
 
     def conditioning(self, samples):
         if self.request.class_labels is None:
@@ -281,7 +281,7 @@ class _StableDiffusionFamily(_Family):
             len(generators), self.denoiser.config.in_channels, height, width, self.dtype, self.device, generators
         )
         # prepare_latents scales by the pipeline's scheduler; ours may differ (another scheduler class)
-        return latents / self.pipe.scheduler.init_noise_sigma * scheduler.init_noise_sigma
+        return latents / _schedulers.initial_noise_scale(self.pipe.scheduler) * _schedulers.initial_noise_scale(scheduler)
 
     def conditioning(self, samples):
         prompts = list(self.request.prompts[samples])
@@ -333,7 +333,7 @@ class _DiTFamily(_Family):
         size = self.denoiser.config.sample_size
         shape = (len(generators), self.denoiser.config.in_channels, size, size)
         x = randn_tensor(shape, generator=generators, device=self.device, dtype=self.dtype)
-        return x * scheduler.init_noise_sigma
+        return x * _schedulers.initial_noise_scale(scheduler)
 
     def conditioning(self, samples):
         labels = torch.tensor(self.request.class_labels[samples], device=self.device)
