@@ -275,8 +275,11 @@ class _TorchNS:
 
     def where(self, cond, a, b):
         torch = self.torch
-        ref = next((v for v in (a, b) if isinstance(v, torch.Tensor)), cond)
-        dtype = ref.dtype if ref.is_floating_point() else torch.get_default_dtype()
+        dtype = None
+        for v in (a, b):  # scalars take the (promoted) dtype of the tensor operands
+            if isinstance(v, torch.Tensor) and v.is_floating_point():
+                dtype = v.dtype if dtype is None else torch.promote_types(dtype, v.dtype)
+        dtype = dtype or torch.get_default_dtype()
         a = torch.as_tensor(a, dtype=dtype, device=cond.device)
         b = torch.as_tensor(b, dtype=dtype, device=cond.device)
         return torch.where(cond, a, b)
@@ -564,8 +567,8 @@ def radial_power_spectrum(images, *, n_bins=None, window=None) -> RadialSpectrum
     Notes
     -----
     With bin spacing ``d = 0.5 / (n_bins - 1)``, annulus ``i`` collects the FFT
-    bins with ``(i - 1/2) d <= |f| < (i + 1/2) d``; bin 0 is the DC term alone
-    under the default binning.  ``power`` is the *mean* power per FFT bin of the
+    bins with ``(i - 1/2) d <= |f| < (i + 1/2) d``; for square images and the
+    default binning, bin 0 is the DC term alone.  ``power`` is the *mean* power per FFT bin of the
     annulus (so white noise of variance ``s**2`` gives ``s**2`` in every
     annulus).  Frequencies above the last annulus, ``|f| >= 0.5 + d/2`` (the
     corners of the spectrum, only reached diagonally), are excluded.

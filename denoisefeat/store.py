@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -304,9 +303,9 @@ class RunStore:
         return array
 
     def step_chunk_size(self, bytes_per_sample_step: int) -> int:
-        """Steps per chunk so that one chunk holds about 2 MiB (at least one step, at most all)."""
+        """Steps per chunk so that one chunk holds at most about 2 MiB (at least one step, at most all)."""
         per_step = max(1, bytes_per_sample_step * self.chunk_samples)
-        return int(min(self.n_steps, max(1, math.ceil(_TARGET_CHUNK_BYTES / per_step))))
+        return int(min(self.n_steps, max(1, _TARGET_CHUNK_BYTES // per_step)))
 
     def ensure_step_array(self, name: str, *, tail_shape: Sequence[int], tail_dims: Sequence[str], dtype,
                           lead_dims: Sequence[str] = ("sample", "step"), lead_shape: Sequence[int] | None = None,

@@ -1,0 +1,166 @@
+"""The run store: layout, labelled access, refusal of foreign or newer stores, resume after a kill."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from denoisefeat.store import (
+    SCHEMA_VERSION,
+    IncompleteRunError,
+    NotARunError,
+    RunExistsError,
+    RunMismatchError,
+    SchemaVersionError,
+    StoreError,
+    open_run,
+)
+from denoisefeat.trajectory import trace
+
+
+@pytest.fixture()
+def pipe(tiny_pipes):
+    return tiny_pipes["tiny-class-unet"]
+
+
+def test_store_layout_and_labels(pipe, tmp_path):
+    path = tmp_path / "run.zarr"
+    trace(pipe, class_labels=[0, 1, 2, 3, 0], steps=5, seed=7, batch_size=2, store=path)
+    run = open_run(path)
+    ds = run.dataset
+    assert ds["x0"].dims == ("sample", "step", "channel", "y", "x")
+    assert ds["images"].dims == ("sample", "step", "rgb", "height", "width")
+    assert ds["final"].dims == ("sample", "rgb", "height", "width")
+    assert list(ds["seed"].values) == [7, 8, 9, 10, 11]
+    assert list(ds["class_label"].values) == [0, 1, 2, 3, 0]
+    assert ds["timestep"].dims == ("step",) and "timestep" in ds.coords
+    assert run.attrs["scheduler_class"] == "DDIMScheduler"
+    assert run.attrs["prediction_type"] == "epsilon"
+    meta = zarr.open_group(str(path), mode="r").attrs["denoisefeat"]
+    assert meta["schema_version"] == SCHEMA_VERSION
+    assert "torch" in meta["package_versions"]
+    # writers own whole sample chunks: every per-sample array is chunked by batch_size along sample
+    group = zarr.open_group(str(path), mode="r")
+    for name in ("xt", "x0", "images", "final", "complete"):
+        assert group[name].chunks[0] == 2
+    # consolidated metadata is written after the last writer
+    assert "consolidated_metadata" in json.loads((path / "zarr.json").read_text())
+
+
+def test_in_memory_and_on_disk_runs_are_the_same(pipe, tmp_path):
+    mem = trace(pipe, class_labels=[1, 2], steps=3).dataset
+    disk = trace(pipe, class_labels=[1, 2], steps=3, store=tmp_path / "r.zarr").dataset
+    for name in ("xt", "x0", "images", "final"):
+        np.testing.assert_array_equal(mem[name].values, disk[name].values)
+
+
+def test_existing_store_is_not_overwritten_unless_asked(pipe, tmp_path):
+    path = tmp_path / "run.zarr"
+    trace(pipe, class_labels=[1], steps=2, store=path)
+    with pytest.raises(RunExistsError, match="--resume"):
+        trace(pipe, class_labels=[1], steps=2, store=path)
+    trace(pipe, class_labels=[2], steps=2, store=path, overwrite=True)
+    assert list(open_run(path).dataset["class_label"].values) == [2]
+
+
+def test_foreign_folder_is_refused_and_never_deleted(pipe, tmp_path):
+    folder = tmp_path / "mydata"
+    folder.mkdir()
+    (folder / "precious.txt").write_text("keep me")
+    with pytest.raises(RunExistsError, match="not a denoisefeat store"):
+        trace(pipe, class_labels=[1], steps=2, store=folder, overwrite=True)
+    assert (folder / "precious.txt").read_text() == "keep me"
+    with pytest.raises(NotARunError, match="not a zarr v3 group"):
+        open_run(folder)
+
+
+def test_plain_zarr_group_is_not_a_run(tmp_path):
+    group = zarr.open_group(str(tmp_path / "other.zarr"), mode="w")
+    group.create_array("data", shape=(3,), dtype="f4")
+    with pytest.raises(NotARunError, match="not a denoisefeat store"):
+        open_run(tmp_path / "other.zarr")
+    with pytest.raises(NotARunError, match="No store"):
+        open_run(tmp_path / "missing.zarr")
+
+
+def test_newer_schema_is_refused(pipe, tmp_path):
+    path = tmp_path / "run.zarr"
+    trace(pipe, class_labels=[1], steps=2, store=path)
+    group = zarr.open_group(str(path), mode="r+")
+    meta = dict(group.attrs["denoisefeat"])
+    meta["schema_version"] = SCHEMA_VERSION + 1
+    group.attrs["denoisefeat"] = meta
+    with pytest.raises(SchemaVersionError, match="Upgrade denoisefeat"):
+        open_run(path)
+
+
+def test_missing_parent_folder(pipe, tmp_path):
+    with pytest.raises(StoreError, match="does not exist"):
+        trace(pipe, class_labels=[1], steps=2, store=tmp_path / "no" / "such" / "run.zarr")
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(pipe, tmp_path):
+    labels = [0, 1, 2, 3, 1, 2]
+    reference = trace(pipe, class_labels=labels, steps=5, batch_size=2, store=tmp_path / "ref.zarr").dataset
+
+    # kill the run in the middle of its second sample chunk (after a few denoiser calls)
+    calls = {"n": 0}
+
+    def die(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise _Killed("simulated kill")
+
+    path = tmp_path / "run.zarr"
+    handle = pipe.unet.register_forward_hook(die)
+    try:
+        with pytest.raises(_Killed):
+            trace(pipe, class_labels=labels, steps=5, batch_size=2, store=path)
+    finally:
+        handle.remove()
+    with pytest.raises(IncompleteRunError, match=r"samples 0–1 of 6 are complete, samples 2–5 are not"):
+        open_run(path)
+    partial = open_run(path, allow_incomplete=True).dataset
+    assert np.isnan(partial["final"].values[2:]).all()
+
+    with pytest.raises(RunMismatchError, match="class_labels"):
+        trace(pipe, class_labels=[3] * 6, steps=5, batch_size=2, store=path, resume=True)
+
+    calls["n"] = 0
+    counter = pipe.unet.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        trace(pipe, class_labels=labels, steps=5, batch_size=2, store=path, resume=True)
+    finally:
+        counter.remove()
+    assert calls["n"] == 2 * 5, "only the two missing sample chunks are recomputed"
+    resumed = open_run(path).dataset
+    for name in ("xt", "x0", "images", "final"):
+        np.testing.assert_array_equal(resumed[name].values, reference[name].values)
+
+
+def test_step_writer_buffers_at_most_one_step_chunk():
+    """Per-step arrays are chunked along step; a writer holds one step chunk, whatever the run length."""
+    from denoisefeat.store import RunStore, StepWriter
+
+    store = RunStore.create(None, run_attrs={"what": "test"}, n_samples=16, n_steps=200, chunk_samples=8)
+    array = store.ensure_step_array("x0", tail_shape=(3, 64, 64), tail_dims=("channel", "y", "x"), dtype="float32")
+    step_chunk = array.chunks[1]
+    assert 1 < step_chunk < 200
+    assert array.nbytes / array.nchunks <= 2**21
+    rng = np.random.default_rng(0)
+    expected = rng.standard_normal((8, 200, 3, 64, 64), dtype=np.float32)
+    writer = StepWriter(store, slice(8, 16))
+    most = 0
+    for step in range(200):
+        writer.append("x0", step, expected[:, step])
+        most = max(most, len(writer.pending().get("x0", [])))
+    assert most < step_chunk, "full step chunks are written at once"
+    assert writer.pending() == {}
+    np.testing.assert_array_equal(array[8:16], expected)
+    assert np.isnan(array[0:8]).all(), "the other writer's chunk is untouched"
