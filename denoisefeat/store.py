@@ -344,10 +344,12 @@ class RunStore:
 
 
 class StepWriter:
-    """Buffers per-step arrays of one sample chunk and writes them a step-chunk at a time.
+    """Buffers per-step arrays of one sample chunk and writes them a step chunk at a time.
 
-    Memory is bounded by one sample chunk × one step chunk of every array, whatever the number of
-    steps; each write covers whole chunks, so nothing is read back and rewritten.
+    Memory is bounded by one sample chunk × one step chunk of every array (plus at most two step
+    chunks in flight), whatever the number of steps.  Each write covers whole chunks, so nothing is
+    read back and rewritten.  Writes run on one background thread so that compression and disk I/O
+    overlap with the denoiser; :meth:`close` waits for them and re-raises any error.
 
     Parameters
     ----------
@@ -356,47 +358,76 @@ class StepWriter:
         The sample chunk this writer owns.
     """
 
+    _MAX_IN_FLIGHT = 2
+
     def __init__(self, store: RunStore, samples: slice):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.store = store
         self.samples = samples
+        self._declared: dict[str, tuple[tuple[str, ...], str, dict]] = {}
+        self._arrays: dict[str, tuple[zarr.Array, int]] = {}
         self._buffers: dict[str, dict[int, np.ndarray]] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="denoisefeat-writer")
+        self._in_flight: list = []
+
+    def declare(self, name: str, *, tail_dims: Sequence[str], dtype, lead_dims: Sequence[str] = ("sample", "step"),
+                lead_shape: Sequence[int] | None = None, attrs: Mapping | None = None) -> None:
+        """Say how to create ``name`` when its first step arrives (its trailing shape is known then)."""
+        self._declared[name] = (tuple(tail_dims), dtype, {"lead_dims": tuple(lead_dims), "lead_shape": lead_shape,
+                                                          "attrs": attrs})
+
+    def _array(self, name: str, data: np.ndarray) -> tuple[zarr.Array, int]:
+        if name not in self._arrays:
+            if name in self._declared:
+                tail_dims, dtype, extra = self._declared[name]
+                n_lead = len(extra["lead_dims"]) - 1  # the data has the sample axis (chunk) but not step
+                array = self.store.ensure_step_array(name, tail_shape=data.shape[n_lead:], tail_dims=tail_dims,
+                                                     dtype=dtype, **extra)
+            else:
+                array = self.store.group[name]
+            step_axis = list(array.metadata.dimension_names).index("step")
+            self._arrays[name] = (array, step_axis)
+        return self._arrays[name]
 
     def append(self, name: str, step: int, data: np.ndarray) -> None:
-        """Add step ``step`` of array ``name`` (shape ``(n_samples_in_chunk, ...)``, array already created)."""
-        array = self.store.group[name]
-        step_axis = list(array.metadata.dimension_names).index("step")
+        """Add step ``step`` of array ``name``: ``data`` is one step of the chunk's samples (no step axis)."""
+        data = np.asarray(data)
+        array, step_axis = self._array(name, data)
         step_chunk = array.chunks[step_axis]
         buffer = self._buffers.setdefault(name, {})
-        buffer[step] = np.asarray(data)
+        buffer[step] = data
         first = (step // step_chunk) * step_chunk
         last = min(first + step_chunk, array.shape[step_axis])
         if all(s in buffer for s in range(first, last)):
-            self._write(name, array, step_axis, first, last)
+            block = np.stack([buffer.pop(s) for s in range(first, last)], axis=step_axis)
+            self._submit(array, step_axis, slice(first, last), block)
 
-    def _write(self, name, array, step_axis, first, last):
-        buffer = self._buffers[name]
-        block = np.stack([buffer.pop(s) for s in range(first, last)], axis=step_axis)
+    def _submit(self, array, step_axis, steps, block) -> None:
         region = [slice(None)] * array.ndim
         region[0] = self.samples
-        region[step_axis] = slice(first, last)
-        array[tuple(region)] = block.astype(array.dtype, copy=False)
+        region[step_axis] = steps
+        while len(self._in_flight) >= self._MAX_IN_FLIGHT:  # back-pressure bounds memory
+            self._in_flight.pop(0).result()
+        block = block.astype(array.dtype, copy=False)
+        self._in_flight.append(self._executor.submit(array.__setitem__, tuple(region), block))
 
     def pending(self) -> dict[str, list[int]]:
         """Steps still buffered, by array (empty once every step chunk is whole)."""
         return {name: sorted(b) for name, b in self._buffers.items() if b}
 
-    def flush(self) -> None:
-        """Write whatever is buffered (a run that records only some steps leaves partial step chunks)."""
-        for name, buffer in self._buffers.items():
-            if not buffer:
-                continue
-            array = self.store.group[name]
-            step_axis = list(array.metadata.dimension_names).index("step")
-            for step in sorted(buffer):
-                region = [slice(None)] * array.ndim
-                region[0] = self.samples
-                region[step_axis] = step
-                array[tuple(region)] = buffer.pop(step).astype(array.dtype, copy=False)
+    def close(self) -> None:
+        """Write what is still buffered (runs that record only some steps), wait for every write."""
+        try:
+            for name, buffer in self._buffers.items():
+                array, step_axis = self._arrays[name]
+                for step in sorted(buffer):
+                    self._submit(array, step_axis, step, buffer.pop(step))
+            for future in self._in_flight:
+                future.result()
+        finally:
+            self._in_flight.clear()
+            self._executor.shutdown(wait=True)
 
 
 @dataclass

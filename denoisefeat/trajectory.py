@@ -520,14 +520,16 @@ def trace(
     with _progress(progress, total=len(chunks) * len(coords["timestep"])) as advance:
         for samples_ in chunks:
             writer = StepWriter(run_store, samples_)
-            # the shapes of the per-step arrays are known after the first step; create them lazily
-            writer_proxy = _LazyArrays(run_store, writer, store_dtype)
-            final = _run_chunk(family, scheduler_, samples_, writer_proxy, keep, clock, advance)
+            for name in keep:
+                writer.declare(name, tail_dims=_DIMS[name], dtype=store_dtype)
+            try:
+                final = _run_chunk(family, scheduler_, samples_, writer, keep, clock, advance)
+            finally:
+                writer.close()
             run_store.ensure_array(
                 "final", shape=(run_store.n_samples, *final.shape[1:]), dims=("sample", "rgb", "height", "width"),
                 dtype=store_dtype,
             )[samples_] = _numpy(final)
-            writer.flush()
             run_store.mark_complete(samples_)
     run_store.finalize()
     return Run(run_store)
@@ -538,18 +540,6 @@ _DIMS = {
     "x0": ("channel", "y", "x"),
     "images": ("rgb", "height", "width"),
 }
-
-
-class _LazyArrays:
-    """Creates each per-step array on its first step (when its shape is known), then appends."""
-
-    def __init__(self, store: RunStore, writer: StepWriter, dtype: str):
-        self.store, self.writer, self.dtype = store, writer, dtype
-
-    def append(self, name, step, data):
-        if name not in self.store.group:
-            self.store.ensure_step_array(name, tail_shape=data.shape[1:], tail_dims=_DIMS[name], dtype=self.dtype)
-        self.writer.append(name, step, data)
 
 
 def _write_coordinates(store: RunStore, request: TraceRequest, coords: dict) -> None:

@@ -162,5 +162,6 @@ def test_step_writer_buffers_at_most_one_step_chunk():
         most = max(most, len(writer.pending().get("x0", [])))
     assert most < step_chunk, "full step chunks are written at once"
     assert writer.pending() == {}
+    writer.close()  # waits for the background writes
     np.testing.assert_array_equal(array[8:16], expected)
     assert np.isnan(array[0:8]).all(), "the other writer's chunk is untouched"

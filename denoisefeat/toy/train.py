@@ -45,6 +45,7 @@ __all__ = [
     "TrainConfig",
     "build_unet",
     "build_scheduler",
+    "build_sampling_scheduler",
     "learning_rate_at",
     "train",
     "load_checkpoint_unet",
@@ -54,6 +55,9 @@ __all__ = [
 
 _LATEST = "latest.json"
 _CHECKPOINTS = "checkpoints"
+# Fields that do not change the trained weights (up to floating-point
+# reduction order for ``threads``) and may differ when a run is resumed.
+_OPERATIONAL_FIELDS = ("checkpoint_every", "keep_checkpoints", "log_every", "threads")
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,31 @@ def build_scheduler(config: TrainConfig) -> DDPMScheduler:
         beta_schedule=config.beta_schedule,
         prediction_type="epsilon",
         clip_sample=True,
+    )
+
+
+def build_sampling_scheduler(config: TrainConfig) -> DDIMScheduler:
+    """The DDIM scheduler that ships with the toy model (same betas as training).
+
+    Parameters
+    ----------
+    config : TrainConfig
+        Uses ``num_train_timesteps`` and ``beta_schedule``.
+
+    Returns
+    -------
+    diffusers.DDIMScheduler
+        Epsilon prediction, ``clip_sample=True``, ``timestep_spacing="trailing"``
+        (the first sampling step is at ``t = num_train_timesteps - 1``, pure noise).
+    """
+    return DDIMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        prediction_type="epsilon",
+        clip_sample=True,
+        clip_sample_range=1.0,
+        set_alpha_to_one=True,
+        timestep_spacing="trailing",
     )
 
 
@@ -405,7 +434,10 @@ def train(
     config_path = out_dir / "config.json"
     if config_path.exists() and resume:
         stored = TrainConfig.from_json(json.loads(config_path.read_text()))
-        if stored != config:
+        # Operational knobs may change between resumes (e.g. fewer threads on a
+        # busy node); everything that defines the trained weights may not.
+        operational = {field: getattr(config, field) for field in _OPERATIONAL_FIELDS}
+        if dataclasses.replace(stored, **operational) != config:
             raise ValueError(f"{out_dir} holds a run with a different configuration: {stored}")
     _write_json_atomic(config_path, config.to_json())
 
@@ -505,15 +537,7 @@ def export(out_dir: str | os.PathLike, weights_dir: str | os.PathLike) -> Path:
         if (weights_dir / sub).exists():
             shutil.rmtree(weights_dir / sub)
     unet.save_pretrained(weights_dir / "unet", safe_serialization=True)
-    DDIMScheduler(
-        num_train_timesteps=config.num_train_timesteps,
-        beta_schedule=config.beta_schedule,
-        prediction_type="epsilon",
-        clip_sample=True,
-        clip_sample_range=1.0,
-        set_alpha_to_one=True,
-        timestep_spacing="trailing",
-    ).save_pretrained(weights_dir / "scheduler")
+    build_sampling_scheduler(config).save_pretrained(weights_dir / "scheduler")
     return weights_dir
 
 

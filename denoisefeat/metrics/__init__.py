@@ -1,0 +1,90 @@
+"""Per-step feature metrics of image batches: similarity, edges, texture, shape, colour.
+
+Functions first, in the style of scikit-image: each takes an image batch of
+shape ``(..., C, H, W)`` (channel axis -3; leading dimensions are batch
+dimensions, typically ``(sample, step)``), keyword-only options, and returns
+one value per image, shape ``(...)``, or ``(..., k)`` where documented.
+Metrics against a reference take a reference whose leading dimensions
+broadcast against the batch (e.g. the final images ``(sample, 1, C, H, W)``).
+Scales that matter (``data_range``) are required, never guessed; RGB images
+are in [0, 1].  NaN inputs raise ``ValueError``; constant images give defined
+values.
+
+:data:`METRICS` registers the default per-step features (name, callable,
+range, direction, reference needed, kind) and :func:`compute_metrics`
+evaluates them on a batch, sharing intermediate results.
+
+Modules: :mod:`~denoisefeat.metrics.similarity`,
+:mod:`~denoisefeat.metrics.edges`, :mod:`~denoisefeat.metrics.texture`,
+:mod:`~denoisefeat.metrics.shape`, :mod:`~denoisefeat.metrics.color`,
+:mod:`~denoisefeat.metrics.registry`.
+"""
+
+from denoisefeat.metrics.color import (
+    color_consistency,
+    color_spread,
+    colorfulness,
+    delta_e2000,
+    hue_histogram,
+    hue_histogram_distance,
+    mean_lab,
+)
+from denoisefeat.metrics.edges import edge_density, edge_map, edge_prf, edge_sharpness, edge_width_10_90
+from denoisefeat.metrics.registry import METRICS, REFERENCE_KINDS, MetricSpec, compute_metrics
+from denoisefeat.metrics.shape import (
+    foreground_mask,
+    hu_moment_distance,
+    hu_moments,
+    lowpass_ssim,
+    mask_iou,
+    mask_iou_ground_truth,
+)
+from denoisefeat.metrics.similarity import MS_SSIM_WEIGHTS, band_ssim, ms_ssim, psnr, ssim
+from denoisefeat.metrics.texture import (
+    GLCM_PROPERTIES,
+    glcm_features,
+    lbp_distance,
+    lbp_histogram,
+    wavelet_texture_energy,
+)
+
+__all__ = [
+    # similarity
+    "ssim",
+    "ms_ssim",
+    "psnr",
+    "band_ssim",
+    "MS_SSIM_WEIGHTS",
+    # edges
+    "edge_map",
+    "edge_density",
+    "edge_sharpness",
+    "edge_width_10_90",
+    "edge_prf",
+    # texture
+    "glcm_features",
+    "GLCM_PROPERTIES",
+    "lbp_histogram",
+    "lbp_distance",
+    "wavelet_texture_energy",
+    # shape
+    "foreground_mask",
+    "mask_iou",
+    "mask_iou_ground_truth",
+    "hu_moments",
+    "hu_moment_distance",
+    "lowpass_ssim",
+    # colour
+    "mean_lab",
+    "delta_e2000",
+    "hue_histogram",
+    "hue_histogram_distance",
+    "colorfulness",
+    "color_spread",
+    "color_consistency",
+    # registry
+    "MetricSpec",
+    "METRICS",
+    "REFERENCE_KINDS",
+    "compute_metrics",
+]

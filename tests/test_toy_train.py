@@ -1,0 +1,99 @@
+"""Tests of the toy model's training recipe: train, checkpoint, resume, export."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, UNet2DModel
+from safetensors.torch import load_file
+
+from denoisefeat.toy.diffshapes import NULL_LABEL, NUM_CONDITIONS
+from denoisefeat.toy.train import (
+    TrainConfig,
+    build_sampling_scheduler,
+    export,
+    latest_checkpoint,
+    learning_rate_at,
+    load_checkpoint_unet,
+    train,
+)
+
+TINY = TrainConfig(
+    size=16, batch_size=4, iterations=4, warmup=2, block_out_channels=(8, 16), layers_per_block=1,
+    checkpoint_every=2, threads=1, log_every=1,
+)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    train(TINY, out, progress=False)
+    return out
+
+
+def test_train_writes_checkpoints_and_log(uninterrupted):
+    checkpoint = latest_checkpoint(uninterrupted)
+    assert checkpoint.name == "iteration-0000004"
+    assert {p.name for p in checkpoint.iterdir()} == {
+        "model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json"
+    }
+    state = json.loads((checkpoint / "state.json").read_text())
+    assert state["iteration"] == 4 and TrainConfig.from_json(state["config"]) == TINY
+    log = [json.loads(line) for line in (uninterrupted / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in log)
+    # No temporary folders are left behind.
+    assert sorted(p.name for p in (uninterrupted / "checkpoints").iterdir()) == [
+        "iteration-0000002", "iteration-0000004"
+    ]
+
+
+def test_resume_after_interruption_gives_identical_weights(uninterrupted, tmp_path):
+    train(TINY, tmp_path, progress=False, until=2)  # "killed" after the first checkpoint
+    assert latest_checkpoint(tmp_path).name == "iteration-0000002"
+    train(TINY, tmp_path, progress=False)
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
+        expected = load_file(latest_checkpoint(uninterrupted) / name)
+        resumed = load_file(latest_checkpoint(tmp_path) / name)
+        assert expected.keys() == resumed.keys()
+        for key in expected:
+            torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0)
+
+
+def test_resume_refuses_a_different_config(uninterrupted):
+    with pytest.raises(ValueError, match="different configuration"):
+        train(TrainConfig(**{**TINY.to_json(), "learning_rate": 1e-3}), uninterrupted, progress=False)
+
+
+def test_export_is_fp16_safetensors_loadable(uninterrupted, tmp_path):
+    weights = export(uninterrupted, tmp_path / "weights")
+    files = {p.relative_to(weights).as_posix() for p in weights.rglob("*") if p.is_file()}
+    assert files == {"unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"}
+    tensors = load_file(weights / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {t.dtype for t in tensors.values()} == {torch.float16}
+    unet = UNet2DModel.from_pretrained(weights / "unet", torch_dtype=torch.float32)
+    assert unet.config.num_class_embeds == NUM_CONDITIONS + 1 and unet.config.sample_size == 16
+    # The shipped weights are the EMA weights.
+    ema = load_checkpoint_unet(latest_checkpoint(uninterrupted))
+    for name, tensor in unet.state_dict().items():
+        torch.testing.assert_close(tensor, ema.state_dict()[name].half().float())
+    scheduler = DDIMScheduler.from_pretrained(weights / "scheduler")
+    assert scheduler.config.prediction_type == "epsilon" and scheduler.config.clip_sample
+    torch.testing.assert_close(scheduler.betas, build_sampling_scheduler(TINY).betas)
+    with torch.no_grad():
+        out = unet(torch.zeros(2, 3, 16, 16), 10, class_labels=torch.tensor([0, NULL_LABEL])).sample
+    assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
+
+
+def test_learning_rate_schedule():
+    config = TrainConfig(iterations=100, warmup=10, learning_rate=1e-3, min_lr_ratio=0.1)
+    assert learning_rate_at(config, 0) == pytest.approx(1e-4)
+    assert learning_rate_at(config, 9) == pytest.approx(1e-3)
+    assert learning_rate_at(config, 99) == pytest.approx(1e-4, rel=0.01)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="norm_num_groups"):
+        TrainConfig(block_out_channels=(12, 16))
+    with pytest.raises(ValueError, match="beta_schedule"):
+        TrainConfig(beta_schedule="cosine")
