@@ -366,16 +366,26 @@ class StepWriter:
         self.store = store
         self.samples = samples
         self._declared: dict[str, tuple[tuple[str, ...], str, dict]] = {}
+        self._steps: dict[str, frozenset[int] | None] = {}
         self._arrays: dict[str, tuple[zarr.Array, int]] = {}
         self._buffers: dict[str, dict[int, np.ndarray]] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="denoisefeat-writer")
         self._in_flight: list = []
 
     def declare(self, name: str, *, tail_dims: Sequence[str], dtype, lead_dims: Sequence[str] = ("sample", "step"),
-                lead_shape: Sequence[int] | None = None, attrs: Mapping | None = None) -> None:
-        """Say how to create ``name`` when its first step arrives (its trailing shape is known then)."""
+                lead_shape: Sequence[int] | None = None, attrs: Mapping | None = None,
+                steps: frozenset[int] | None = None) -> None:
+        """Say how to create ``name`` when its first step arrives (its trailing shape is known then).
+
+        ``steps``: the only steps that will be appended (``None``: all), so that a step chunk is
+        written as soon as its selected steps are in.
+        """
+        self._steps[name] = steps
         self._declared[name] = (tuple(tail_dims), dtype, {"lead_dims": tuple(lead_dims), "lead_shape": lead_shape,
                                                           "attrs": attrs})
+
+    def declared(self, name: str) -> bool:
+        return name in self._declared
 
     def _array(self, name: str, data: np.ndarray) -> tuple[zarr.Array, int]:
         if name not in self._arrays:
@@ -399,9 +409,15 @@ class StepWriter:
         buffer[step] = data
         first = (step // step_chunk) * step_chunk
         last = min(first + step_chunk, array.shape[step_axis])
-        if all(s in buffer for s in range(first, last)):
-            block = np.stack([buffer.pop(s) for s in range(first, last)], axis=step_axis)
-            self._submit(array, step_axis, slice(first, last), block)
+        selected = self._steps.get(name)
+        expected = [s for s in range(first, last) if selected is None or s in selected]
+        if all(s in buffer for s in expected):
+            if len(expected) == last - first:
+                block = np.stack([buffer.pop(s) for s in expected], axis=step_axis)
+                self._submit(array, step_axis, slice(first, last), block)
+            else:  # a partial step chunk: write the selected steps one by one
+                for s in expected:
+                    self._submit(array, step_axis, s, buffer.pop(s))
 
     def _submit(self, array, step_axis, steps, block) -> None:
         region = [slice(None)] * array.ndim
@@ -504,6 +520,8 @@ class Run:
             coords["timestep"] = ("step", ds["timestep"].values)
         if "branch" in dims:
             coords["branch"] = list(array.attrs.get("branches", []))
+        if "band" in dims:
+            coords["band"] = list(array.attrs.get("bands", []))
         return data.assign_coords(coords)
 
 

@@ -20,9 +20,10 @@ Conventions
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -444,6 +445,9 @@ def trace(
     resume: bool = False,
     keep: Sequence[str] = ("xt", "x0", "images"),
     store_dtype: str = "float32",
+    record=None,
+    record_steps=None,
+    intervene=None,
     model_id: str | None = None,
     progress: bool = False,
 ) -> Run:
@@ -491,6 +495,15 @@ def trace(
         Which per-step arrays to store (``final`` is always stored).
     store_dtype : {"float32", "float16"}
         dtype of the stored per-step arrays.
+    record : str, sequence of str or mapping, optional
+        Layers to record and their reducers (see :class:`denoisefeat.hooks.record`), e.g.
+        ``{"mid_block": "channel_mean", "up_blocks.1": ["spatial_energy", "full"]}``; stored under
+        ``acts/<layer>/<reducer>`` with dims ``(sample, [branch,] step, ...)``.
+    record_steps : int, range or iterable of int, optional
+        Steps at which to record (default: all); other steps stay NaN.
+    intervene : Edit or sequence of Edit, optional
+        Edits applied during the run (:class:`denoisefeat.hooks.Edit`); described in
+        ``attrs["run"]["extra"]["interventions"]``.
     model_id : str, optional
         Name recorded in the store; default: where the pipeline was loaded from.
     progress : bool
@@ -512,14 +525,27 @@ def trace(
         width=width, decode="images" in keep, model_id=model_id,
     )
     family = _FAMILIES[request.family](pipe, request)
-    run_store = _open_or_create(store, request, batch_size=batch_size, overwrite=overwrite, resume=resume)
     coords = _schedule(scheduler_, request.steps, family.device)
+    n_loop = len(coords["timestep"])
+    clock = StepClock()
+    current: dict[str, StepWriter] = {}
+    recorder, editor = _hook_managers(pipe, request, record, record_steps, intervene, n_loop, clock, current)
+    if recorder is not None or editor is not None:
+        extra = {"record": None if recorder is None else [[n, r.name] for n, r in recorder.plan],
+                 "record_steps": None if recorder is None or recorder.steps is None else sorted(recorder.steps),
+                 "interventions": None if editor is None else editor.describe()}
+        request = replace(request, extra=extra)
+    run_store = _open_or_create(store, request, batch_size=batch_size, overwrite=overwrite, resume=resume)
     chunks = run_store.incomplete_chunks()
     _write_coordinates(run_store, request, coords)
-    clock = StepClock()
-    with _progress(progress, total=len(chunks) * len(coords["timestep"])) as advance:
+    if recorder is not None:
+        run_store.group.require_group("acts").attrs["layers"] = recorder.layers
+    with contextlib.ExitStack() as hooks, _progress(progress, total=len(chunks) * n_loop) as advance:
+        for manager in (recorder, editor):
+            if manager is not None:
+                hooks.enter_context(manager)
         for samples_ in chunks:
-            writer = StepWriter(run_store, samples_)
+            writer = current["writer"] = StepWriter(run_store, samples_)
             for name in keep:
                 writer.declare(name, tail_dims=_DIMS[name], dtype=store_dtype)
             try:
@@ -533,6 +559,45 @@ def trace(
             run_store.mark_complete(samples_)
     run_store.finalize()
     return Run(run_store)
+
+
+def _hook_managers(pipe, request, record, record_steps, edits, n_loop, clock, current):
+    """The record and intervene context managers of a trace (not entered), validated against the run."""
+    if record is None and edits is None:
+        return None, None
+    from denoisefeat import hooks
+    from denoisefeat.hooks.record import BRANCHES, steps_selection
+    from denoisefeat.hooks.reducers import band_coords
+
+    recorder = editor = None
+    if record is not None:
+        def sink(layer, reducer, step, array, dims, branched):
+            writer = current["writer"]
+            name = f"acts/{layer}/{reducer}"
+            if not writer.declared(name):
+                attrs = {"layer": layer, "reducer": reducer}
+                if branched:
+                    attrs["branches"] = list(BRANCHES)
+                if "band" in dims:
+                    attrs["bands"] = list(band_coords())
+                lead = ("sample", "branch", "step") if branched else ("sample", "step")
+                shape = (request.n_samples, 2, n_loop) if branched else (request.n_samples, n_loop)
+                writer.declare(name, tail_dims=dims, dtype="float32", lead_dims=lead, lead_shape=shape,
+                               attrs=attrs, steps=recorder.steps)
+            writer.append(name, step, array)
+
+        recorder = hooks.record(pipe, record, steps=steps_selection(record_steps, n_loop), clock=clock, sink=sink)
+    if edits is not None:
+        editor = hooks.intervene(pipe, edits, clock=clock)
+        for edit in editor.edits:
+            if edit.steps is not None and max(edit.steps, default=0) >= n_loop:
+                raise ValueError(f"Edit of {edit.layer!r} names step {max(edit.steps)}; the run has {n_loop} steps.")
+            if edit.samples is not None and max(edit.samples, default=0) >= request.n_samples:
+                raise ValueError(
+                    f"Edit of {edit.layer!r} names sample {max(edit.samples)}; the run has {request.n_samples}."
+                )
+        editor.check_seeds(request.seeds)
+    return recorder, editor
 
 
 _DIMS = {

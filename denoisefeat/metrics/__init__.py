@@ -6,9 +6,10 @@ dimensions, typically ``(sample, step)``), keyword-only options, and returns
 one value per image, shape ``(...)``, or ``(..., k)`` where documented.
 Metrics against a reference take a reference whose leading dimensions
 broadcast against the batch (e.g. the final images ``(sample, 1, C, H, W)``).
-Scales that matter (``data_range``) are required, never guessed; RGB images
-are in [0, 1].  NaN inputs raise ``ValueError``; constant images give defined
-values.
+Scales that matter (``data_range``) are required, never guessed; metrics
+whose thresholds or colour conversions assume images in [0, 1] (edges, GLCM,
+LBP, colour) raise ``ValueError`` for values outside [0, 1].  NaN inputs
+raise ``ValueError`` naming the metric; constant images give defined values.
 
 :data:`METRICS` registers the default per-step features (name, callable,
 range, direction, reference needed, kind) and :func:`compute_metrics`

@@ -7,7 +7,9 @@ them agree on the conventions:
 * images are real arrays of shape ``(..., C, H, W)`` (the channel axis is
   moved to ``-3`` on entry; ``channel_axis=None`` means grey images of shape
   ``(..., H, W)``), computed in float64;
-* NaN or infinite values raise ``ValueError`` naming the metric;
+* NaN or infinite values raise ``ValueError`` naming the metric, and so do
+  values outside [0, 1] for metrics whose thresholds or colour conversions
+  assume that range;
 * the reference broadcasts against the batch over the leading axes.
 """
 
@@ -19,6 +21,9 @@ import numpy as np
 
 __all__: list[str] = []  # private module
 
+# Tolerance of the [0, 1] check (float rounding of clamped images).
+_UNIT_TOL = 1e-6
+
 
 def prepare_images(
     images,
@@ -27,8 +32,13 @@ def prepare_images(
     channel_axis: int | None = -3,
     channels: tuple[int, ...] | None = (1, 3),
     name: str = "images",
+    unit_range: bool = False,
 ) -> np.ndarray:
-    """Validate ``images`` and return a float64 array of shape (..., C, H, W)."""
+    """Validate ``images`` and return a float64 array of shape (..., C, H, W).
+
+    ``unit_range=True`` for metrics whose thresholds or colour conversions
+    assume values in [0, 1]: values outside (beyond a 1e-6 tolerance) raise.
+    """
     a = np.asarray(images)
     if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
         raise TypeError(f"{metric}: {name} must be a real numeric array, got dtype {a.dtype}")
@@ -56,6 +66,13 @@ def prepare_images(
         raise ValueError(f"{metric}: {name} have an empty spatial extent {a.shape[-2:]}")
     if not np.isfinite(a).all():
         raise ValueError(f"{metric}: {name} contain NaN or infinite values")
+    if unit_range and a.size:
+        lo, hi = a.min(), a.max()
+        if lo < -_UNIT_TOL or hi > 1 + _UNIT_TOL:
+            raise ValueError(
+                f"{metric}: {name} must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
+                "rescale them first, e.g. (x + 1) / 2 for [-1, 1] images or x / 255 for 8-bit ones"
+            )
     return a
 
 
@@ -66,6 +83,7 @@ def prepare_pair(
     metric: str,
     channel_axis: int | None = -3,
     channels: tuple[int, ...] | None = (1, 3),
+    unit_range: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     """Validate an image batch and its reference.
 
@@ -73,8 +91,10 @@ def prepare_pair(
     (not broadcast against each other, so that reference-side work is done
     once per reference image) and ``batch_shape`` the broadcast leading shape.
     """
-    x = prepare_images(images, metric=metric, channel_axis=channel_axis, channels=channels)
-    y = prepare_images(reference, metric=metric, channel_axis=channel_axis, channels=channels, name="reference")
+    x = prepare_images(images, metric=metric, channel_axis=channel_axis, channels=channels, unit_range=unit_range)
+    y = prepare_images(
+        reference, metric=metric, channel_axis=channel_axis, channels=channels, name="reference", unit_range=unit_range
+    )
     if x.shape[-3:] != y.shape[-3:]:
         raise ValueError(
             f"{metric}: images (C, H, W) = {x.shape[-3:]} and reference (C, H, W) = {y.shape[-3:]} differ"

@@ -64,7 +64,7 @@ def mean_lab(images, *, channel_axis=-3):
     ----------
     .. [1] https://en.wikipedia.org/wiki/CIELAB_color_space
     """
-    a = prepare_images(images, metric="mean_lab", channel_axis=channel_axis, channels=(3,))
+    a = prepare_images(images, metric="mean_lab", channel_axis=channel_axis, channels=(3,), unit_range=True)
     return as_float_result(_lab(a).mean(axis=(-3, -2)))
 
 
@@ -102,7 +102,7 @@ def delta_e2000(images, reference, *, channel_axis=-3):
        mathematical observations", Color Res. Appl. 30(1), 21-30 (2005).
        :DOI:`10.1002/col.20070`
     """
-    x, y, _ = prepare_pair(images, reference, metric="delta_e2000", channel_axis=channel_axis, channels=(3,))
+    x, y, _ = prepare_pair(images, reference, metric="delta_e2000", channel_axis=channel_axis, channels=(3,), unit_range=True)
     return as_float_result(_delta_e(_lab(x), _lab(y)).mean(axis=(-2, -1)))
 
 
@@ -156,7 +156,7 @@ def hue_histogram(images, *, bins=36, channel_axis=-3):
     ``eps = 1e-3``: a uniform prior that makes grey images (no hue
     information) uniform histograms, continuously.
     """
-    a = prepare_images(images, metric="hue_histogram", channel_axis=channel_axis, channels=(3,))
+    a = prepare_images(images, metric="hue_histogram", channel_axis=channel_axis, channels=(3,), unit_range=True)
     return as_float_result(_hue_hist(a, _check_bins(bins, "hue_histogram")))
 
 
@@ -212,7 +212,7 @@ def hue_histogram_distance(images, reference, *, bins=36, channel_axis=-3):
     """
     metric = "hue_histogram_distance"
     bins = _check_bins(bins, metric)
-    x, y, _ = prepare_pair(images, reference, metric=metric, channel_axis=channel_axis, channels=(3,))
+    x, y, _ = prepare_pair(images, reference, metric=metric, channel_axis=channel_axis, channels=(3,), unit_range=True)
     return as_float_result(_circular_emd(_hue_hist(x, bins), _hue_hist(y, bins)))
 
 
@@ -246,7 +246,7 @@ def colorfulness(images, *, channel_axis=-3):
        images", Proc. SPIE 5007, Human Vision and Electronic Imaging VIII,
        87-95 (2003). :DOI:`10.1117/12.477378`
     """
-    a = prepare_images(images, metric="colorfulness", channel_axis=channel_axis, channels=(3,))
+    a = prepare_images(images, metric="colorfulness", channel_axis=channel_axis, channels=(3,), unit_range=True)
     r, g, b = (255.0 * a[..., k, :, :] for k in range(3))
     rg = r - g
     yb = 0.5 * (r + g) - b
@@ -300,7 +300,7 @@ def color_spread(images, *, mask=None, channel_axis=-3):
     reference (:func:`delta_e2000`).
     """
     metric = "color_spread"
-    a = prepare_images(images, metric=metric, channel_axis=channel_axis, channels=(3,))
+    a = prepare_images(images, metric=metric, channel_axis=channel_axis, channels=(3,), unit_range=True)
     if mask is None:
         m = np.ones(a.shape[-2:], dtype=bool)
     else:
@@ -354,7 +354,7 @@ def color_consistency(images, reference, *, mask=None, method="otsu", channel_ax
     from denoisefeat.metrics.shape import _masks
 
     metric = "color_consistency"
-    x, y, _ = prepare_pair(images, reference, metric=metric, channel_axis=channel_axis, channels=(3,))
+    x, y, _ = prepare_pair(images, reference, metric=metric, channel_axis=channel_axis, channels=(3,), unit_range=True)
     if mask is None:
         from skimage.color import rgb2gray
 

@@ -106,7 +106,7 @@ def edge_map(images, *, method="canny", sigma=1.0, low_threshold=None, high_thre
        :DOI:`10.1109/TPAMI.1986.4767851`
     """
     metric = "edge_map"
-    a = prepare_images(images, metric=metric, channel_axis=channel_axis)
+    a = prepare_images(images, metric=metric, channel_axis=channel_axis, unit_range=True)
     return _edges_of_luminance(
         luminance(a),
         method=method,
@@ -254,7 +254,7 @@ def edge_sharpness(images, *, edges=None, sigma=1.0, radius=3, channel_axis=-3):
     covers less of the transition, so keep ``radius`` fixed when comparing.
     """
     metric = "edge_sharpness"
-    a = prepare_images(images, metric=metric, channel_axis=channel_axis)
+    a = prepare_images(images, metric=metric, channel_axis=channel_axis, unit_range=True)
     if int(radius) != radius or radius < 1:
         raise ValueError(f"{metric}: radius must be a positive integer, got {radius!r}")
     lum = luminance(a)
@@ -336,7 +336,7 @@ def edge_width_10_90(images, *, edges=None, sigma=1.0, radius=4, channel_axis=-3
     profile).  The image's value is the mean over its edge pixels.
     """
     metric = "edge_width_10_90"
-    a = prepare_images(images, metric=metric, channel_axis=channel_axis)
+    a = prepare_images(images, metric=metric, channel_axis=channel_axis, unit_range=True)
     if int(radius) != radius or radius < 1:
         raise ValueError(f"{metric}: radius must be a positive integer, got {radius!r}")
     lum = luminance(a)
@@ -420,7 +420,7 @@ def edge_prf(
     metric = "edge_prf"
     if int(tolerance) != tolerance or tolerance < 0:
         raise ValueError(f"{metric}: tolerance must be a non-negative integer, got {tolerance!r}")
-    a = prepare_images(images, metric=metric, channel_axis=channel_axis)
+    a = prepare_images(images, metric=metric, channel_axis=channel_axis, unit_range=True)
     r = prepare_map(reference_edges, metric=metric, name="reference_edges", shape_hw=a.shape[-2:])
     broadcast_leading(a.shape[:-3], r.shape[:-2], metric=metric, what="reference_edges")
     e = _edges_of_luminance(

@@ -122,7 +122,7 @@ def _band_ssim(images, reference):
 def _edge_group(images, reference):
     """[density, sharpness, precision, recall, f1] from one canny pass per image."""
     metric = "edges"
-    a = prepare_images(images, metric=metric)
+    a = prepare_images(images, metric=metric, unit_range=True)
     lum = luminance(a)
     e = _edges._edges_of_luminance(
         lum, method="canny", sigma=1.0, low_threshold=None, high_threshold=None, metric=metric
@@ -132,7 +132,7 @@ def _edge_group(images, reference):
     if reference is None:
         prf = _nan(e.shape[:-2], 3)
     else:
-        _, y, _ = prepare_pair(images, reference, metric=metric)
+        _, y, _ = prepare_pair(images, reference, metric=metric, unit_range=True)
         r = _edges._edges_of_luminance(
             luminance(y), method="canny", sigma=1.0, low_threshold=None, high_threshold=None, metric=metric
         )
@@ -174,12 +174,12 @@ def _mask_gt(images, masks):
 def _lab_group(images, reference):
     """[L, a, b, delta_e2000, color_consistency] from one CIELAB conversion per image."""
     metric = "color"
-    a = prepare_images(images, metric=metric, channels=(3,))
+    a = prepare_images(images, metric=metric, channels=(3,), unit_range=True)
     lab = _color._lab(a)
     mean = lab.mean(axis=(-3, -2))
     if reference is None:
         return np.concatenate([mean, _nan(mean.shape[:-1], 2)], axis=-1)
-    _, y, shape = prepare_pair(images, reference, metric=metric, channels=(3,))
+    _, y, shape = prepare_pair(images, reference, metric=metric, channels=(3,), unit_range=True)
     lab_y = _color._lab(y)
     de = _color._delta_e(lab, lab_y).mean(axis=(-2, -1))
     m, _ = _shape._masks(luminance(y), method="otsu", polarity="auto", metric=metric)
@@ -291,7 +291,7 @@ def compute_metrics(images, reference=None, *, masks=None, edges=None, names=Non
         If a requested metric's reference is missing, or an input is invalid
         (NaN, wrong shape).
     """
-    a = prepare_images(images, metric="compute_metrics")
+    a = prepare_images(images, metric="compute_metrics", unit_range=True)
     given = {None: True, "image": reference is not None, "mask": masks is not None, "edges": edges is not None}
     refs = {"image": reference, "mask": masks, "edges": edges}
     if names is None:
@@ -312,7 +312,7 @@ def compute_metrics(images, reference=None, *, masks=None, edges=None, names=Non
         if missing:
             raise ValueError(f"compute_metrics: metrics {missing} need a reference that was not given")
     if reference is not None:
-        prepare_pair(a, reference, metric="compute_metrics")
+        prepare_pair(a, reference, metric="compute_metrics", unit_range=True)
     for key in ("mask", "edges"):
         if refs[key] is not None:
             prepare_map(refs[key], metric="compute_metrics", name=f"{key}s", shape_hw=a.shape[-2:])

@@ -70,7 +70,7 @@ def glcm_features(
     Parameters
     ----------
     images : array_like, shape (..., C, H, W)
-        Images in [0, 1], RGB or grey (values outside [0, 1] are clipped).
+        Images in [0, 1], RGB or grey.
     distances : sequence of int, optional
         Pixel pair distances (default ``(1,)``).
     angles : sequence of float, optional
@@ -91,8 +91,8 @@ def glcm_features(
 
     Notes
     -----
-    The luminance is quantised to ``floor(L * levels)`` (clipped to
-    ``levels - 1``), and :func:`skimage.feature.graycomatrix` computes a
+    The luminance is quantised to ``floor(L * levels)`` (the value 1 goes
+    to ``levels - 1``), and :func:`skimage.feature.graycomatrix` computes a
     symmetric GLCM per image; :func:`skimage.feature.graycoprops` gives the
     properties ("energy" is the square root of the angular second moment).
 
@@ -112,7 +112,7 @@ def glcm_features(
         raise ValueError(f"{metric}: levels must be an integer in [2, 65536], got {levels!r}")
     if len(distances) == 0 or len(angles) == 0:
         raise ValueError(f"{metric}: distances and angles must be non-empty")
-    a = prepare_images(images, metric=metric, channel_axis=channel_axis)
+    a = prepare_images(images, metric=metric, channel_axis=channel_axis, unit_range=True)
     return _glcm_from_luminance(luminance(a), distances=tuple(distances), angles=tuple(angles), levels=int(levels))
 
 
@@ -123,6 +123,12 @@ def _lbp_hist_from_luminance(lum, *, P, R):
     # codes, so the luminance is quantised to 8 bits first.
     u8 = np.round(np.clip(lum, 0.0, 1.0) * 255.0).astype(np.uint8)
     codes = per_image(lambda p: local_binary_pattern(p, P, R, method="uniform"), u8).astype(np.int64)
+    # Border pixels compare with neighbours outside the image (read as 0 by
+    # scikit-image): they are left out of the histogram.
+    b = int(np.ceil(R))
+    if codes.shape[-2] <= 2 * b or codes.shape[-1] <= 2 * b:
+        raise ValueError(f"lbp: images of {codes.shape[-2:]} pixels have no pixel at least R={R} from the border")
+    codes = codes[..., b:-b, b:-b]
     n_bins = P + 2
     lead = codes.shape[:-2]
     flat = codes.reshape(-1, codes.shape[-2] * codes.shape[-1])
@@ -164,6 +170,8 @@ def lbp_histogram(images, *, P=8, R=1, channel_axis=-3):
     :func:`skimage.feature.local_binary_pattern` with ``method="uniform"``
     on the luminance quantised to 8 bits (``round(255 L)``); the quantisation
     avoids spurious codes from float rounding between equal neighbours.
+    Pixels closer than ``ceil(R)`` to the border are left out of the
+    histogram (scikit-image reads their outside neighbours as 0).
 
     References
     ----------
@@ -174,7 +182,7 @@ def lbp_histogram(images, *, P=8, R=1, channel_axis=-3):
     """
     metric = "lbp_histogram"
     _check_lbp(P, R, metric)
-    a = prepare_images(images, metric=metric, channel_axis=channel_axis)
+    a = prepare_images(images, metric=metric, channel_axis=channel_axis, unit_range=True)
     return as_float_result(_lbp_hist_from_luminance(luminance(a), P=int(P), R=float(R)))
 
 
@@ -218,7 +226,7 @@ def lbp_distance(images, reference, *, P=8, R=1, channel_axis=-3):
     """
     metric = "lbp_distance"
     _check_lbp(P, R, metric)
-    x, y, _ = prepare_pair(images, reference, metric=metric, channel_axis=channel_axis)
+    x, y, _ = prepare_pair(images, reference, metric=metric, channel_axis=channel_axis, unit_range=True)
     h = _lbp_hist_from_luminance(luminance(x), P=int(P), R=float(R))
     g = _lbp_hist_from_luminance(luminance(y), P=int(P), R=float(R))
     return as_float_result(_chi2(h, g))

@@ -1,0 +1,247 @@
+"""Record named layers' outputs at chosen steps, reduced, into the run store or into memory.
+
+Each recorded module gets a plain torch forward hook; hooks are removed in ``finally`` however the
+block ends (error or KeyboardInterrupt included).
+
+What a hook keeps
+-----------------
+* the module's output — or its first positional input with ``inputs=True``;
+* for tuple outputs the first element (diffusers' down blocks return ``(hidden_states,
+  skip_states)``, the hidden states are kept; see :func:`~denoisefeat.hooks.layers.first_tensor`);
+* token outputs ``(batch, token, channel)`` are stored channel-first ``(batch, channel, token)``;
+* under classifier-free guidance the doubled batch is split and stored along a ``branch`` axis,
+  always ordered ``("uncond", "cond")`` whatever order the pipeline uses.
+
+Steps
+-----
+Inside :func:`denoisefeat.trace` the loop's step is known and used.  Around any other code (for
+example a plain ``pipe(...)`` call) a step is one call of the denoiser's root module: a scheduler that
+calls the denoiser twice per timestep (Heun) counts two steps, the convention of ``trace``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from denoisefeat.hooks.layers import first_tensor, resolve_layers
+from denoisefeat.hooks.reducers import Reducer, band_coords, get_reducer
+from denoisefeat.models import denoiser_of
+from denoisefeat.trajectory import StepClock
+
+__all__ = ["Recording", "layer_reducer_pairs", "record", "steps_selection"]
+
+BRANCHES = ("uncond", "cond")
+
+
+def steps_selection(steps, n_steps: int | None = None) -> frozenset[int] | None:
+    """Normalise a step selection (``None`` = all, an int, a range/slice or an iterable of ints).
+
+    Negative steps count from the end and need ``n_steps``; steps outside ``[0, n_steps)`` are refused.
+    """
+    if steps is None:
+        return None
+    if isinstance(steps, slice):
+        if n_steps is None:
+            raise ValueError("A slice of steps needs the number of steps; pass a range or a list instead.")
+        steps = range(n_steps)[steps]
+    if isinstance(steps, (int, np.integer)):
+        steps = [int(steps)]
+    chosen = set()
+    for s in steps:
+        s = int(s)
+        if s < 0 and n_steps is not None:
+            s += n_steps
+        if s < 0 or (n_steps is not None and s >= n_steps):
+            bound = f"0…{n_steps - 1}" if n_steps is not None else "≥ 0"
+            raise ValueError(f"Step {s} is outside the run's steps ({bound}).")
+        chosen.add(s)
+    return frozenset(chosen)
+
+
+def _layer_spec(denoiser, layers) -> list[tuple[str, Reducer]]:
+    if isinstance(layers, str):
+        layers = {layers: "full"}
+    elif not isinstance(layers, Mapping):
+        layers = {name: "full" for name in layers}
+    plan = []
+    for pattern, reducers in layers.items():
+        if isinstance(reducers, (str, Reducer)) or callable(reducers):
+            reducers = [reducers]
+        for name in resolve_layers(denoiser, pattern):
+            for reducer in reducers:
+                plan.append((name, get_reducer(reducer)))
+    return plan
+
+
+def channel_first(tensor: torch.Tensor) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """``(batch, channel, y, x)`` as is; ``(batch, token, channel)`` → ``(batch, channel, token)``."""
+    if tensor.ndim == 4:
+        return tensor, ("y", "x")
+    if tensor.ndim == 3:
+        return tensor.transpose(1, 2), ("token",)
+    if tensor.ndim == 2:
+        return tensor, ()
+    raise ValueError(f"Cannot record a {tensor.ndim}-d output {tuple(tensor.shape)}")
+
+
+def split_branches(tensor: torch.Tensor, branches: tuple[str, ...] | None) -> torch.Tensor:
+    """``(2B, ...)`` in the pipeline's order → ``(B, 2, ...)`` ordered ``(uncond, cond)``."""
+    if branches is None:
+        return tensor
+    first, second = tensor.chunk(2)
+    pair = (first, second) if tuple(branches) == BRANCHES else (second, first)
+    return torch.stack(pair, dim=1)
+
+
+class Recording:
+    """In-memory activations of a :func:`record` block, with labelled access.
+
+    ``recording.acts(layer, reducer=None)`` returns an ``xarray.DataArray``
+    ``(sample, [branch,] step, ...)`` — the same as ``Run.acts`` for a stored run.
+    """
+
+    def __init__(self):
+        self._data: dict[tuple[str, str], dict[int, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
+        self._dims: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._branched: dict[tuple[str, str], bool] = {}
+        self.layers: list[str] = []
+
+    def add(self, layer: str, reducer: str, step: int, data: np.ndarray, dims: tuple[str, ...], branched: bool):
+        key = (layer, reducer)
+        if layer not in self.layers:
+            self.layers.append(layer)
+        self._data[key][step].append(data)
+        self._dims[key], self._branched[key] = dims, branched
+
+    def acts(self, layer: str, reducer: str | None = None):
+        """Recorded activations of ``layer`` as an ``xarray.DataArray`` (sample, [branch,] step, …)."""
+        import xarray as xr
+
+        keys = [k for k in self._data if k[0] == layer]
+        if not keys:
+            raise KeyError(f"No activations recorded for {layer!r}; recorded: {', '.join(self.layers) or 'none'}.")
+        if reducer is None:
+            if len(keys) != 1:
+                raise KeyError(f"{layer!r} was recorded with reducers {[k[1] for k in keys]}; pass reducer=...")
+            key = keys[0]
+        else:
+            key = (layer, reducer)
+            if key not in self._data:
+                raise KeyError(f"{layer!r} has no {reducer!r} record; it has {[k[1] for k in keys]}.")
+        by_step = self._data[key]
+        steps = sorted(by_step)
+        stacked = np.stack([np.concatenate(by_step[s]) for s in steps], axis=1)  # (sample, step, ...)
+        dims = ["sample", "step", *self._dims[key]]
+        if self._branched[key]:
+            stacked = np.moveaxis(stacked, 2, 1)  # (sample, branch, step, ...)
+            dims = ["sample", "branch", "step", *self._dims[key]]
+        coords = {"step": steps}
+        if self._branched[key]:
+            coords["branch"] = list(BRANCHES)
+        if "band" in dims:
+            coords["band"] = list(band_coords())
+        return xr.DataArray(stacked, dims=dims, coords=coords, name=f"{layer}/{key[1]}")
+
+
+class record:
+    """Record layer outputs at chosen steps (a context manager).
+
+    Parameters
+    ----------
+    pipe_or_denoiser : diffusers pipeline or torch.nn.Module
+    layers : str, sequence of str, or mapping
+        Layer names or globs; a mapping gives each its reducer(s):
+        ``{"mid_block": "channel_mean", "up_blocks.*": ["spatial_energy", "band_energy"]}``.
+        A name or sequence records ``"full"`` outputs.
+    steps : int, range, iterable of int, or None
+        Loop steps to record; default all.
+    inputs : bool
+        Record the module's first positional input instead of its output.
+    clock : StepClock, optional
+        Supplied by :func:`denoisefeat.trace`; without it a step is one root call of the denoiser.
+    sink : callable, optional
+        ``sink(layer, reducer, step, array, dims, branched)`` instead of the in-memory
+        :class:`Recording` (``trace`` streams to the store this way).
+
+    Examples
+    --------
+    >>> with record(pipe, {"mid_block": "channel_mean"}) as rec:   # doctest: +SKIP
+    ...     pipe(class_labels=[0, 1], num_inference_steps=20)
+    >>> rec.acts("mid_block")                                        # (sample, step, channel)
+    """
+
+    def __init__(self, pipe_or_denoiser, layers, *, steps=None, inputs: bool = False,
+                 clock: StepClock | None = None, sink=None):
+        self.denoiser = denoiser_of(pipe_or_denoiser)
+        self.plan = _layer_spec(self.denoiser, layers)
+        self.steps = steps_selection(steps)
+        self.inputs = inputs
+        self._own_clock = clock is None
+        self.clock = clock or StepClock()
+        self.recording = Recording()
+        self.sink = sink or self.recording.add
+        self._handles: list = []
+
+    @property
+    def layers(self) -> list[str]:
+        seen = []
+        for name, _ in self.plan:
+            if name not in seen:
+                seen.append(name)
+        return seen
+
+    def _make_hook(self, name: str, reducers: Sequence[Reducer]):
+        def hook(module, args, output):
+            step = self.clock.step
+            if step is None or (self.steps is not None and step not in self.steps):
+                return None
+            tensor = args[0] if self.inputs else first_tensor(output)
+            if tensor is None:
+                return None
+            with torch.no_grad():
+                tensor, positions = channel_first(tensor.detach())
+                for reducer in reducers:
+                    reduced = split_branches(reducer(tensor), self.clock.branches)
+                    dims = reducer.dims(positions)[: reduced.ndim - 1 - (self.clock.branches is not None)]
+                    array = reduced.float().cpu().numpy()
+                    self.sink(name, reducer.name, step, array, tuple(dims), self.clock.branches is not None)
+            return None
+
+        return hook
+
+    def _count_step(self, module, args):
+        self.clock.step = 0 if self.clock.step is None else self.clock.step + 1
+
+    def __enter__(self) -> Recording:
+        modules = dict(self.denoiser.named_modules())
+        by_layer: dict[str, list[Reducer]] = defaultdict(list)
+        for name, reducer in self.plan:
+            by_layer[name].append(reducer)
+        try:
+            if self._own_clock:
+                self._handles.append(self.denoiser.register_forward_pre_hook(self._count_step))
+            for name, reducers in by_layer.items():
+                self._handles.append(modules[name].register_forward_hook(self._make_hook(name, reducers)))
+        except BaseException:
+            self._remove()
+            raise
+        return self.recording
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __exit__(self, *exc) -> bool:
+        self._remove()
+        return False
+
+
+def layer_reducer_pairs(pipe_or_denoiser, layers) -> list[tuple[str, str]]:
+    """``(layer, reducer name)`` pairs a ``record`` spec expands to (for validation and job specs)."""
+    return [(name, reducer.name) for name, reducer in _layer_spec(denoiser_of(pipe_or_denoiser), layers)]
+
