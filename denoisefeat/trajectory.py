@@ -500,7 +500,8 @@ def trace(
         ``{"mid_block": "channel_mean", "up_blocks.1": ["spatial_energy", "full"]}``; stored under
         ``acts/<layer>/<reducer>`` with dims ``(sample, [branch,] step, ...)``.
     record_steps : int, range or iterable of int, optional
-        Steps at which to record (default: all); other steps stay NaN.
+        Steps at which to record (default: all); other steps stay NaN.  Recorded outputs are the
+        outputs after any ``intervene`` edits of the same layer.
     intervene : Edit or sequence of Edit, optional
         Edits applied during the run (:class:`denoisefeat.hooks.Edit`); described in
         ``attrs["run"]["extra"]["interventions"]``.
@@ -541,7 +542,7 @@ def trace(
     if recorder is not None:
         run_store.group.require_group("acts").attrs["layers"] = recorder.layers
     with contextlib.ExitStack() as hooks, _progress(progress, total=len(chunks) * n_loop) as advance:
-        for manager in (recorder, editor):
+        for manager in (editor, recorder):  # edits first: recordings show what flows downstream
             if manager is not None:
                 hooks.enter_context(manager)
         for samples_ in chunks:

@@ -154,7 +154,13 @@ def _lbp(images, reference):
 
 
 def _wavelet(images, reference):
-    return _texture.wavelet_texture_energy(images)
+    """Levels 2-3 of db2; images under 24 px have no level 3 and use level 2 alone."""
+    import pywt
+
+    a = np.asarray(images)
+    max_level = pywt.dwt_max_level(min(a.shape[-2:]), pywt.Wavelet("db2").dec_len)
+    levels = tuple(j for j in (2, 3) if j <= max_level) or (1,)
+    return _texture.wavelet_texture_energy(images, levels=levels)
 
 
 def _mask_group(images, reference):
@@ -251,6 +257,7 @@ def _build() -> Mapping[str, MetricSpec]:
 #: step against the final image); ``lowpass_ssim`` is the SSIM of the ``low``
 #: band of :data:`denoisefeat.frequency.DEFAULT_BANDS` (computed with
 #: ``band_ssim_mid`` and ``band_ssim_high`` from one band split);
+#: ``wavelet_texture_energy`` uses levels 2-3 (level 2 alone below 24 px);
 #: ``color_spread_gt`` is the colour spread inside the ground-truth mask
 #: (ideal 0 for DiffShapes' solid objects).
 METRICS: Mapping[str, MetricSpec] = _build()

@@ -8,8 +8,8 @@ W)``) and return one value per image, shape ``(...)`` (``(..., n_bands)`` for
 
 The SSIM family is vectorised: the local statistics are the separable filters
 of scikit-image's SSIM (uniform or Gaussian, reflected borders) over the last
-two axes of the whole batch, written as two small matrix products for images
-up to 128 px and as :mod:`scipy.ndimage` filters above; the reference's own
+two axes of the whole batch, written as two small matrix products for small
+images and as :mod:`scipy.ndimage` filters above; the reference's own
 statistics are computed once per reference image, not once per (image,
 reference) pair.
 """
@@ -52,9 +52,10 @@ def _check_extent(shape_hw, win_size: int, *, metric: str) -> None:
 
 # Up to this image side the windowed means are two small dense matrix
 # products (the 1-D filters, boundary handling included, written as matrices):
-# several times faster than scipy.ndimage for small images.  Above it,
-# scipy.ndimage's separable filters.
-_MATRIX_MAX_SIDE = 128
+# 2-10 times faster than scipy.ndimage for small images (the dense product
+# costs O(side) per pixel, so the uniform window stops paying off sooner).
+# Above it, scipy.ndimage's separable filters.
+_MATRIX_MAX_SIDE = {False: 64, True: 128}  # by gaussian_weights
 
 
 def _filter1d(a, gaussian_weights, win_size, axis):
@@ -81,7 +82,7 @@ def _local_mean(a: np.ndarray, gaussian_weights: bool, win_size: int) -> np.ndar
     (sigma 1.5, truncate 3.5), applied separably along the last two axes.
     """
     H, W = a.shape[-2:]
-    if max(H, W) <= _MATRIX_MAX_SIDE:
+    if max(H, W) <= _MATRIX_MAX_SIDE[bool(gaussian_weights)]:
         ah = _filter_matrix(H, gaussian_weights, win_size)
         aw = _filter_matrix(W, gaussian_weights, win_size)
         return np.matmul(np.matmul(ah, a), aw.T)

@@ -70,8 +70,8 @@ class ClassifierConfig:
     """
 
     size: int = 32
-    width: int = 16
-    iterations: int = 1200
+    width: int = 24
+    iterations: int = 2400
     batch_size: int = 64
     learning_rate: float = 3e-3
     noise_std: float = 0.08
