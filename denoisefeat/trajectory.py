@@ -213,6 +213,7 @@ class _Family:
         self.pipe = pipe
         self.request = request
         self.denoiser = denoiser_of(pipe)
+        self.forward = self.denoiser  # what is called for one denoiser evaluation (a hook backend may wrap it)
         self.device = self.denoiser.device
         self.dtype = self.denoiser.dtype
         self.guided = request.guidance_scale > 1.0
@@ -265,7 +266,7 @@ class _PixelFamily(_Family):
         return {"class_labels": labels}
 
     def call_denoiser(self, model_input, t, cond):
-        return self.denoiser(model_input, t, return_dict=False, **cond)[0]
+        return self.forward(model_input, t, return_dict=False, **cond)[0]
 
 
 class _StableDiffusionFamily(_Family):
@@ -298,7 +299,7 @@ class _StableDiffusionFamily(_Family):
         return cond
 
     def call_denoiser(self, model_input, t, cond):
-        return self.denoiser(model_input, t, return_dict=False, **cond)[0]
+        return self.forward(model_input, t, return_dict=False, **cond)[0]
 
     def to_images(self, x):
         vae = self.pipe.vae
@@ -345,7 +346,7 @@ class _DiTFamily(_Family):
     def call_denoiser(self, model_input, t, cond):
         timestep = t if torch.is_tensor(t) else torch.tensor([t], device=self.device)
         timestep = timestep.reshape(-1).to(self.device).expand(model_input.shape[0])
-        output = self.denoiser(model_input, timestep=timestep, return_dict=False, **cond)[0]
+        output = self.forward(model_input, timestep=timestep, return_dict=False, **cond)[0]
         channels = self.denoiser.config.in_channels
         return output[:, :channels]  # drop the learned variance, as DiTPipeline does
 
@@ -448,6 +449,7 @@ def trace(
     record=None,
     record_steps=None,
     intervene=None,
+    backend: str = "torch",
     model_id: str | None = None,
     progress: bool = False,
 ) -> Run:
@@ -505,6 +507,10 @@ def trace(
     intervene : Edit or sequence of Edit, optional
         Edits applied during the run (:class:`denoisefeat.hooks.Edit`); described in
         ``attrs["run"]["extra"]["interventions"]``.
+    backend : {"torch", "nnsight"}
+        How ``record``/``intervene`` reach the layers: plain torch forward hooks (default), or an
+        nnsight trace of every denoiser call (:mod:`denoisefeat.hooks.nnsight_backend`).  Both give
+        identical tensors.
     model_id : str, optional
         Name recorded in the store; default: where the pipeline was loaded from.
     progress : bool
@@ -541,10 +547,17 @@ def trace(
     _write_coordinates(run_store, request, coords)
     if recorder is not None:
         run_store.group.require_group("acts").attrs["layers"] = recorder.layers
+    if backend not in ("torch", "nnsight"):
+        raise ValueError(f"backend must be 'torch' or 'nnsight', got {backend!r}.")
+    managers = [m for m in (editor, recorder) if m is not None]  # edits first: recordings show the edited flow
     with contextlib.ExitStack() as hooks, _progress(progress, total=len(chunks) * n_loop) as advance:
-        for manager in (editor, recorder):  # edits first: recordings show what flows downstream
-            if manager is not None:
+        if backend == "torch":
+            for manager in managers:
                 hooks.enter_context(manager)
+        elif managers:
+            from denoisefeat.hooks.nnsight_backend import NNsightForward
+
+            family.forward = NNsightForward(family.denoiser, managers)
         for samples_ in chunks:
             writer = current["writer"] = StepWriter(run_store, samples_)
             for name in keep:
@@ -558,6 +571,7 @@ def trace(
                 dtype=store_dtype,
             )[samples_] = _numpy(final)
             run_store.mark_complete(samples_)
+    family.forward = family.denoiser
     run_store.finalize()
     return Run(run_store)
 

@@ -201,3 +201,25 @@ def test_bad_edit_definitions():
         Edit("mid_block", "scale")
     with pytest.raises(ValueError, match="needs source"):
         Edit("mid_block", "patch")
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "spec"),
+    [
+        ("tiny-class-unet", {"class_labels": [0, 1, 2], "guidance_scale": 2.0},
+         {"down_blocks.1": ["channel_mean", "spatial_energy"], "mid_block": "full", "up_blocks.0": "band_energy"}),
+        ("tiny-sd", {"prompts": ["a", "b"]},
+         {"down_blocks.1.attentions.0": "full", "mid_block": "channel_std", "up_blocks.0.attentions.1": "full"}),
+    ],
+)
+def test_nnsight_backend_gives_identical_tensors(tiny_pipes, name, kwargs, spec):
+    pipe = tiny_pipes[name]
+    edits = [Edit("mid_block", "scale", value=0.5, steps=[1, 2]), Edit("down_blocks.0", "noise", value=0.3, samples=[1])]
+    runs = [trace(pipe, steps=3, record=spec, intervene=edits, backend=backend, **kwargs)
+            for backend in ("torch", "nnsight")]
+    for array in ("x0", "final"):
+        np.testing.assert_array_equal(runs[0].dataset[array].values, runs[1].dataset[array].values)
+    for layer in runs[0].layers():
+        for reducer in ([spec[layer]] if isinstance(spec[layer], str) else spec[layer]):
+            np.testing.assert_array_equal(runs[0].acts(layer, reducer).values, runs[1].acts(layer, reducer).values)
+    assert not any(len(m._forward_hooks) for m in denoiser_of(pipe).modules()), "no hooks left behind"

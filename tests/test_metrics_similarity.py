@@ -34,12 +34,16 @@ def test_ssim_matches_skimage_many_pairs(gaussian_weights, channels):
     for trial in range(6):
         H, W = RNG.integers(12, 33, size=2)
         x = _smooth_random(RNG, (4, channels, H, W))
-        y = np.clip(x + RNG.normal(0, RNG.uniform(0.01, 0.4), x.shape), 0, 1) if trial % 2 else _smooth_random(
-            RNG, (4, channels, H, W)
+        y = (
+            np.clip(x + RNG.normal(0, RNG.uniform(0.01, 0.4), x.shape), 0, 1)
+            if trial % 2
+            else _smooth_random(RNG, (4, channels, H, W))
         )
         got = ssim(x, y, data_range=1.0, gaussian_weights=gaussian_weights)
         want = [
-            structural_similarity(x[i], y[i], data_range=1.0, channel_axis=0, gaussian_weights=gaussian_weights)
+            structural_similarity(
+                x[i], y[i], data_range=1.0, channel_axis=0, gaussian_weights=gaussian_weights
+            )
             for i in range(4)
         ]
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
@@ -50,12 +54,14 @@ def test_ssim_matches_skimage_window_sizes(win_size):
     x, y = RNG.random((2, 3, 20, 18))
     for g in (False, True):
         got = ssim(x[None], y[None], data_range=1.0, win_size=win_size, gaussian_weights=g)[0]
-        want = structural_similarity(x, y, data_range=1.0, channel_axis=0, win_size=win_size, gaussian_weights=g)
+        want = structural_similarity(
+            x, y, data_range=1.0, channel_axis=0, win_size=win_size, gaussian_weights=g
+        )
         assert abs(got - want) < 1e-6
 
 
 def test_ssim_matches_skimage_large_images_ndimage_path():
-    # Above 128 px the filters run through scipy.ndimage instead of matrices.
+    # Large images (140 px) run through scipy.ndimage filters instead of matrices.
     x, y = RNG.random((2, 1, 140, 132))
     for g in (False, True):
         got = ssim(x, y, data_range=1.0, gaussian_weights=g)
@@ -77,14 +83,18 @@ def test_ssim_broadcasts_reference_and_matches_loop():
     ref = RNG.random((S, 1, 3, 16, 16))
     got = ssim(x, ref, data_range=1.0)
     assert got.shape == (S, T) and got.dtype == np.float64
-    loop = np.array([[ssim(x[s, t], ref[s, 0], data_range=1.0) for t in range(T)] for s in range(S)])
+    loop = np.array(
+        [[ssim(x[s, t], ref[s, 0], data_range=1.0) for t in range(T)] for s in range(S)]
+    )
     np.testing.assert_allclose(got, loop, atol=1e-12)
 
 
 def test_ssim_channel_axis_options():
     x, y = RNG.random((2, 2, 3, 16, 16))
     base = ssim(x, y, data_range=1.0)
-    np.testing.assert_allclose(ssim(np.moveaxis(x, -3, -1), np.moveaxis(y, -3, -1), data_range=1, channel_axis=-1), base)
+    np.testing.assert_allclose(
+        ssim(np.moveaxis(x, -3, -1), np.moveaxis(y, -3, -1), data_range=1, channel_axis=-1), base
+    )
     grey = ssim(x[:, 0], y[:, 0], data_range=1.0, channel_axis=None)
     np.testing.assert_allclose(grey, ssim(x[:, :1], y[:, :1], data_range=1.0))
 
@@ -142,7 +152,10 @@ def test_psnr_matches_skimage_and_identical_is_inf():
     x = RNG.random((3, 2, 3, 16, 16))
     ref = RNG.random((3, 1, 3, 16, 16))
     got = psnr(x, ref, data_range=1.0)
-    want = [[peak_signal_noise_ratio(ref[s, 0], x[s, t], data_range=1.0) for t in range(2)] for s in range(3)]
+    want = [
+        [peak_signal_noise_ratio(ref[s, 0], x[s, t], data_range=1.0) for t in range(2)]
+        for s in range(3)
+    ]
     np.testing.assert_allclose(got, want, atol=1e-6)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -170,11 +183,18 @@ def test_ms_ssim_scales_for_small_images():
     x, y = _smooth_random(RNG, (2, 2, 3, 32, 32))
     # 32 px with the 11-tap window: two scales (32, 16), weights renormalised.
     np.testing.assert_allclose(
-        ms_ssim(x, y, data_range=1.0), ms_ssim(x, y, data_range=1.0, weights=MS_SSIM_WEIGHTS[:2]), atol=1e-12
+        ms_ssim(x, y, data_range=1.0),
+        ms_ssim(x, y, data_range=1.0, weights=MS_SSIM_WEIGHTS[:2]),
+        atol=1e-12,
     )
     # One scale is the (Gaussian) SSIM, clipped at 0 and averaged per channel.
     one = ms_ssim(x, y, data_range=1.0, weights=(1.0,))
-    per_channel = np.stack([ssim(x[:, c], y[:, c], data_range=1.0, gaussian_weights=True, channel_axis=None) for c in range(3)])
+    per_channel = np.stack(
+        [
+            ssim(x[:, c], y[:, c], data_range=1.0, gaussian_weights=True, channel_axis=None)
+            for c in range(3)
+        ]
+    )
     np.testing.assert_allclose(one, np.clip(per_channel, 0, None).mean(axis=0), atol=1e-12)
     # 16 px: a single scale.
     np.testing.assert_allclose(

@@ -18,7 +18,16 @@ import torch
 
 from denoisefeat.models import denoiser_of
 
-__all__ = ["LayerInfo", "UnknownLayerError", "dummy_inputs", "list_layers", "resolve_layers", "top_level_layers"]
+__all__ = [
+    "LayerInfo",
+    "UnknownLayerError",
+    "dummy_inputs",
+    "first_tensor",
+    "list_layers",
+    "probe_layers",
+    "resolve_layers",
+    "top_level_layers",
+]
 
 
 class UnknownLayerError(KeyError):
@@ -127,7 +136,7 @@ def top_level_layers(pipe_or_denoiser) -> list[str]:
             names += [f"{name}.{i}" for i in range(len(module))]
         elif name in ("conv_in", "mid_block", "conv_out", "pos_embed", "proj_out", "proj_out_2"):
             names.append(name)
-    order = _probe(denoiser, names, size=None)[1]
+    order = probe_layers(denoiser, names, size=None)[1]
     return sorted(names, key=lambda n: order.get(n, len(order)))
 
 
@@ -195,7 +204,7 @@ def list_layers(
     if kind is not None:
         k = kind.lower()
         names = [n for n in names if k in n.lower().split(".") or k in type(modules[n]).__name__.lower()]
-    shapes, order = _probe(denoiser, names, size=size)
+    shapes, order = probe_layers(denoiser, names, size=size)
     in_size = size or denoiser.config.get("sample_size") or 32
     in_size = in_size if isinstance(in_size, int) else in_size[0]
     infos = []
@@ -227,7 +236,7 @@ def first_tensor(output):
     return None
 
 
-def _probe(denoiser, names: Sequence[str], *, size) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+def probe_layers(denoiser, names: Sequence[str], *, size) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
     """One forward pass on dummy inputs: each module's output shape and its execution order."""
     shapes: dict[str, tuple[int, ...]] = {}
     order: dict[str, int] = {}

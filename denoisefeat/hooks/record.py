@@ -213,19 +213,23 @@ class record:
 
         return hook
 
+    def layer_hooks(self) -> dict[str, object]:
+        """``{layer: hook(module, args, output)}`` — what :meth:`__enter__` registers as forward hooks."""
+        by_layer: dict[str, list[Reducer]] = defaultdict(list)
+        for name, reducer in self.plan:
+            by_layer[name].append(reducer)
+        return {name: self._make_hook(name, reducers) for name, reducers in by_layer.items()}
+
     def _count_step(self, module, args):
         self.clock.step = 0 if self.clock.step is None else self.clock.step + 1
 
     def __enter__(self) -> Recording:
         modules = dict(self.denoiser.named_modules())
-        by_layer: dict[str, list[Reducer]] = defaultdict(list)
-        for name, reducer in self.plan:
-            by_layer[name].append(reducer)
         try:
             if self._own_clock:
                 self._handles.append(self.denoiser.register_forward_pre_hook(self._count_step))
-            for name, reducers in by_layer.items():
-                self._handles.append(modules[name].register_forward_hook(self._make_hook(name, reducers)))
+            for name, hook in self.layer_hooks().items():
+                self._handles.append(modules[name].register_forward_hook(hook))
         except BaseException:
             self._remove()
             raise

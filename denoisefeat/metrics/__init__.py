@@ -30,7 +30,13 @@ from denoisefeat.metrics.color import (
     hue_histogram_distance,
     mean_lab,
 )
-from denoisefeat.metrics.edges import edge_density, edge_map, edge_prf, edge_sharpness, edge_width_10_90
+from denoisefeat.metrics.edges import (
+    edge_density,
+    edge_map,
+    edge_prf,
+    edge_sharpness,
+    edge_width_10_90,
+)
 from denoisefeat.metrics.registry import METRICS, REFERENCE_KINDS, MetricSpec, compute_metrics
 from denoisefeat.metrics.shape import (
     foreground_mask,

@@ -40,26 +40,34 @@ def prepare_images(
     assume values in [0, 1]: values outside (beyond a 1e-6 tolerance) raise.
     """
     a = np.asarray(images)
-    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+    if a.dtype == bool or not (
+        np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)
+    ):
         raise TypeError(f"{metric}: {name} must be a real numeric array, got dtype {a.dtype}")
     a = a.astype(np.float64, copy=False)
     if channel_axis is None:
         if a.ndim < 2:
-            raise ValueError(f"{metric}: {name} must have at least 2 dimensions (H, W), got shape {a.shape}")
+            raise ValueError(
+                f"{metric}: {name} must have at least 2 dimensions (H, W), got shape {a.shape}"
+            )
         a = a[..., None, :, :]
     else:
         if a.ndim < 3:
             raise ValueError(
-                f"{metric}: {name} must have at least 3 dimensions (..., C, H, W), got shape {a.shape}; "
+                f"{metric}: {name} must have at least 3 dimensions (..., C, H, W), "
+                f"got shape {a.shape}; "
                 "pass channel_axis=None for grey images of shape (..., H, W)"
             )
         try:
             a = np.moveaxis(a, channel_axis, -3)
         except np.exceptions.AxisError as err:
-            raise ValueError(f"{metric}: channel_axis={channel_axis} is invalid for {name} of shape {a.shape}") from err
+            raise ValueError(
+                f"{metric}: channel_axis={channel_axis} is invalid for {name} of shape {a.shape}"
+            ) from err
     if channels is not None and a.shape[-3] not in channels:
         raise ValueError(
-            f"{metric}: {name} must have {' or '.join(map(str, channels))} channels on the channel axis, "
+            f"{metric}: {name} must have {' or '.join(map(str, channels))} channels "
+            "on the channel axis, "
             f"got {a.shape[-3]} (shape {a.shape} after moving the channel axis to -3)"
         )
     if a.shape[-1] == 0 or a.shape[-2] == 0:
@@ -91,24 +99,35 @@ def prepare_pair(
     (not broadcast against each other, so that reference-side work is done
     once per reference image) and ``batch_shape`` the broadcast leading shape.
     """
-    x = prepare_images(images, metric=metric, channel_axis=channel_axis, channels=channels, unit_range=unit_range)
+    x = prepare_images(
+        images, metric=metric, channel_axis=channel_axis, channels=channels, unit_range=unit_range
+    )
     y = prepare_images(
-        reference, metric=metric, channel_axis=channel_axis, channels=channels, name="reference", unit_range=unit_range
+        reference,
+        metric=metric,
+        channel_axis=channel_axis,
+        channels=channels,
+        name="reference",
+        unit_range=unit_range,
     )
     if x.shape[-3:] != y.shape[-3:]:
         raise ValueError(
-            f"{metric}: images (C, H, W) = {x.shape[-3:]} and reference (C, H, W) = {y.shape[-3:]} differ"
+            f"{metric}: images (C, H, W) = {x.shape[-3:]} and "
+            f"reference (C, H, W) = {y.shape[-3:]} differ"
         )
     return x, y, broadcast_leading(x.shape[:-3], y.shape[:-3], metric=metric, what="reference")
 
 
-def broadcast_leading(a: tuple[int, ...], b: tuple[int, ...], *, metric: str, what: str) -> tuple[int, ...]:
+def broadcast_leading(
+    a: tuple[int, ...], b: tuple[int, ...], *, metric: str, what: str
+) -> tuple[int, ...]:
     """Broadcast two leading (batch) shapes, with an error naming the metric."""
     try:
         return tuple(np.broadcast_shapes(a, b))
     except ValueError as err:
         raise ValueError(
-            f"{metric}: the {what}'s leading shape {b} does not broadcast against the images' leading shape {a}"
+            f"{metric}: the {what}'s leading shape {b} does not broadcast "
+            f"against the images' leading shape {a}"
         ) from err
 
 
@@ -120,7 +139,9 @@ def prepare_map(maps, *, metric: str, name: str, shape_hw: tuple[int, int]) -> n
     """
     m = np.asarray(maps)
     if m.ndim < 2 or m.shape[-2:] != tuple(shape_hw):
-        raise ValueError(f"{metric}: {name} must have shape (..., {shape_hw[0]}, {shape_hw[1]}), got {m.shape}")
+        raise ValueError(
+            f"{metric}: {name} must have shape (..., {shape_hw[0]}, {shape_hw[1]}), got {m.shape}"
+        )
     if m.dtype == bool:
         return m
     if not (np.issubdtype(m.dtype, np.integer) or np.issubdtype(m.dtype, np.floating)):
@@ -135,7 +156,9 @@ def check_data_range(data_range, *, metric: str) -> float:
     try:
         r = float(data_range)
     except (TypeError, ValueError) as err:
-        raise TypeError(f"{metric}: data_range must be a positive number, got {data_range!r}") from err
+        raise TypeError(
+            f"{metric}: data_range must be a positive number, got {data_range!r}"
+        ) from err
     if not np.isfinite(r) or r <= 0:
         raise ValueError(f"{metric}: data_range must be positive and finite, got {data_range!r}")
     return r

@@ -1,4 +1,6 @@
-"""Colour metrics of RGB image batches: mean CIELAB, CIEDE2000, hue histograms, colourfulness, consistency.
+"""Colour metrics of RGB image batches.
+
+Mean CIELAB, CIEDE2000, hue histograms, colourfulness and colour consistency.
 
 Images are RGB in [0, 1] (sRGB, D65), shape ``(..., 3, H, W)``; scikit-image's
 colour conversions work on any leading shape with the channels last, so every
@@ -64,7 +66,9 @@ def mean_lab(images, *, channel_axis=-3):
     ----------
     .. [1] https://en.wikipedia.org/wiki/CIELAB_color_space
     """
-    a = prepare_images(images, metric="mean_lab", channel_axis=channel_axis, channels=(3,), unit_range=True)
+    a = prepare_images(
+        images, metric="mean_lab", channel_axis=channel_axis, channels=(3,), unit_range=True
+    )
     return as_float_result(_lab(a).mean(axis=(-3, -2)))
 
 
@@ -102,7 +106,14 @@ def delta_e2000(images, reference, *, channel_axis=-3):
        mathematical observations", Color Res. Appl. 30(1), 21-30 (2005).
        :DOI:`10.1002/col.20070`
     """
-    x, y, _ = prepare_pair(images, reference, metric="delta_e2000", channel_axis=channel_axis, channels=(3,), unit_range=True)
+    x, y, _ = prepare_pair(
+        images,
+        reference,
+        metric="delta_e2000",
+        channel_axis=channel_axis,
+        channels=(3,),
+        unit_range=True,
+    )
     return as_float_result(_delta_e(_lab(x), _lab(y)).mean(axis=(-2, -1)))
 
 
@@ -117,7 +128,12 @@ def _hue_hist(a, bins):
     n_px = hue.shape[-2] * hue.shape[-1]
     k = np.minimum((hue * bins).astype(np.int64), bins - 1).reshape(-1, n_px)
     idx = k + bins * np.arange(k.shape[0])[:, None]
-    h = np.bincount(idx.ravel(), weights=chroma.reshape(-1), minlength=bins * k.shape[0]).reshape(-1, bins) / n_px
+    h = (
+        np.bincount(idx.ravel(), weights=chroma.reshape(-1), minlength=bins * k.shape[0]).reshape(
+            -1, bins
+        )
+        / n_px
+    )
     p = (h + _CHROMA_PRIOR / bins) / (h.sum(axis=-1, keepdims=True) + _CHROMA_PRIOR)
     return p.reshape(lead + (bins,))
 
@@ -156,7 +172,9 @@ def hue_histogram(images, *, bins=36, channel_axis=-3):
     ``eps = 1e-3``: a uniform prior that makes grey images (no hue
     information) uniform histograms, continuously.
     """
-    a = prepare_images(images, metric="hue_histogram", channel_axis=channel_axis, channels=(3,), unit_range=True)
+    a = prepare_images(
+        images, metric="hue_histogram", channel_axis=channel_axis, channels=(3,), unit_range=True
+    )
     return as_float_result(_hue_hist(a, _check_bins(bins, "hue_histogram")))
 
 
@@ -212,7 +230,9 @@ def hue_histogram_distance(images, reference, *, bins=36, channel_axis=-3):
     """
     metric = "hue_histogram_distance"
     bins = _check_bins(bins, metric)
-    x, y, _ = prepare_pair(images, reference, metric=metric, channel_axis=channel_axis, channels=(3,), unit_range=True)
+    x, y, _ = prepare_pair(
+        images, reference, metric=metric, channel_axis=channel_axis, channels=(3,), unit_range=True
+    )
     return as_float_result(_circular_emd(_hue_hist(x, bins), _hue_hist(y, bins)))
 
 
@@ -246,7 +266,9 @@ def colorfulness(images, *, channel_axis=-3):
        images", Proc. SPIE 5007, Human Vision and Electronic Imaging VIII,
        87-95 (2003). :DOI:`10.1117/12.477378`
     """
-    a = prepare_images(images, metric="colorfulness", channel_axis=channel_axis, channels=(3,), unit_range=True)
+    a = prepare_images(
+        images, metric="colorfulness", channel_axis=channel_axis, channels=(3,), unit_range=True
+    )
     r, g, b = (255.0 * a[..., k, :, :] for k in range(3))
     rg = r - g
     yb = 0.5 * (r + g) - b
@@ -256,7 +278,9 @@ def colorfulness(images, *, channel_axis=-3):
 
 
 def _spread(lab, mask):
-    """Mean CIE76 distance of the masked pixels to their mean Lab colour; the whole image where the mask is empty.
+    """Mean CIE76 distance of the masked pixels to their mean Lab colour.
+
+    The whole image is used where the mask is empty.
 
     ``lab`` (..., H, W, 3), ``mask`` (..., H, W) broadcasting against it.
     """
@@ -300,7 +324,9 @@ def color_spread(images, *, mask=None, channel_axis=-3):
     reference (:func:`delta_e2000`).
     """
     metric = "color_spread"
-    a = prepare_images(images, metric=metric, channel_axis=channel_axis, channels=(3,), unit_range=True)
+    a = prepare_images(
+        images, metric=metric, channel_axis=channel_axis, channels=(3,), unit_range=True
+    )
     if mask is None:
         m = np.ones(a.shape[-2:], dtype=bool)
     else:
@@ -354,11 +380,15 @@ def color_consistency(images, reference, *, mask=None, method="otsu", channel_ax
     from denoisefeat.metrics.shape import _masks
 
     metric = "color_consistency"
-    x, y, _ = prepare_pair(images, reference, metric=metric, channel_axis=channel_axis, channels=(3,), unit_range=True)
+    x, y, _ = prepare_pair(
+        images, reference, metric=metric, channel_axis=channel_axis, channels=(3,), unit_range=True
+    )
     if mask is None:
         from skimage.color import rgb2gray
 
-        m, _ = _masks(rgb2gray(np.moveaxis(y, -3, -1)), method=method, polarity="auto", metric=metric)
+        m, _ = _masks(
+            rgb2gray(np.moveaxis(y, -3, -1)), method=method, polarity="auto", metric=metric
+        )
     else:
         m = prepare_map(mask, metric=metric, name="mask", shape_hw=x.shape[-2:])
         broadcast_leading(x.shape[:-3], m.shape[:-2], metric=metric, what="mask")

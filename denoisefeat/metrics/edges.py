@@ -63,7 +63,9 @@ def _edges_of_luminance(lum, *, method, sigma, low_threshold, high_threshold, me
     raise ValueError(f"{metric}: method must be 'canny' or 'sobel', got {method!r}")
 
 
-def edge_map(images, *, method="canny", sigma=1.0, low_threshold=None, high_threshold=None, channel_axis=-3):
+def edge_map(
+    images, *, method="canny", sigma=1.0, low_threshold=None, high_threshold=None, channel_axis=-3
+):
     """Boolean edge map of each image's luminance.
 
     Parameters
@@ -117,7 +119,9 @@ def edge_map(images, *, method="canny", sigma=1.0, low_threshold=None, high_thre
     )
 
 
-def edge_density(images, *, method="canny", sigma=1.0, low_threshold=None, high_threshold=None, channel_axis=-3):
+def edge_density(
+    images, *, method="canny", sigma=1.0, low_threshold=None, high_threshold=None, channel_axis=-3
+):
     """Fraction of edge pixels in each image.
 
     Parameters
@@ -160,8 +164,12 @@ def _sobel_gradient(lum):
     """
     d = np.array([-0.5, 0.0, 0.5])
     s = np.array([0.25, 0.5, 0.25])
-    gy = ndi.correlate1d(ndi.correlate1d(lum, d, axis=-2, mode="nearest"), s, axis=-1, mode="nearest")
-    gx = ndi.correlate1d(ndi.correlate1d(lum, d, axis=-1, mode="nearest"), s, axis=-2, mode="nearest")
+    gy = ndi.correlate1d(
+        ndi.correlate1d(lum, d, axis=-2, mode="nearest"), s, axis=-1, mode="nearest"
+    )
+    gx = ndi.correlate1d(
+        ndi.correlate1d(lum, d, axis=-1, mode="nearest"), s, axis=-2, mode="nearest"
+    )
     return gy, gx
 
 
@@ -233,6 +241,8 @@ def edge_sharpness(images, *, edges=None, sigma=1.0, radius=3, channel_axis=-3):
         measured (default 3: 7 x 7 pixels).  It should span the transition of
         the blurriest edge of interest (an edge blurred by a Gaussian of
         sigma ``s`` spans about ``2.5 s`` pixels from 10% to 90%).
+    channel_axis : int or None, optional
+        Axis of the channels (default -3); ``None`` for grey ``(..., H, W)``.
 
     Returns
     -------
@@ -297,7 +307,9 @@ def _width_from(lum, e, *, radius, step=0.25):
             ix[:, None] + t[None, :] * nx[:, None],
         ]
     )
-    prof = ndi.map_coordinates(lum, coords.reshape(3, -1), order=1, mode="nearest").reshape(b.size, t.size)
+    prof = ndi.map_coordinates(lum, coords.reshape(3, -1), order=1, mode="nearest").reshape(
+        b.size, t.size
+    )
     lo, hi = prof.min(axis=1, keepdims=True), prof.max(axis=1, keepdims=True)
     span = hi - lo
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -325,6 +337,8 @@ def edge_width_10_90(images, *, edges=None, sigma=1.0, radius=4, channel_axis=-3
     radius : int, optional
         The profile is sampled from ``-radius`` to ``+radius`` pixels along the
         gradient direction (default 4).
+    channel_axis : int or None, optional
+        Axis of the channels (default -3); ``None`` for grey ``(..., H, W)``.
 
     Returns
     -------
@@ -334,7 +348,8 @@ def edge_width_10_90(images, *, edges=None, sigma=1.0, radius=4, channel_axis=-3
         position; the profile is a bilinear interpolation) and about
         ``2.56 sigma`` for a step blurred by a Gaussian of ``sigma`` (2.8 and
         4.8 px for sigma 1 and 2), saturating once the profile no longer
-        spans the whole transition (5.5 px for sigma 3 at the default radius).  An image without edge pixels (e.g. constant) gives the
+        spans the whole transition (5.5 px for sigma 3 at the default
+        radius).  An image without edge pixels (e.g. constant) gives the
         upper limit ``2 radius``, consistent with a sharpness of 0.  Not a
         similarity.
 
@@ -365,7 +380,7 @@ def _dilate(e, tolerance):
 
 
 def _prf_from(e, r, *, tolerance):
-    """Precision, recall, F1 (..., 3) of edge maps ``e`` against reference maps ``r`` (broadcasting)."""
+    """Precision, recall, F1 (..., 3) of edge maps ``e`` against (broadcasting) maps ``r``."""
     e_d, r_d = _dilate(e, tolerance), _dilate(r, tolerance)
     n_e = e.sum(axis=(-2, -1))
     n_r = r.sum(axis=(-2, -1))

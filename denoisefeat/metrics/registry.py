@@ -78,7 +78,9 @@ class MetricSpec:
 
     def __post_init__(self):
         if self.needs_reference not in REFERENCE_KINDS:
-            raise ValueError(f"needs_reference must be one of {REFERENCE_KINDS}, got {self.needs_reference!r}")
+            raise ValueError(
+                f"needs_reference must be one of {REFERENCE_KINDS}, got {self.needs_reference!r}"
+            )
         if self.kind not in _KINDS:
             raise ValueError(f"kind must be one of {_KINDS}, got {self.kind!r}")
 
@@ -121,7 +123,7 @@ def _band_ssim(images, reference):
 
 def _edge_group(images, reference):
     """[density, sharpness, precision, recall, f1] from one canny pass per image."""
-    metric = "edges"
+    metric = "edge_density/edge_sharpness/edge_prf"
     a = prepare_images(images, metric=metric, unit_range=True)
     lum = luminance(a)
     e = _edges._edges_of_luminance(
@@ -134,10 +136,18 @@ def _edge_group(images, reference):
     else:
         _, y, _ = prepare_pair(images, reference, metric=metric, unit_range=True)
         r = _edges._edges_of_luminance(
-            luminance(y), method="canny", sigma=1.0, low_threshold=None, high_threshold=None, metric=metric
+            luminance(y),
+            method="canny",
+            sigma=1.0,
+            low_threshold=None,
+            high_threshold=None,
+            metric=metric,
         )
         prf = _edges._prf_from(e, r, tolerance=1)
-        density, sharp = np.broadcast_to(density, prf.shape[:-1]), np.broadcast_to(sharp, prf.shape[:-1])
+        density, sharp = (
+            np.broadcast_to(density, prf.shape[:-1]),
+            np.broadcast_to(sharp, prf.shape[:-1]),
+        )
     return np.concatenate([density[..., None], sharp[..., None], prf], axis=-1)
 
 
@@ -165,11 +175,14 @@ def _wavelet(images, reference):
 
 def _mask_group(images, reference):
     """[mask_iou, hu_moment_distance] from one thresholding pass per image."""
-    metric = "shape"
+    metric = "mask_iou/hu_moment_distance"
     x, y, _ = prepare_pair(images, reference, metric=metric)
     img_mask, ref_mask = _shape._pair_masks(x, y, method="otsu", metric=metric)
     iou = _shape._iou(img_mask, ref_mask)
-    hu = np.abs(_shape._log_hu(_shape._hu_of_masks(img_mask)) - _shape._log_hu(_shape._hu_of_masks(ref_mask)))
+    hu = np.abs(
+        _shape._log_hu(_shape._hu_of_masks(img_mask))
+        - _shape._log_hu(_shape._hu_of_masks(ref_mask))
+    )
     return np.stack([iou, hu.sum(axis=-1)], axis=-1)
 
 
@@ -179,7 +192,7 @@ def _mask_gt(images, masks):
 
 def _lab_group(images, reference):
     """[L, a, b, delta_e2000, color_consistency] from one CIELAB conversion per image."""
-    metric = "color"
+    metric = "mean_lab/delta_e2000/color_consistency"
     a = prepare_images(images, metric=metric, channels=(3,), unit_range=True)
     lab = _color._lab(a)
     mean = lab.mean(axis=(-3, -2))
@@ -263,7 +276,9 @@ def _build() -> Mapping[str, MetricSpec]:
 METRICS: Mapping[str, MetricSpec] = _build()
 
 
-def compute_metrics(images, reference=None, *, masks=None, edges=None, names=None) -> dict[str, np.ndarray]:
+def compute_metrics(
+    images, reference=None, *, masks=None, edges=None, names=None
+) -> dict[str, np.ndarray]:
     """Evaluate registered metrics on an image batch, sharing intermediate results.
 
     Parameters
@@ -299,7 +314,12 @@ def compute_metrics(images, reference=None, *, masks=None, edges=None, names=Non
         (NaN, wrong shape).
     """
     a = prepare_images(images, metric="compute_metrics", unit_range=True)
-    given = {None: True, "image": reference is not None, "mask": masks is not None, "edges": edges is not None}
+    given = {
+        None: True,
+        "image": reference is not None,
+        "mask": masks is not None,
+        "edges": edges is not None,
+    }
     refs = {"image": reference, "mask": masks, "edges": edges}
     if names is None:
         selected = [
@@ -313,11 +333,15 @@ def compute_metrics(images, reference=None, *, masks=None, edges=None, names=Non
             import difflib
 
             hints = {n: difflib.get_close_matches(n, list(METRICS), n=3) for n in unknown}
-            raise KeyError(f"unknown metric(s) {hints} (name: close matches); known: {list(METRICS)}")
+            raise KeyError(
+                f"unknown metric(s) {hints} (name: close matches); known: {list(METRICS)}"
+            )
         selected = [METRICS[n] for n in METRICS if n in set(names)]
         missing = [s.name for s in selected if not given[s.needs_reference]]
         if missing:
-            raise ValueError(f"compute_metrics: metrics {missing} need a reference that was not given")
+            raise ValueError(
+                f"compute_metrics: metrics {missing} need a reference that was not given"
+            )
     if reference is not None:
         prepare_pair(a, reference, metric="compute_metrics", unit_range=True)
     for key in ("mask", "edges"):
@@ -336,6 +360,8 @@ def compute_metrics(images, reference=None, *, masks=None, edges=None, names=Non
         ref = refs[kinds.pop()] if kinds else None
         out = func(a, ref)
         for s in specs:
-            values[s.name] = np.asarray(out if s.index is None else out[..., s.index], dtype=np.float64)
+            values[s.name] = np.asarray(
+                out if s.index is None else out[..., s.index], dtype=np.float64
+            )
     shape = np.broadcast_shapes(*(v.shape for v in values.values())) if values else a.shape[:-3]
     return {s.name: np.array(np.broadcast_to(values[s.name], shape)) for s in selected}

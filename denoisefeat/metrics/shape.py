@@ -16,13 +16,19 @@ from denoisefeat.metrics._common import (
     broadcast_leading,
     check_data_range,
     luminance,
-    per_image,
     prepare_images,
     prepare_map,
     prepare_pair,
 )
 
-__all__ = ["foreground_mask", "mask_iou", "mask_iou_ground_truth", "hu_moments", "hu_moment_distance", "lowpass_ssim"]
+__all__ = [
+    "foreground_mask",
+    "mask_iou",
+    "mask_iou_ground_truth",
+    "hu_moments",
+    "hu_moment_distance",
+    "lowpass_ssim",
+]
 
 _THRESHOLD_METHODS = ("otsu", "li", "yen", "triangle", "mean", "isodata")
 # Scale of the signed log transform of Hu moments: moments much smaller than
@@ -90,7 +96,7 @@ def _border_bright_fraction(bright):
     return bright[..., border].mean(axis=-1)
 
 
-def _auto_polarity(bright, dark):
+def _auto_polarity(bright):
     """True where the object is the bright class: the class covering at most half the border."""
     return _border_bright_fraction(bright) <= 0.5
 
@@ -98,15 +104,12 @@ def _auto_polarity(bright, dark):
 def _masks(lum, *, method, polarity, metric):
     """Foreground masks and the polarity used (True = bright object), per plane."""
     bright, dark = _split(lum, method, metric)
-    if isinstance(polarity, str):
-        if polarity == "auto":
-            pol = _auto_polarity(bright, dark)
-        elif polarity in ("bright", "dark"):
-            pol = np.full(lum.shape[:-2], polarity == "bright")
-        else:
-            raise ValueError(f"{metric}: polarity must be 'auto', 'bright' or 'dark', got {polarity!r}")
+    if polarity == "auto":
+        pol = _auto_polarity(bright)
+    elif polarity in ("bright", "dark"):
+        pol = np.full(lum.shape[:-2], polarity == "bright")
     else:
-        pol = np.broadcast_to(np.asarray(polarity, dtype=bool), lum.shape[:-2])
+        raise ValueError(f"{metric}: polarity must be 'auto', 'bright' or 'dark', got {polarity!r}")
     return np.where(pol[..., None, None], bright, dark), pol
 
 
@@ -237,7 +240,7 @@ def mask_iou_ground_truth(images, masks, *, method="otsu", channel_axis=-3):
     n_out = gt.shape[-1] * gt.shape[-2] - n_in
     mean_in = (lum_b * gt).sum(axis=(-2, -1)) / np.maximum(n_in, 1)
     mean_out = (lum_b * ~gt).sum(axis=(-2, -1)) / np.maximum(n_out, 1)
-    auto = np.broadcast_to(_auto_polarity(bright, dark), shape)
+    auto = np.broadcast_to(_auto_polarity(bright), shape)
     pol = np.where((n_in > 0) & (n_out > 0), mean_in >= mean_out, auto)
     img_mask = np.where(pol[..., None, None], bright, dark)
     return as_float_result(_iou(img_mask, gt))
@@ -343,7 +346,9 @@ def hu_moment_distance(images, reference, *, method="otsu", channel_axis=-3):
     metric = "hu_moment_distance"
     x, y, _ = prepare_pair(images, reference, metric=metric, channel_axis=channel_axis)
     img_mask, ref_mask = _pair_masks(x, y, method=method, metric=metric)
-    return as_float_result(np.abs(_log_hu(_hu_of_masks(img_mask)) - _log_hu(_hu_of_masks(ref_mask))).sum(axis=-1))
+    return as_float_result(
+        np.abs(_log_hu(_hu_of_masks(img_mask)) - _log_hu(_hu_of_masks(ref_mask))).sum(axis=-1)
+    )
 
 
 def lowpass_ssim(

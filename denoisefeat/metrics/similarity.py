@@ -66,7 +66,7 @@ def _filter1d(a, gaussian_weights, win_size, axis):
 
 @functools.lru_cache(maxsize=64)
 def _filter_matrix(n: int, gaussian_weights: bool, win_size: int) -> np.ndarray:
-    """Rows ``pad .. n - pad`` of the matrix ``A`` with ``filter1d(x) = A @ x`` (reflect boundary)."""
+    """Rows ``pad .. n - pad`` of the matrix ``A`` with ``filter1d(x) = A @ x`` (reflected)."""
     pad = (win_size - 1) // 2
     a = _filter1d(np.eye(n), gaussian_weights, win_size, axis=0)[pad : n - pad]
     a = np.ascontiguousarray(a)
@@ -259,8 +259,17 @@ def ms_ssim(
     w = _resolve_window(win_size, gaussian_weights, metric=metric)
     _check_extent(x.shape[-2:], w, metric=metric)
     wts = np.asarray(weights, dtype=np.float64)
-    if wts.ndim != 1 or wts.size == 0 or not np.all(np.isfinite(wts)) or np.any(wts < 0) or wts.sum() <= 0:
-        raise ValueError(f"{metric}: weights must be a non-empty sequence of non-negative numbers, got {weights!r}")
+    if (
+        wts.ndim != 1
+        or wts.size == 0
+        or not np.all(np.isfinite(wts))
+        or np.any(wts < 0)
+        or wts.sum() <= 0
+    ):
+        raise ValueError(
+            f"{metric}: weights must be a non-empty sequence of non-negative numbers, "
+            f"got {weights!r}"
+        )
     n = 1
     while n < wts.size and min(x.shape[-2:]) // 2**n >= w:
         n += 1

@@ -12,9 +12,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from denoisefeat.metrics._common import as_float_result, luminance, per_image, prepare_images, prepare_pair
+from denoisefeat.metrics._common import (
+    as_float_result,
+    luminance,
+    per_image,
+    prepare_images,
+    prepare_pair,
+)
 
-__all__ = ["GLCM_PROPERTIES", "glcm_features", "lbp_histogram", "lbp_distance", "wavelet_texture_energy"]
+__all__ = [
+    "GLCM_PROPERTIES",
+    "glcm_features",
+    "lbp_histogram",
+    "lbp_distance",
+    "wavelet_texture_energy",
+]
 
 #: The GLCM properties returned by :func:`glcm_features`, in order.
 GLCM_PROPERTIES: tuple[str, ...] = ("contrast", "homogeneity", "energy", "correlation")
@@ -44,7 +56,10 @@ def _glcm_from_luminance(lum, *, distances, angles, levels):
         # independently, so stacking the images along the distance axis
         # evaluates the whole chunk in one call.
         P = np.concatenate(
-            [graycomatrix(p, distances, angles, levels=levels, symmetric=True, normed=False) for p in chunk],
+            [
+                graycomatrix(p, distances, angles, levels=levels, symmetric=True, normed=False)
+                for p in chunk
+            ],
             axis=2,
         )
         for k, prop in enumerate(GLCM_PROPERTIES):
@@ -113,7 +128,9 @@ def glcm_features(
     if len(distances) == 0 or len(angles) == 0:
         raise ValueError(f"{metric}: distances and angles must be non-empty")
     a = prepare_images(images, metric=metric, channel_axis=channel_axis, unit_range=True)
-    return _glcm_from_luminance(luminance(a), distances=tuple(distances), angles=tuple(angles), levels=int(levels))
+    return _glcm_from_luminance(
+        luminance(a), distances=tuple(distances), angles=tuple(angles), levels=int(levels)
+    )
 
 
 def _lbp_hist_from_luminance(lum, *, P, R):
@@ -122,12 +139,16 @@ def _lbp_hist_from_luminance(lum, *, P, R):
     # LBP compares neighbours with ">=": on float images rounding noise flips
     # codes, so the luminance is quantised to 8 bits first.
     u8 = np.round(np.clip(lum, 0.0, 1.0) * 255.0).astype(np.uint8)
-    codes = per_image(lambda p: local_binary_pattern(p, P, R, method="uniform"), u8).astype(np.int64)
+    codes = per_image(lambda p: local_binary_pattern(p, P, R, method="uniform"), u8).astype(
+        np.int64
+    )
     # Border pixels compare with neighbours outside the image (read as 0 by
     # scikit-image): they are left out of the histogram.
     b = int(np.ceil(R))
     if codes.shape[-2] <= 2 * b or codes.shape[-1] <= 2 * b:
-        raise ValueError(f"lbp: images of {codes.shape[-2:]} pixels have no pixel at least R={R} from the border")
+        raise ValueError(
+            f"lbp: images of {codes.shape[-2:]} pixels have no pixel at least R={R} from the border"
+        )
     codes = codes[..., b:-b, b:-b]
     n_bins = P + 2
     lead = codes.shape[:-2]
@@ -226,7 +247,9 @@ def lbp_distance(images, reference, *, P=8, R=1, channel_axis=-3):
     """
     metric = "lbp_distance"
     _check_lbp(P, R, metric)
-    x, y, _ = prepare_pair(images, reference, metric=metric, channel_axis=channel_axis, unit_range=True)
+    x, y, _ = prepare_pair(
+        images, reference, metric=metric, channel_axis=channel_axis, unit_range=True
+    )
     h = _lbp_hist_from_luminance(luminance(x), P=int(P), R=float(R))
     g = _lbp_hist_from_luminance(luminance(y), P=int(P), R=float(R))
     return as_float_result(_chi2(h, g))
@@ -304,4 +327,6 @@ def wavelet_texture_energy(images, *, levels=(2, 3), wavelet="db2", channel_axis
     if len(levels) == 0 or any(int(j) != j or j < 1 for j in levels):
         raise ValueError(f"{metric}: levels must be positive integers, got {levels!r}")
     a = prepare_images(images, metric=metric, channel_axis=channel_axis)
-    return as_float_result(_wavelet_fraction(luminance(a), levels=tuple(int(j) for j in levels), wavelet=wavelet))
+    return as_float_result(
+        _wavelet_fraction(luminance(a), levels=tuple(int(j) for j in levels), wavelet=wavelet)
+    )
