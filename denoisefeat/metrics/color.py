@@ -99,6 +99,13 @@ def delta_e2000(images, reference, *, channel_axis=-3):
         images; about 1 is a just-noticeable difference.  Lower = closer to
         the reference.  Symmetric.
 
+    Notes
+    -----
+    Both batches are converted with :func:`skimage.color.rgb2lab` (the
+    reference once per reference image) and compared pixel by pixel with
+    :func:`skimage.color.deltaE_ciede2000` over the broadcast batch; the
+    image's value is the mean over pixels.
+
     References
     ----------
     .. [1] G. Sharma, W. Wu and E. N. Dalal, "The CIEDE2000 color-difference
@@ -171,6 +178,11 @@ def hue_histogram(images, *, bins=36, channel_axis=-3):
     with ``h`` the chroma sums divided by the number of pixels and
     ``eps = 1e-3``: a uniform prior that makes grey images (no hue
     information) uniform histograms, continuously.
+
+    References
+    ----------
+    .. [1] M. J. Swain and D. H. Ballard, "Color indexing", Int. J. Comput.
+       Vis. 7(1), 11-32 (1991). :DOI:`10.1007/BF00130487`
     """
     a = prepare_images(
         images, metric="hue_histogram", channel_axis=channel_axis, channels=(3,), unit_range=True
@@ -322,6 +334,11 @@ def color_spread(images, *, mask=None, channel_axis=-3):
     would weigh chroma differences of saturated colours less, at several
     times the cost; it is used for the pixel-wise comparison with the
     reference (:func:`delta_e2000`).
+
+    References
+    ----------
+    .. [1] CIE 15:2004, "Colorimetry", 3rd edition, Commission
+       Internationale de l'Eclairage (CIELAB and Delta E*ab).
     """
     metric = "color_spread"
     a = prepare_images(
@@ -376,6 +393,11 @@ def color_consistency(images, reference, *, mask=None, method="otsu", channel_ax
     outline (see :func:`mask_iou`) and of its mean colour (see
     :func:`delta_e2000`).  Where the mask is empty (e.g. a constant
     reference) the whole image is used.  Two constant images give 0.
+
+    References
+    ----------
+    .. [1] CIE 15:2004, "Colorimetry", 3rd edition, Commission
+       Internationale de l'Eclairage (CIELAB and Delta E*ab).
     """
     from denoisefeat.metrics.shape import _masks
 

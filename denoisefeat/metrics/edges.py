@@ -274,6 +274,12 @@ def edge_sharpness(images, *, edges=None, sigma=1.0, radius=3, channel_axis=-3):
     For a step blurred by a Gaussian of large ``sigma`` the value tends to
     ``2 / (sqrt(2 pi) sigma)`` times a factor that grows as the neighbourhood
     covers less of the transition, so keep ``radius`` fixed when comparing.
+
+    References
+    ----------
+    .. [1] P. Marziliano, F. Dufaux, S. Winkler and T. Ebrahimi, "A
+       no-reference perceptual blur metric", Proc. IEEE ICIP 2002, vol. 3,
+       57-60. :DOI:`10.1109/ICIP.2002.1038902`
     """
     metric = "edge_sharpness"
     a = prepare_images(images, metric=metric, channel_axis=channel_axis, unit_range=True)
@@ -361,6 +367,14 @@ def edge_width_10_90(images, *, edges=None, sigma=1.0, radius=4, channel_axis=-3
     its minimum and maximum and the width is the length of the profile lying
     strictly between 10% and 90% (the 10-90 rise distance for a monotone
     profile).  The image's value is the mean over its edge pixels.
+
+    References
+    ----------
+    .. [1] P. Marziliano, F. Dufaux, S. Winkler and T. Ebrahimi, "A
+       no-reference perceptual blur metric", Proc. IEEE ICIP 2002, vol. 3,
+       57-60. :DOI:`10.1109/ICIP.2002.1038902`
+    .. [2] ISO 12233:2017, "Photography -- Electronic still picture imaging --
+       Resolution and spatial frequency responses" (10-90% edge rise distance).
     """
     metric = "edge_width_10_90"
     a = prepare_images(images, metric=metric, channel_axis=channel_axis, unit_range=True)

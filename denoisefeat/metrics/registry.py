@@ -312,6 +312,14 @@ def compute_metrics(
     ValueError
         If a requested metric's reference is missing, or an input is invalid
         (NaN, wrong shape).
+
+    Notes
+    -----
+    Metrics registered with the same callable are computed by one call
+    (canny edges, CIELAB conversion, band split and foreground masks are
+    computed once per image, and once per reference image), so computing
+    the whole set costs much less than the sum of the public functions.
+    ``data_range`` is 1 throughout.
     """
     a = prepare_images(images, metric="compute_metrics", unit_range=True)
     given = {

@@ -128,12 +128,23 @@ def foreground_mask(images, *, method="otsu", polarity="auto", channel_axis=-3):
         ``"dark"``: ``L <= t``; ``"auto"`` (default): the class that covers
         at most half of the image's outermost pixel ring (objects sit inside
         the frame, the background touches it), ties going to bright.
+    channel_axis : int or None, optional
+        Axis of the channels (default -3); ``None`` for grey ``(..., H, W)``.
 
     Returns
     -------
     mask : ndarray of bool, shape (..., H, W)
         True on the object.  A constant image has an empty mask.  Not a
         similarity.
+
+    Notes
+    -----
+    Otsu thresholds are computed for the whole batch at once: the 256-bin
+    histograms that :func:`skimage.filters.threshold_otsu` would build (numpy
+    bins over each image's [min, max]) are built with one ``bincount`` and
+    passed to ``threshold_otsu(hist=...)``, which gives the same thresholds.
+    Other methods call ``threshold_<method>`` per image.  Constant images
+    have no threshold and an empty mask.
 
     References
     ----------
@@ -192,6 +203,13 @@ def mask_iou(images, reference, *, method="otsu", channel_axis=-3):
     so that a step whose background has not yet settled is not segmented
     inside out.  The threshold itself is each image's own.  Symmetric
     only when both images resolve to the same polarity.
+
+    References
+    ----------
+    .. [1] P. Jaccard, "The distribution of the flora in the alpine zone",
+       New Phytologist 11(2), 37-50 (1912).
+       :DOI:`10.1111/j.1469-8137.1912.tb05611.x`
+    .. [2] N. Otsu (1979), see :func:`foreground_mask`.
     """
     metric = "mask_iou"
     x, y, _ = prepare_pair(images, reference, metric=metric, channel_axis=channel_axis)
@@ -227,6 +245,10 @@ def mask_iou_ground_truth(images, masks, *, method="otsu", channel_axis=-3):
     from the ground truth: bright if the image's mean luminance inside the
     ground-truth mask is at least its mean outside; ``"auto"`` (see
     :func:`foreground_mask`) where the ground truth is empty or full.
+
+    References
+    ----------
+    .. [1] P. Jaccard (1912), see :func:`mask_iou`.
     """
     metric = "mask_iou_ground_truth"
     a = prepare_images(images, metric=metric, channel_axis=channel_axis)
@@ -298,6 +320,14 @@ def hu_moments(images, *, method="otsu", polarity="auto", channel_axis=-3):
         translation, scale and rotation).  An empty mask (e.g. a constant
         image) gives zeros.  Not a similarity.
 
+    Notes
+    -----
+    Central and normalised moments up to order 3 are computed for the whole
+    batch with numpy (their textbook definitions, equal to
+    :func:`skimage.measure.moments_central` and
+    :func:`skimage.measure.moments_normalized` to rounding);
+    :func:`skimage.measure.moments_hu` is called per image.
+
     References
     ----------
     .. [1] M.-K. Hu, "Visual pattern recognition by moment invariants", IRE
@@ -342,6 +372,10 @@ def hu_moment_distance(images, reference, *, method="otsu", channel_axis=-3):
     shapes (whose sign is rounding noise) do not dominate.  An empty mask
     has all moments 0: two empty masks are at distance 0, and an empty mask
     is at a finite distance from any shape.
+
+    References
+    ----------
+    .. [1] M.-K. Hu (1962), see :func:`hu_moments`.
     """
     metric = "hu_moment_distance"
     x, y, _ = prepare_pair(images, reference, metric=metric, channel_axis=channel_axis)
@@ -392,6 +426,11 @@ def lowpass_ssim(
     :func:`denoisefeat.frequency.band_pass` with bands ``{low: (0, cutoff),
     rest: (cutoff, inf)}`` (an ideal radial filter, which rings near sharp
     edges).  Constant images are their own low-pass images.
+
+    References
+    ----------
+    .. [1] Z. Wang, A. C. Bovik, H. R. Sheikh and E. P. Simoncelli (2004),
+       see :func:`denoisefeat.metrics.ssim`.
     """
     from denoisefeat.frequency import DEFAULT_BANDS, band_pass
     from denoisefeat.metrics.similarity import _check_extent, _resolve_window, _ssim_means
