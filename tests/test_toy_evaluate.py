@@ -70,3 +70,14 @@ def test_sample_toy_runs_a_guided_ddim_loop():
     np.testing.assert_array_equal(images, again)
     unguided = sample_toy(unet, scheduler, labels, steps=4, guidance_scale=1.0, seed=3)
     assert not np.array_equal(images, unguided)
+
+
+def test_sample_toy_stochastic_ddim_is_seeded():
+    config = TrainConfig(size=16, block_out_channels=(8, 16), layers_per_block=1)
+    torch.manual_seed(0)
+    unet = build_unet(config).eval()
+    scheduler = build_sampling_scheduler(config)
+    labels = np.array([1, 2])
+    first = sample_toy(unet, scheduler, labels, steps=3, eta=1.0, seed=5)
+    np.testing.assert_array_equal(first, sample_toy(unet, scheduler, labels, steps=3, eta=1.0, seed=5))
+    assert not np.array_equal(first, sample_toy(unet, scheduler, labels, steps=3, eta=0.0, seed=5))

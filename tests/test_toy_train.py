@@ -97,3 +97,17 @@ def test_config_validation():
         TrainConfig(block_out_channels=(12, 16))
     with pytest.raises(ValueError, match="beta_schedule"):
         TrainConfig(beta_schedule="cosine")
+
+
+def test_extend_a_finished_run(uninterrupted, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    longer = TrainConfig(**{**TINY.to_json(), "iterations": 6})
+    with pytest.raises(ValueError, match="different configuration"):
+        train(longer, run, progress=False)
+    train(longer, run, progress=False, extend=True)
+    assert latest_checkpoint(run).name == "iteration-0000006"
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert history[0]["from_iterations"] == 4 and history[0]["to_iterations"] == 6 and history[0]["at_iteration"] == 4

@@ -308,23 +308,24 @@ def _lerp(low_high: tuple[float, float], uniform: np.ndarray) -> np.ndarray:
 def _polygon_sdf(x: np.ndarray, y: np.ndarray, vertices: np.ndarray) -> np.ndarray:
     """Exact signed distance to a polygon (negative inside), vectorised over points."""
     distance_sq = np.full(x.shape, np.inf, dtype=x.dtype)
-    sign = np.ones(x.shape, dtype=x.dtype)
+    inside = np.zeros(x.shape, dtype=bool)
     for i in range(len(vertices)):
         vx, vy = vertices[i]
         wx_, wy_ = vertices[i - 1]
         ex, ey = wx_ - vx, wy_ - vy
         px, py = x - vx, y - vy
-        t = np.clip((px * ex + py * ey) / (ex * ex + ey * ey), 0.0, 1.0)
+        # Closest point of the edge: v + e * clip(<p, e> / |e|^2, 0, 1).
+        t = px * (ex / (ex * ex + ey * ey)) + py * (ey / (ex * ex + ey * ey))
+        np.clip(t, 0.0, 1.0, out=t)
         bx, by = px - ex * t, py - ey * t
         np.minimum(distance_sq, bx * bx + by * by, out=distance_sq)
-        # Crossing-number parity for the sign (a point is inside iff a ray
-        # crosses an odd number of edges).
+        # Crossing-number parity (a point is inside iff a horizontal ray from
+        # it crosses an odd number of edges).
         above_start = y >= vy
-        above_end = y < wy_
         left = ex * py > ey * px
-        flip = (above_start & above_end & left) | (~above_start & ~above_end & ~left)
-        sign[flip] *= -1.0
-    return sign * np.sqrt(distance_sq)
+        inside ^= (above_start == (y < wy_)) & (left == above_start)
+    distance = np.sqrt(distance_sq)
+    return np.where(inside, -distance, distance)
 
 
 def _shape_sdf(
@@ -335,26 +336,40 @@ def _shape_sdf(
     xs: np.ndarray,
     ys: np.ndarray,
 ) -> np.ndarray:
-    """Signed distance in pixels to each image's object, shape (m, len(ys), len(xs))."""
+    """Signed distance in pixels to each image's object, shape (m, len(ys), len(xs)).
+
+    Exact (negative inside) within a square crop holding the object's
+    circumscribed circle plus a margin of at least one pixel; outside the crop,
+    where every point is outside that circle, the distance to the circle (a
+    positive lower bound) is returned, so that polygons cost a crop, not an image.
+    """
     out = np.empty((len(shape_index), len(ys), len(xs)), dtype=np.float32)
     for s, name in enumerate(SHAPES):
         rows = np.flatnonzero(shape_index == s)
         if rows.size == 0:
             continue
-        r = radius[rows, None, None].astype(np.float32)
-        dx = xs[None, None, :] - center[rows, 0, None, None].astype(np.float32)
-        dy = ys[None, :, None] - center[rows, 1, None, None].astype(np.float32)
-        cos = np.cos(rotation[rows])[:, None, None].astype(np.float32)
-        sin = np.sin(rotation[rows])[:, None, None].astype(np.float32)
-        # Rotate the point into the object frame and scale to unit circumradius.
-        u = (cos * dx + sin * dy) / r
-        v = (-sin * dx + cos * dy) / r
+        r = radius[rows].astype(np.float32)
+        cx = center[rows, 0].astype(np.float32)
+        cy = center[rows, 1].astype(np.float32)
+        cos = np.cos(rotation[rows]).astype(np.float32)[:, None, None]
+        sin = np.sin(rotation[rows]).astype(np.float32)[:, None, None]
+        # Distance to the circumscribed circle on the whole grid.
+        dx = xs[None, None, :] - cx[:, None, None]
+        dy = ys[None, :, None] - cy[:, None, None]
+        out[rows] = np.sqrt(dx * dx + dy * dy) - r[:, None, None]
         vertices = _POLYGONS[name]
         if vertices is None:
-            unit_sdf = np.sqrt(u * u + v * v) - 1.0
-        else:
-            unit_sdf = _polygon_sdf(u, v, vertices.astype(np.float32))
-        out[rows] = unit_sdf * r
+            continue
+        crop = min(len(xs), len(ys), int(np.ceil(2 * r.max())) + 5)
+        ix = np.clip(np.round(cx - r - xs[0]).astype(np.int64) - 2, 0, len(xs) - crop)[:, None] + np.arange(crop)
+        iy = np.clip(np.round(cy - r - ys[0]).astype(np.int64) - 2, 0, len(ys) - crop)[:, None] + np.arange(crop)
+        dx = xs[ix][:, None, :] - cx[:, None, None]
+        dy = ys[iy][:, :, None] - cy[:, None, None]
+        # Rotate the point into the object frame and scale to unit circumradius.
+        u = (cos * dx + sin * dy) / r[:, None, None]
+        v = (-sin * dx + cos * dy) / r[:, None, None]
+        unit_sdf = _polygon_sdf(u, v, vertices.astype(np.float32))
+        out[rows[:, None, None], iy[:, :, None], ix[:, None, :]] = unit_sdf * r[:, None, None]
     return out
 
 
@@ -398,23 +413,25 @@ def _background(uniforms: np.ndarray, size: int) -> np.ndarray:
     kind = np.minimum((uniforms[:, 0] * 3).astype(np.int64), 2)
     level = _lerp((0.38, 0.62), uniforms[:, 1])
     tint = (uniforms[:, 2:5] - 0.5) * 0.06  # at most +-0.03 per channel: stays grey
-    base = (level[:, None] + tint)[:, :, None, None] * np.ones((1, 1, size, size))
+    base = (level[:, None] + tint).astype(np.float32)
 
-    coords = (np.arange(size) + 0.5) / size - 0.5
-    angle = 2 * np.pi * uniforms[:, 5]
-    amplitude = _lerp((0.05, 0.15), uniforms[:, 6])
-    gradient = amplitude[:, None, None] * (
-        np.cos(angle)[:, None, None] * coords[None, None, :] + np.sin(angle)[:, None, None] * coords[None, :, None]
-    )
+    offset = np.zeros((n, size, size), dtype=np.float32)
+    coords = ((np.arange(size) + 0.5) / size - 0.5).astype(np.float32)
+    gradient_rows = np.flatnonzero(kind == 1)
+    angle = 2 * np.pi * uniforms[gradient_rows, 5]
+    amplitude = _lerp((0.05, 0.15), uniforms[gradient_rows, 6])
+    offset[gradient_rows] = (amplitude * np.cos(angle)).astype(np.float32)[:, None, None] * coords[None, None, :] + (
+        amplitude * np.sin(angle)
+    ).astype(np.float32)[:, None, None] * coords[None, :, None]
     # Smooth noise: a 4x4 grid of values, bilinearly interpolated to the image.
-    grid = (uniforms[:, 8 : 8 + _NOISE_GRID**2].reshape(n, _NOISE_GRID, _NOISE_GRID) - 0.5) * 0.16
+    noise_rows = np.flatnonzero(kind == 2)
+    grid = (uniforms[noise_rows, 8 : 8 + _NOISE_GRID**2].reshape(-1, _NOISE_GRID, _NOISE_GRID) - 0.5) * 0.16
     knots = np.linspace(0.0, 1.0, _NOISE_GRID)
     positions = (np.arange(size) + 0.5) / size
     interpolation = np.stack([np.interp(positions, knots, np.eye(_NOISE_GRID)[k]) for k in range(_NOISE_GRID)], axis=1)
-    noise = np.einsum("hk,nkl,wl->nhw", interpolation, grid, interpolation)
+    offset[noise_rows] = interpolation @ grid @ interpolation.T
 
-    offset = np.where(kind[:, None, None] == 1, gradient, 0.0) + np.where(kind[:, None, None] == 2, noise, 0.0)
-    return (base + offset[:, None]).astype(np.float32)
+    return base[:, :, None, None] + offset[:, None]
 
 
 def generate(
@@ -436,7 +453,7 @@ def generate(
     n : int
         Number of images.
     seed : int
-        Seed; image ``i`` is a function of ``(seed, i)`` only (and of the
+        Non-negative seed; image ``i`` is a function of ``(seed, i)`` only (and of the
         options), so the first images of ``generate(400, seed=s)`` equal those
         of ``generate(4, seed=s)``.
     size : int, optional
@@ -472,11 +489,15 @@ def generate(
     units, negative inside) with coverage ``clip(0.5 - d, 0, 1)``, i.e.
     anti-aliased edges.  Textures modulate the object's palette colour between
     the colour and a darker version of it (same hue).  The edge map marks the
-    pixels whose square contains both inside and outside points, tested at the
-    pixel's centre and four corners.
+    pixels whose square contains both inside and outside points: the SDF
+    changes sign between the pixel's centre and four corners, or the boundary
+    is closer than half a pixel to the centre.  Only sub-pixel features that
+    satisfy neither (a star tip grazing a pixel) can be missed.
     """
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
     if size < 16:
         raise ValueError(f"size must be at least 16 pixels, got {size}")
     low, high = (n_objects, n_objects) if np.isscalar(n_objects) else tuple(n_objects)
@@ -558,14 +579,16 @@ def generate(
             primary_sdf[rows] = sdf
 
     # Edge map: the boundary crosses a pixel iff the pixel's square holds both
-    # signs of the SDF; test the centre and the four corners.
+    # signs of the SDF; test the centre and the four corners, and the
+    # distance from the centre (exact SDF: |d| < 0.5 means a crossing).
     if n:
         pixel_corners = np.arange(size + 1, dtype=np.float32) - 0.5
         corner_sdf = _shape_sdf(shape[:, 0], center[:, 0], radius[:, 0], rotation[:, 0], pixel_corners, pixel_corners)
         corner_inside = np.stack(
             [corner_sdf[:, :-1, :-1], corner_sdf[:, :-1, 1:], corner_sdf[:, 1:, :-1], corner_sdf[:, 1:, 1:], primary_sdf]
         ) < 0
-        edges = corner_inside.any(axis=0) & ~corner_inside.all(axis=0)
+        # A boundary closer than 0.5 px to the centre lies inside the pixel too.
+        edges = (corner_inside.any(axis=0) & ~corner_inside.all(axis=0)) | (np.abs(primary_sdf) < 0.5)
     else:
         edges = np.zeros((0, size, size), dtype=bool)
 

@@ -190,7 +190,10 @@ def train_classifier(
         Seeds the weights, the data (``generate(..., seed=seed * 100_003 + step)``)
         and the augmentation.
     config : ClassifierConfig, optional
-        Defaults to ``ClassifierConfig()``: about 2-3 minutes on one CPU thread.
+        Defaults to ``ClassifierConfig()`` (2400 steps of 64 images; 100 % per
+        head on 2000 held-out images; it took 41 min at low priority on a
+        2-core machine shared with a diffusion training run).  The trained
+        classifier is cached in :data:`DEFAULT_CLASSIFIER_DIR`.
     progress : bool, optional
         Print the running loss every 100 steps.
 
@@ -338,6 +341,7 @@ def sample_toy(
     *,
     steps: int = 50,
     guidance_scale: float = 2.0,
+    eta: float = 0.0,
     seed: int,
     batch_size: int = 128,
 ) -> np.ndarray:
@@ -357,9 +361,13 @@ def sample_toy(
     guidance_scale : float, optional
         ``w`` in ``eps = eps_uncond + w (eps_cond - eps_uncond)``; 1 disables
         guidance (one forward pass per step).
+    eta : float, optional
+        DDIM stochasticity: 0 is the deterministic DDIM sampler, 1 injects
+        fresh noise at every step like ancestral DDPM sampling (which washes out
+        the model's errors at high noise levels instead of carrying them along).
     seed : int
-        Seeds the initial noise; sample ``i`` depends on ``(seed, i)`` only
-        within a batch of ``batch_size``.
+        Seeds the initial noise and the noise of ``eta > 0``.  Results depend
+        on ``batch_size``.
     batch_size : int, optional
         Samples per loop.
 
@@ -373,6 +381,7 @@ def sample_toy(
     dtype = unet.dtype
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((len(labels), unet.config.in_channels, size, size), generator=generator)
+    step_generator = torch.Generator().manual_seed(seed + 1)
     outputs = []
     for start in range(0, len(labels), batch_size):
         y = labels[start : start + batch_size]
@@ -387,7 +396,7 @@ def sample_toy(
                 ).sample.float()
                 eps_cond, eps_uncond = both.chunk(2)
                 eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-            x = scheduler.step(eps, t, x).prev_sample  # x_t -> x_{t-1}
+            x = scheduler.step(eps, t, x, eta=eta, generator=step_generator).prev_sample  # x_t -> x_{t-1}
         outputs.append(((x.clamp(-1, 1) + 1) / 2).numpy().astype(np.float32))
     return np.concatenate(outputs)
 
@@ -401,6 +410,7 @@ def evaluate_unet(
     conditions: np.ndarray | None = None,
     steps: int = 50,
     guidance_scale: float = 2.0,
+    eta: float = 0.0,
     seed: int = 0,
 ) -> dict[str, float]:
     """Sample a toy model on a set of conditions and score the samples.
@@ -414,7 +424,7 @@ def evaluate_unet(
         Samples drawn for each condition.
     conditions : array_like of int, optional
         Joint labels to evaluate; all :data:`NUM_CONDITIONS` by default.
-    steps, guidance_scale, seed
+    steps, guidance_scale, eta, seed
         As :func:`sample_toy`.
 
     Returns
@@ -424,7 +434,7 @@ def evaluate_unet(
     """
     conditions = np.arange(NUM_CONDITIONS) if conditions is None else np.asarray(conditions)
     labels = np.repeat(conditions, samples_per_condition)
-    images = sample_toy(unet, scheduler, labels, steps=steps, guidance_scale=guidance_scale, seed=seed)
+    images = sample_toy(unet, scheduler, labels, steps=steps, guidance_scale=guidance_scale, eta=eta, seed=seed)
     scores = evaluate_samples(images, labels, classifier)
     scores["samples"] = float(len(labels))
     return scores

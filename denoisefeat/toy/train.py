@@ -34,9 +34,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 
 from denoisefeat.toy.diffshapes import NULL_LABEL, NUM_CONDITIONS, generate
@@ -305,6 +305,12 @@ def _load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str,
     optimizer.load_state_dict(state_dict)
 
 
+def _checkpoint_iteration(checkpoint: Path | None) -> int:
+    if checkpoint is None:
+        return 0
+    return json.loads((checkpoint / "state.json").read_text())["iteration"]
+
+
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     """Folder of the most recent complete checkpoint of a training run.
 
@@ -388,8 +394,8 @@ def load_checkpoint_unet(checkpoint: str | os.PathLike, *, ema: bool = True) -> 
 @torch.no_grad()
 def _update_ema(ema: UNet2DModel, unet: UNet2DModel, decay: float) -> None:
     # ema <- decay * ema + (1 - decay) * weights
-    ema_params = list(ema.parameters())
-    torch._foreach_lerp_(ema_params, [p.detach() for p in unet.parameters()], 1.0 - decay)
+    for ema_parameter, parameter in zip(ema.parameters(), unet.parameters()):
+        ema_parameter.lerp_(parameter, 1.0 - decay)
 
 
 def train(
@@ -399,6 +405,7 @@ def train(
     resume: bool = True,
     progress: bool = True,
     until: int | None = None,
+    extend: bool = False,
 ) -> Path:
     """Train the toy model, checkpointing periodically.
 
@@ -411,12 +418,19 @@ def train(
         ``latest.json`` (the pointer to the last complete checkpoint).
     resume : bool, optional
         Continue from the latest checkpoint in ``out_dir`` if there is one.
-        The stored configuration must equal ``config``.
+        The stored configuration must equal ``config`` except for the
+        operational fields ``checkpoint_every``, ``keep_checkpoints``,
+        ``log_every`` and ``threads`` (and ``iterations`` with ``extend``).
     progress : bool, optional
         Show a rich progress bar (loss lines are logged either way).
     until : int, optional
         Stop after this iteration (and checkpoint), as if the job had been
         killed there; a later call resumes.  Defaults to ``config.iterations``.
+    extend : bool, optional
+        Allow resuming with a larger ``config.iterations`` than the stored run
+        (recorded in ``history.jsonl``).  The cosine learning rate then follows
+        the new horizon from the resumed iteration on, so the weights differ
+        from a run configured with the larger horizon from the start.
 
     Returns
     -------
@@ -428,6 +442,8 @@ def train(
     ValueError
         If ``out_dir`` holds a run with a different configuration.
     """
+    if until is not None and until < 1:
+        raise ValueError(f"until must be a positive iteration, got {until}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stop = config.iterations if until is None else min(until, config.iterations)
@@ -435,10 +451,19 @@ def train(
     if config_path.exists() and resume:
         stored = TrainConfig.from_json(json.loads(config_path.read_text()))
         # Operational knobs may change between resumes (e.g. fewer threads on a
-        # busy node); everything that defines the trained weights may not.
-        operational = {field: getattr(config, field) for field in _OPERATIONAL_FIELDS}
-        if dataclasses.replace(stored, **operational) != config:
+        # busy node); everything that defines the trained weights may not,
+        # except a longer run when ``extend`` says so.
+        allowed = {field: getattr(config, field) for field in _OPERATIONAL_FIELDS}
+        if extend and config.iterations >= stored.iterations:
+            allowed["iterations"] = config.iterations
+        if dataclasses.replace(stored, **allowed) != config:
             raise ValueError(f"{out_dir} holds a run with a different configuration: {stored}")
+        if config.iterations != stored.iterations:
+            with open(out_dir / "history.jsonl", "a") as history:
+                history.write(json.dumps({
+                    "event": "extend", "from_iterations": stored.iterations, "to_iterations": config.iterations,
+                    "at_iteration": _checkpoint_iteration(latest_checkpoint(out_dir)), "time": time.time(),
+                }) + "\n")
     _write_json_atomic(config_path, config.to_json())
 
     torch.set_num_threads(config.threads)
@@ -458,11 +483,9 @@ def train(
         unet.load_state_dict(load_file(checkpoint / "model.safetensors"))
         ema.load_state_dict(load_file(checkpoint / "ema.safetensors"))
         _load_optimizer_tensors(optimizer, load_file(checkpoint / "optimizer.safetensors"))
-        start = json.loads((checkpoint / "state.json").read_text())["iteration"]
+        start = _checkpoint_iteration(checkpoint)
     if start >= stop:
         return checkpoint
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(
         TextColumn("toy model"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
@@ -549,6 +572,7 @@ def _parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Na
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     parser.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint exists")
     parser.add_argument("--until", type=int, default=None, help="stop after this iteration")
+    parser.add_argument("--extend", action="store_true", help="allow resuming with more --iterations")
     for field in dataclasses.fields(TrainConfig):
         value = getattr(defaults, field.name)
         flag = "--" + field.name.replace("_", "-")
@@ -567,7 +591,8 @@ def _parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Na
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point: ``python -m denoisefeat.toy.train --out DIR``."""
     config, args = _parse_args(argv)
-    train(config, args.out, resume=not args.no_resume, progress=not args.no_progress, until=args.until)
+    train(config, args.out, resume=not args.no_resume, progress=not args.no_progress, until=args.until,
+          extend=args.extend)
     if args.export is not None:
         export(args.out, args.export)
 
