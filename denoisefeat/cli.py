@@ -69,6 +69,11 @@ def extract(
     fp16: bool = typer.Option(False, "--fp16", help="Run the model in float16."),
     resume: bool = typer.Option(False, "--resume", help="Complete a half-written store made with the same settings."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing denoisefeat store."),
+    record: list[str] = typer.Option(
+        None, "--record", "-r",
+        help="LAYER=REDUCER[,REDUCER] to record (repeatable; globs allowed), e.g. 'mid_block=channel_mean'.",
+    ),
+    backend: str = typer.Option("torch", "--backend", help="Hook backend for --record: torch or nnsight."),
 ) -> None:
     """Run MODEL's denoising loop and store every step (x_t, x̂0, decoded image) in a zarr store."""
     import torch
@@ -80,10 +85,23 @@ def extract(
     run = trace(
         pipe, samples=samples, prompts=prompt or None, class_labels=label or None, seed=seed, steps=steps,
         scheduler=scheduler, guidance_scale=guidance, batch_size=batch_size, store=out, resume=resume,
-        overwrite=overwrite, model_id=model, progress=True,
+        overwrite=overwrite, model_id=model, progress=True, record=parse_record(record), backend=backend,
     )
     console.print(f"wrote {run.path}")
     _print_info(run)
+
+
+def parse_record(items: list[str] | None) -> dict[str, list[str]] | None:
+    """``["mid_block=channel_mean", "up_blocks.*=full,band_energy"]`` → ``{layer: [reducers]}``."""
+    if not items:
+        return None
+    spec: dict[str, list[str]] = {}
+    for item in items:
+        layer, sep, reducers = item.partition("=")
+        if not sep or not layer or not reducers:
+            raise ValueError(f"--record {item!r}: write LAYER=REDUCER, e.g. mid_block=channel_mean.")
+        spec.setdefault(layer.strip(), []).extend(r.strip() for r in reducers.split(","))
+    return spec
 
 
 @app.command()

@@ -47,3 +47,24 @@ def test_prompts_and_seeds_mismatch(tmp_path):
     assert "samples=3 but 2 conditions" in _error(
         ["extract", "tiny-sd", "--samples", "3", "--prompt", "a", "--prompt", "b", "--out", str(tmp_path / "e.zarr")]
     )
+
+
+def test_extract_records_layers(tmp_path):
+    out = tmp_path / "acts.zarr"
+    result = runner.invoke(app, ["extract", "tiny-unet", "--samples", "2", "--steps", "3", "--out", str(out),
+                                 "--record", "mid_block=channel_mean,spatial_energy", "--record", "conv_in=full"])
+    assert result.exit_code == 0, result.output
+    run = open_run(out)
+    assert run.layers() == ["mid_block", "conv_in"]
+    assert run.acts("mid_block", "channel_mean").dims == ("sample", "step", "channel")
+    assert run.acts("conv_in").shape == (2, 3, 8, 16, 16)
+    assert "acts" in runner.invoke(app, ["info", str(out)]).output
+
+
+def test_bad_record_options(tmp_path):
+    assert "LAYER=REDUCER" in _error(["extract", "tiny-unet", "--samples", "1", "--steps", "2", "--record", "mid_block",
+                                      "--out", str(tmp_path / "f.zarr")])
+    assert "Closest: mid_block" in _error(["extract", "tiny-unet", "--samples", "1", "--steps", "2",
+                                           "--record", "mid_blok=full", "--out", str(tmp_path / "g.zarr")])
+    assert "Unknown reducer" in _error(["extract", "tiny-unet", "--samples", "1", "--steps", "2",
+                                        "--record", "mid_block=mean", "--out", str(tmp_path / "h.zarr")])
