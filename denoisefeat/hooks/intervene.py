@@ -31,6 +31,7 @@ import torch
 from denoisefeat.hooks.layers import first_tensor, resolve_layers
 from denoisefeat.hooks.record import BRANCHES, steps_selection
 from denoisefeat.models import denoiser_of
+from denoisefeat.hooks._manager import HookManager
 from denoisefeat.trajectory import StepClock
 
 __all__ = ["METHODS", "Edit", "intervene"]
@@ -177,7 +178,7 @@ class _PatchSource:
         return data
 
 
-class intervene:
+class intervene(HookManager):
     """Apply edits to layer outputs during a run (a context manager).
 
     Parameters
@@ -200,12 +201,10 @@ class intervene:
             for name in resolve_layers(self.denoiser, edit.layer):
                 expanded.append(edit if name == edit.layer else _replace(edit, layer=name))
         self.edits = expanded
-        self._own_clock = clock is None
-        self.clock = clock or StepClock()
+        super().__init__(clock)
         self._sources = {
             (id(e.source), e.layer): _PatchSource(e.source, e.layer) for e in self.edits if e.method == "patch"
         }
-        self._handles: list = []
 
     def describe(self) -> list[dict]:
         return [e.describe() for e in self.edits]
@@ -272,29 +271,6 @@ class intervene:
             by_layer[edit.layer].append(edit)
         return {name: self._make_hook(edits) for name, edits in by_layer.items()}
 
-    def _count_step(self, module, args):
-        self.clock.step = 0 if self.clock.step is None else self.clock.step + 1
-
-    def __enter__(self) -> intervene:
-        modules = dict(self.denoiser.named_modules())
-        try:
-            if self._own_clock:
-                self._handles.append(self.denoiser.register_forward_pre_hook(self._count_step))
-            for name, hook in self.layer_hooks().items():
-                self._handles.append(modules[name].register_forward_hook(hook))
-        except BaseException:
-            self._remove()
-            raise
-        return self
-
-    def _remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    def __exit__(self, *exc) -> bool:
-        self._remove()
-        return False
 
 
 def _from_channel_first(stored: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ import torch
 from denoisefeat.hooks.layers import first_tensor, resolve_layers
 from denoisefeat.hooks.reducers import Reducer, band_coords, get_reducer
 from denoisefeat.models import denoiser_of
+from denoisefeat.hooks._manager import HookManager
 from denoisefeat.trajectory import StepClock
 
 __all__ = ["Recording", "layer_reducer_pairs", "record", "steps_selection"]
@@ -147,7 +148,7 @@ class Recording:
         return xr.DataArray(stacked, dims=dims, coords=coords, name=f"{layer}/{key[1]}")
 
 
-class record:
+class record(HookManager):
     """Record layer outputs at chosen steps (a context manager).
 
     Parameters
@@ -180,11 +181,9 @@ class record:
         self.plan = _layer_spec(self.denoiser, layers)
         self.steps = steps_selection(steps)
         self.inputs = inputs
-        self._own_clock = clock is None
-        self.clock = clock or StepClock()
+        super().__init__(clock)
         self.recording = Recording()
         self.sink = sink or self.recording.add
-        self._handles: list = []
 
     @property
     def layers(self) -> list[str]:
@@ -220,32 +219,10 @@ class record:
             by_layer[name].append(reducer)
         return {name: self._make_hook(name, reducers) for name, reducers in by_layer.items()}
 
-    def _count_step(self, module, args):
-        self.clock.step = 0 if self.clock.step is None else self.clock.step + 1
-
-    def __enter__(self) -> Recording:
-        modules = dict(self.denoiser.named_modules())
-        try:
-            if self._own_clock:
-                self._handles.append(self.denoiser.register_forward_pre_hook(self._count_step))
-            for name, hook in self.layer_hooks().items():
-                self._handles.append(modules[name].register_forward_hook(hook))
-        except BaseException:
-            self._remove()
-            raise
+    def _entered(self) -> Recording:
         return self.recording
-
-    def _remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    def __exit__(self, *exc) -> bool:
-        self._remove()
-        return False
 
 
 def layer_reducer_pairs(pipe_or_denoiser, layers) -> list[tuple[str, str]]:
     """``(layer, reducer name)`` pairs a ``record`` spec expands to (for validation and job specs)."""
     return [(name, reducer.name) for name, reducer in _layer_spec(denoiser_of(pipe_or_denoiser), layers)]
-
