@@ -492,7 +492,8 @@ def trace(
     overwrite : bool
         Replace an existing denoisefeat store at ``store``.
     resume : bool
-        Complete a half-written store made with the same settings (only missing sample chunks run).
+        Complete a half-written store made with the same settings (only missing sample chunks run,
+        in the store's own sample chunks; ``batch_size`` is then taken from the store).
     keep : sequence of {"xt", "x0", "images"}
         Which per-step arrays to store (``final`` is always stored).
     store_dtype : {"float32", "float16"}
