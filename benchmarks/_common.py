@@ -81,3 +81,73 @@ def random_sd15_pipeline(*, dtype=torch.float16, device="cuda"):
     pipe = pipe.to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def add_model_arguments(parser) -> None:
+    """The options every pipeline benchmark takes."""
+    parser.add_argument("--model", default="toy", help="a load_pipeline source, or sd15-random")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--fp16", action="store_true")
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+
+
+class PipelineBench:
+    """The pipeline, its conditions, the plain-pipeline call and fresh store paths of one benchmark.
+
+    ``decode_plain``: whether the plain latent pipeline decodes its output (False: ``output_type="latent"``).
+    """
+
+    def __init__(self, args, *, decode_plain: bool):
+        import tempfile
+        from pathlib import Path
+
+        from denoisefeat.models import load_pipeline
+
+        self.args = args
+        self.dtype = torch.float16 if args.fp16 else torch.float32
+        if args.model == "sd15-random":
+            self.pipe = random_sd15_pipeline(dtype=self.dtype, device=args.device)
+            self.condition = {"prompts": ["a photo of a red circle"] * args.samples}
+            self.plain_kwargs = {"prompt": self.condition["prompts"], "output_type": "pt" if decode_plain else "latent"}
+        else:
+            self.pipe = load_pipeline(args.model, device=args.device, dtype=self.dtype if args.fp16 else None)
+            self.condition = {"class_labels": [0] * args.samples}
+            self.plain_kwargs = {"class_labels": self.condition["class_labels"], "output_type": "pt"}
+        self.seeds = list(range(args.samples))
+        self._tmp = Path(tempfile.mkdtemp())
+        self._count = 0
+
+    def plain(self) -> None:
+        generators = [torch.Generator(self.args.device).manual_seed(s) for s in self.seeds]
+        self.pipe(generator=generators, num_inference_steps=self.args.steps, **self.plain_kwargs)
+
+    def trace(self, **kwargs):
+        """A callable running ``denoisefeat.trace`` on the benchmark's samples into a new store."""
+        from denoisefeat.trajectory import trace
+
+        def run():
+            self._count += 1
+            trace(self.pipe, seed=self.seeds, steps=self.args.steps, batch_size=self.args.samples,
+                  store=self._tmp / f"run{self._count}.zarr", **self.condition, **kwargs)
+
+        return run
+
+    def header(self, name: str) -> dict:
+        a = self.args
+        return {"benchmark": name, "model": a.model, "device": a.device, "dtype": str(self.dtype),
+                "samples": a.samples, "steps": a.steps, "repeats": a.repeats, "machine": machine()}
+
+
+def interleaved(variants: dict, *, repeats: int) -> dict[str, list[float]]:
+    """Run each variant once per round, ``repeats`` rounds, so that drift hits every variant alike."""
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            times[name].append(timed(fn, repeats=1)["median_s"])
+    return times
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
