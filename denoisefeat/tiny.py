@@ -73,6 +73,23 @@ def _tiny_vae(*, latent_channels: int = 4):
     )
 
 
+def _tiny_conditional_unet(**architecture):
+    """A two-level ``UNet2DConditionModel`` on 16×16 latents (cross-attention at the lower level)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **architecture,
+    ).eval()
+
+
 def _tiny_clip_text(*, projection: bool = False, hidden: int = 16, projection_dim: int = 8, max_length: int = 16):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -166,21 +183,10 @@ def tiny_sd_pipeline(*, seed: int = 0, prediction_type: str = "epsilon"):
     -------
     diffusers.StableDiffusionPipeline
     """
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     with _seeded(seed):
-        unet = UNet2DConditionModel(
-            block_out_channels=(8, 16),
-            layers_per_block=1,
-            sample_size=16,
-            in_channels=4,
-            out_channels=4,
-            norm_num_groups=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=16,
-            attention_head_dim=4,
-        ).eval()
+        unet = _tiny_conditional_unet(cross_attention_dim=16, attention_head_dim=4)
         vae = _tiny_vae().eval()
         text_encoder, tokenizer = _tiny_clip_text()
     scheduler = DDIMScheduler(
@@ -200,18 +206,10 @@ def tiny_sdxl_pipeline(*, seed: int = 0):
     -------
     diffusers.StableDiffusionXLPipeline
     """
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     with _seeded(seed):
-        unet = UNet2DConditionModel(
-            block_out_channels=(8, 16),
-            layers_per_block=1,
-            sample_size=16,
-            in_channels=4,
-            out_channels=4,
-            norm_num_groups=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        unet = _tiny_conditional_unet(
             attention_head_dim=(2, 4),
             use_linear_projection=True,
             addition_embed_type="text_time",
@@ -219,7 +217,7 @@ def tiny_sdxl_pipeline(*, seed: int = 0):
             transformer_layers_per_block=(1, 1),
             projection_class_embeddings_input_dim=8 + 6 * 4,  # pooled text (8) + 6 time ids × 4
             cross_attention_dim=32,  # both encoders' hidden states concatenated (16 + 16)
-        ).eval()
+        )
         vae = _tiny_vae().eval()
         text_encoder, tokenizer = _tiny_clip_text()
         text_encoder_2, tokenizer_2 = _tiny_clip_text(projection=True, projection_dim=8)
