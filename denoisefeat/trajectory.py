@@ -543,7 +543,8 @@ def trace(
                  "record_steps": None if recorder is None or recorder.steps is None else sorted(recorder.steps),
                  "interventions": None if editor is None else editor.describe()}
         request = replace(request, extra=extra)
-    run_store = _open_or_create(store, request, batch_size=batch_size, overwrite=overwrite, resume=resume)
+    run_store = _open_or_create(store, request, n_steps=n_loop, batch_size=batch_size, overwrite=overwrite,
+                                resume=resume)
     chunks = run_store.incomplete_chunks()
     _write_coordinates(run_store, request, coords)
     if recorder is not None:
@@ -634,7 +635,7 @@ def _write_coordinates(store: RunStore, request: TraceRequest, coords: dict) -> 
         store.write_coordinate("class_label", np.asarray(request.class_labels, dtype=np.int64), dim="sample")
 
 
-def _open_or_create(path, request: TraceRequest, *, batch_size, overwrite, resume) -> RunStore:
+def _open_or_create(path, request: TraceRequest, *, n_steps, batch_size, overwrite, resume) -> RunStore:
     attrs = request.as_attrs()
     if path is not None and resume and Path(path).expanduser().exists():
         store = RunStore.open(path)
@@ -646,15 +647,9 @@ def _open_or_create(path, request: TraceRequest, *, batch_size, overwrite, resum
             )
         return store
     return RunStore.create(
-        path, run_attrs=attrs, n_samples=request.n_samples, n_steps=_loop_length(request),
+        path, run_attrs=attrs, n_samples=request.n_samples, n_steps=n_steps,
         chunk_samples=batch_size, overwrite=overwrite,
     )
-
-
-def _loop_length(request: TraceRequest) -> int:
-    scheduler = _schedulers.make_scheduler(request.scheduler_class, base_config=request.scheduler_config)
-    scheduler.set_timesteps(request.steps)
-    return len(scheduler.timesteps)
 
 
 class _progress:

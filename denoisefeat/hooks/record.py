@@ -33,7 +33,7 @@ from denoisefeat.models import denoiser_of
 from denoisefeat.hooks._manager import HookManager
 from denoisefeat.trajectory import StepClock
 
-__all__ = ["Recording", "layer_reducer_pairs", "record", "steps_selection"]
+__all__ = ["Recording", "record", "steps_selection"]
 
 BRANCHES = ("uncond", "cond")
 
@@ -221,8 +221,3 @@ class record(HookManager):
 
     def _entered(self) -> Recording:
         return self.recording
-
-
-def layer_reducer_pairs(pipe_or_denoiser, layers) -> list[tuple[str, str]]:
-    """``(layer, reducer name)`` pairs a ``record`` spec expands to (for validation and job specs)."""
-    return [(name, reducer.name) for name, reducer in _layer_spec(denoiser_of(pipe_or_denoiser), layers)]
