@@ -208,7 +208,15 @@ def _load_folder(path: Path, *, dtype):
     class_name = json.loads(index.read_text()).get("_class_name")
     kwargs = {"torch_dtype": dtype} if dtype is not None else {}
     if class_name == ClassConditionalImagePipeline.__name__:
-        return ClassConditionalImagePipeline.from_pretrained(path, use_safetensors=True, **kwargs)
+        try:
+            # safetensors only: a pickled (.bin) checkpoint is never unpickled.
+            return ClassConditionalImagePipeline.from_pretrained(path, use_safetensors=True, **kwargs)
+        except Exception as error:  # safetensors, json and diffusers raise many types
+            raise ModelSourceError(
+                f"Could not load the pipeline in {str(path)!r}: {type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else 'no detail'}. Its weights may be corrupt or "
+                "incomplete; reinstall or re-export them (safetensors files only)."
+            ) from error
     try:
         return DiffusionPipeline.from_pretrained(path, **kwargs)
     except (OSError, ValueError, EnvironmentError) as error:

@@ -95,7 +95,7 @@ def test_restrictions():
 
 def test_primary_object_is_on_top_and_solid_colour_exact():
     batch = generate(20, seed=4, n_objects=3, textures=["solid"])
-    inside = batch.mask > 0.999
+    inside = batch.mask >= 1.0  # full coverage: no anti-aliasing blend
     for i in range(len(batch)):
         pixels = batch.images[i][:, inside[i]]
         np.testing.assert_allclose(pixels, np.repeat(batch.dominant_color[i][:, None], pixels.shape[1], 1), atol=1e-6)
@@ -152,3 +152,19 @@ def test_throughput():
     start = time.perf_counter()
     generate(2000, seed=0)
     assert time.perf_counter() - start < 2.0 * 2  # 2000 images in under 2 s, with slack for a busy CPU
+
+
+def test_radius_and_rotation_ranges():
+    batch = generate(200, seed=3, radius=(0.3, 0.42), max_rotation=15.0, size=32)
+    radius = batch.objects.radius[:, 0] / 32
+    assert radius.min() >= 0.3 and radius.max() <= 0.42 and radius.max() - radius.min() > 0.08
+    rotation = np.rad2deg(batch.objects.rotation[:, 0])
+    assert np.abs(rotation).max() <= 15.0 and rotation.min() < -10 and rotation.max() > 10
+    # Upright squares are axis-aligned: an unrotated square's mask is a filled box.
+    square = generate(1, seed=0, shapes=["square"], radius=(0.35, 0.35), max_rotation=0.0, size=64)
+    rows, cols = np.nonzero(square.mask[0] > 0.99)
+    box = square.mask[0, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    assert (box > 0.99).all()
+    for bad in ({"radius": (0.4, 0.3)}, {"radius": (0.1, 0.6)}, {"max_rotation": -1.0}):
+        with pytest.raises(ValueError):
+            generate(1, seed=0, **bad)

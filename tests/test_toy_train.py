@@ -8,10 +8,12 @@ import torch
 from diffusers import DDIMScheduler, UNet2DModel
 from safetensors.torch import load_file
 
+from denoisefeat.models import ClassConditionalImagePipeline, load_pipeline
 from denoisefeat.toy.diffshapes import NULL_LABEL, NUM_CONDITIONS
 from denoisefeat.toy.train import (
     TrainConfig,
     build_sampling_scheduler,
+    build_scheduler,
     export,
     latest_checkpoint,
     learning_rate_at,
@@ -66,9 +68,17 @@ def test_resume_refuses_a_different_config(uninterrupted):
 
 
 def test_export_is_fp16_safetensors_loadable(uninterrupted, tmp_path):
-    weights = export(uninterrupted, tmp_path / "weights")
+    weights = export(uninterrupted, tmp_path / "weights", metadata={"gate": {"shape": 0.5}})
     files = {p.relative_to(weights).as_posix() for p in weights.rglob("*") if p.is_file()}
-    assert files == {"unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"}
+    assert files == {
+        "model_index.json", "training.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+    }
+    record = json.loads((weights / "training.json").read_text())
+    assert record["iteration"] == 4 and record["gate"] == {"shape": 0.5}
+    assert TrainConfig.from_json(record["config"]) == TINY
+    pipe = load_pipeline(weights)
+    assert isinstance(pipe, ClassConditionalImagePipeline) and pipe.null_class == NULL_LABEL
     tensors = load_file(weights / "unet" / "diffusion_pytorch_model.safetensors")
     assert {t.dtype for t in tensors.values()} == {torch.float16}
     unet = UNet2DModel.from_pretrained(weights / "unet", torch_dtype=torch.float32)
@@ -111,3 +121,31 @@ def test_extend_a_finished_run(uninterrupted, tmp_path):
     assert latest_checkpoint(run).name == "iteration-0000006"
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert history[0]["from_iterations"] == 4 and history[0]["to_iterations"] == 6 and history[0]["at_iteration"] == 4
+
+
+def test_min_snr_weighting_matches_its_formula():
+    from denoisefeat.toy.train import _weighted_loss
+
+    config = TrainConfig(min_snr_gamma=5.0)
+    scheduler = build_scheduler(config)
+    generator = torch.Generator().manual_seed(0)
+    prediction, noise = torch.randn(3, 3, 4, 4, generator=generator), torch.randn(3, 3, 4, 4, generator=generator)
+    timesteps = torch.tensor([0, 500, 999])
+    alpha_bar = scheduler.alphas_cumprod[timesteps].double()
+    snr = alpha_bar / (1 - alpha_bar)
+    per_sample = ((prediction - noise) ** 2).mean(dim=(1, 2, 3)).double()
+    expected = (per_sample * torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / snr).mean()
+    assert float(_weighted_loss(config, scheduler, prediction, noise, timesteps)) == pytest.approx(float(expected), rel=1e-5)
+    # Nearly clean timesteps (SNR >> gamma) are down-weighted, noisy ones (SNR < gamma) are not.
+    assert snr[0] > 5 and snr[2] < 5
+    plain = TrainConfig(min_snr_gamma=None)
+    assert float(_weighted_loss(plain, scheduler, prediction, noise, timesteps)) == pytest.approx(float(per_sample.mean()), rel=1e-5)
+
+
+def test_command_line_parses_every_field():
+    from denoisefeat.toy.train import _parse_args
+
+    config, _ = _parse_args(["--out", "x", "--radius", "0.25,0.4", "--max-rotation", "none", "--min-snr-gamma", "3",
+                             "--block-out-channels", "16,32"])
+    assert config.radius == (0.25, 0.4) and config.max_rotation is None and config.min_snr_gamma == 3.0
+    assert config.block_out_channels == (16, 32)

@@ -101,7 +101,7 @@ def _cross(half_width: float) -> np.ndarray:
 # marks the circle.
 _POLYGONS: dict[str, np.ndarray | None] = {
     "circle": None,
-    "square": np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]]),
+    "square": np.sqrt(0.5) * np.array([[1.0, -1.0], [1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0]]),  # axis-aligned
     "triangle": _regular_star(3, 1.0)[::2],
     "star": _regular_star(5, 0.45),
     "cross": _cross(0.33),
@@ -445,6 +445,8 @@ def generate(
     textures: Sequence[str] | None = None,
     labels: Sequence[int] | np.ndarray | None = None,
     background: float | None = None,
+    radius: tuple[float, float] | None = None,
+    max_rotation: float | None = None,
 ) -> DiffShapesBatch:
     """Generate a batch of DiffShapes images with their ground truth.
 
@@ -471,6 +473,13 @@ def generate(
     background : float, optional
         If given, a flat grey background of this level in ``[0, 1]`` instead
         of the random low-contrast background.
+    radius : (float, float), optional
+        Range of the primary object's circumradius as a fraction of ``size``
+        (default ``(0.22, 0.38)``); at most 0.45 so that it fits.
+    max_rotation : float, optional
+        If given, rotations are drawn uniformly in ``[-max_rotation, max_rotation]``
+        degrees around the upright pose (square axis-aligned, cross ``+``,
+        triangle and star with a vertex up) instead of uniformly over the circle.
 
     Returns
     -------
@@ -507,6 +516,11 @@ def generate(
         raise ValueError("pass either labels or shapes/colors/textures, not both")
     if background is not None and not 0.0 <= background <= 1.0:
         raise ValueError(f"background must lie in [0, 1], got {background}")
+    primary_radius = _PRIMARY_RADIUS if radius is None else tuple(float(r) for r in radius)
+    if len(primary_radius) != 2 or not 0.05 <= primary_radius[0] <= primary_radius[1] <= 0.45:
+        raise ValueError(f"radius must be a (low, high) range within [0.05, 0.45], got {radius!r}")
+    if max_rotation is not None and not 0.0 <= max_rotation <= 180.0:
+        raise ValueError(f"max_rotation must lie in [0, 180] degrees, got {max_rotation}")
     allowed_shapes = _allowed_indices(shapes, SHAPES, "shape")
     allowed_colors = _allowed_indices(colors, COLORS, "color")
     allowed_textures = _allowed_indices(textures, TEXTURES, "texture")
@@ -532,14 +546,17 @@ def generate(
         color[:, 0] = _pick(allowed_colors, obj[:, 0, 1])
         texture[:, 0] = _pick(allowed_textures, obj[:, 0, 2])
     radius = np.concatenate(
-        [_lerp(_PRIMARY_RADIUS, obj[:, :1, 3]), _lerp(_SECONDARY_RADIUS, obj[:, 1:, 3])], axis=1
+        [_lerp(primary_radius, obj[:, :1, 3]), _lerp(_SECONDARY_RADIUS, obj[:, 1:, 3])], axis=1
     ) * size
     # Keep each object inside the image (its circumscribed circle, plus half a pixel).
     margin = radius + 0.5
     center = np.stack(
         [margin + obj[..., k] * (size - 1 - 2 * margin) for k in (4, 5)], axis=-1
     )
-    rotation = 2 * np.pi * obj[..., 6]
+    if max_rotation is None:
+        rotation = 2 * np.pi * obj[..., 6]
+    else:
+        rotation = np.deg2rad(max_rotation) * (2 * obj[..., 6] - 1)
     frequency = np.select(
         [texture == 1, texture == 2, texture == 3],
         [_lerp(_STRIPE_FREQUENCY, obj[..., 7]), 1.0 / _lerp(_CHECKER_PERIOD, obj[..., 7]),

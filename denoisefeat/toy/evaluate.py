@@ -37,8 +37,16 @@ __all__ = [
     "evaluate_samples",
     "sample_toy",
     "evaluate_unet",
+    "save_grid",
+    "GATE",
+    "GATE_MINIMUM",
     "DEFAULT_CLASSIFIER_DIR",
 ]
+
+#: Accuracy targets of the quality gate (generated samples vs their conditioning).
+GATE = {"shape": 0.90, "color": 0.95, "texture": 0.80}
+#: Below these the toy model is not fit to ship.
+GATE_MINIMUM = {"shape": 0.80, "color": 0.90, "texture": 0.70}
 
 #: Where the cached gate classifier lives (shipped with the package).
 DEFAULT_CLASSIFIER_DIR = Path(__file__).parent / "weights" / "classifier"
@@ -438,6 +446,45 @@ def evaluate_unet(
     scores = evaluate_samples(images, labels, classifier)
     scores["samples"] = float(len(labels))
     return scores
+
+
+def save_grid(images: np.ndarray, path: str | os.PathLike, *, columns: int = 12, scale: int = 2) -> Path:
+    """Save images as one PNG grid.
+
+    Parameters
+    ----------
+    images : ndarray, shape (n, 3, H, W)
+        RGB in ``[0, 1]``.
+    path : path
+        Destination PNG.
+    columns : int, optional
+        Images per row; the last row is padded with white.
+    scale : int, optional
+        Nearest-neighbour upscaling factor (small images stay crisp).
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    from PIL import Image
+
+    images = np.clip(np.asarray(images, dtype=np.float32), 0.0, 1.0)
+    if images.ndim != 4 or images.shape[1] != 3 or len(images) == 0:
+        raise ValueError(f"images must have shape (n, 3, H, W) with n > 0, got {images.shape}")
+    n, _, h, w = images.shape
+    columns = min(columns, n)
+    rows = math.ceil(n / columns)
+    pad = 1  # one white pixel between images
+    canvas = np.ones((rows * (h + pad) + pad, columns * (w + pad) + pad, 3), dtype=np.float32)
+    for index, image in enumerate(images):
+        r, c = divmod(index, columns)
+        top, left = pad + r * (h + pad), pad + c * (w + pad)
+        canvas[top : top + h, left : left + w] = image.transpose(1, 2, 0)
+    picture = Image.fromarray((canvas * 255 + 0.5).astype(np.uint8))
+    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    path = Path(path)
+    picture.save(path)
+    return path
 
 
 def _main() -> None:

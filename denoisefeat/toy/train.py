@@ -105,6 +105,17 @@ class TrainConfig:
         Number of diffusion timesteps.
     n_objects : int
         Objects per training image; 1 keeps the condition unambiguous.
+    radius : (float, float)
+        Range of the object's circumradius as a fraction of the image size.
+    max_rotation : float or None
+        Rotations within this many degrees of the upright pose (None: any
+        rotation).  Upright, large objects let a small model learn crisp shapes
+        in a CPU budget; the generator itself covers every pose.
+    min_snr_gamma : float or None
+        Min-SNR loss weighting (Hang et al., 2023): the epsilon loss at
+        timestep ``t`` is weighted by ``min(SNR_t, gamma) / SNR_t``, which
+        down-weights the nearly clean timesteps and speeds up convergence.
+        None weights all timesteps equally.
     checkpoint_every : int
         Iterations between checkpoints (a checkpoint is also written at the end).
     keep_checkpoints : int
@@ -117,23 +128,26 @@ class TrainConfig:
 
     seed: int = 0
     size: int = 32
-    batch_size: int = 64
-    iterations: int = 9000
-    learning_rate: float = 3e-4
+    batch_size: int = 32
+    iterations: int = 7000
+    learning_rate: float = 5e-4
     warmup: int = 200
     lr_schedule: str = "cosine"
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
-    layers_per_block: int = 2
-    attention: bool = False
+    block_out_channels: tuple[int, ...] = (32, 64, 96)
+    layers_per_block: int = 1
+    attention: bool = True
     norm_num_groups: int = 8
     class_dropout: float = 0.1
     beta_schedule: str = "squaredcos_cap_v2"
     num_train_timesteps: int = 1000
     n_objects: int = 1
+    radius: tuple[float, float] = (0.30, 0.42)
+    max_rotation: float | None = 15.0
+    min_snr_gamma: float | None = 5.0
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
     log_every: int = 25
@@ -162,6 +176,8 @@ class TrainConfig:
         """Inverse of :meth:`to_json`."""
         values = dict(values)
         values["block_out_channels"] = tuple(values["block_out_channels"])
+        if "radius" in values:
+            values["radius"] = tuple(values["radius"])
         return cls(**values)
 
 
@@ -274,7 +290,8 @@ def _iteration_seed(config: TrainConfig, iteration: int) -> int:
 def _training_batch(config: TrainConfig, iteration: int, scheduler: DDPMScheduler):
     """Noisy inputs, timesteps, labels and target noise of one iteration."""
     seed = _iteration_seed(config, iteration)
-    batch = generate(config.batch_size, seed=seed, size=config.size, n_objects=config.n_objects)
+    batch = generate(config.batch_size, seed=seed, size=config.size, n_objects=config.n_objects,
+                     radius=config.radius, max_rotation=config.max_rotation)
     generator = torch.Generator().manual_seed(seed)
     x0 = torch.from_numpy(batch.images) * 2.0 - 1.0  # [0, 1] -> [-1, 1]
     noise = torch.randn(x0.shape, generator=generator)  # epsilon
@@ -285,6 +302,19 @@ def _training_batch(config: TrainConfig, iteration: int, scheduler: DDPMSchedule
     # x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) epsilon
     noisy = scheduler.add_noise(x0, noise, timesteps)
     return noisy, timesteps, labels, noise
+
+
+def _weighted_loss(
+    config: TrainConfig, scheduler: DDPMScheduler, prediction: torch.Tensor, noise: torch.Tensor,
+    timesteps: torch.Tensor,
+) -> torch.Tensor:
+    """Mean squared epsilon error, Min-SNR weighted per sample when configured."""
+    per_sample = (prediction - noise).pow(2).mean(dim=(1, 2, 3))
+    if config.min_snr_gamma is None:
+        return per_sample.mean()
+    alpha_bar = scheduler.alphas_cumprod[timesteps]
+    snr = alpha_bar / (1.0 - alpha_bar)  # SNR_t = alpha_bar / (1 - alpha_bar)
+    return (per_sample * torch.clamp(snr, max=config.min_snr_gamma) / snr).mean()
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -501,7 +531,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(config, iteration)
             prediction = unet(noisy, timesteps, class_labels=labels).sample  # epsilon_theta(x_t, t, y)
-            loss = torch.nn.functional.mse_loss(prediction, noise)
+            loss = _weighted_loss(config, scheduler, prediction, noise, timesteps)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
@@ -527,18 +557,22 @@ def train(
     return last
 
 
-def export(out_dir: str | os.PathLike, weights_dir: str | os.PathLike) -> Path:
-    """Write the shipped artifact from a run's latest checkpoint.
+def export(out_dir: str | os.PathLike, weights_dir: str | os.PathLike, *, metadata: dict | None = None) -> Path:
+    """Write the shipped pipeline from a run's latest checkpoint.
 
     Parameters
     ----------
     out_dir : path
         A training run folder (see :func:`train`).
     weights_dir : path
-        Destination; receives ``unet/`` (the EMA weights in float16 safetensors,
-        loadable with ``UNet2DModel.from_pretrained``) and ``scheduler/`` (a
-        ``DDIMScheduler`` with the training betas, epsilon prediction,
-        ``clip_sample=True``).
+        Destination: a ``ClassConditionalImagePipeline.save_pretrained`` folder
+        (``model_index.json``, ``unet/`` with the EMA weights in float16
+        safetensors, ``scheduler/`` with the DDIM sampling scheduler) plus
+        ``training.json`` (the recipe, the iteration and ``metadata``).
+        Existing ``unet/`` and ``scheduler/`` folders are replaced; other
+        files (the gate classifier) are kept.
+    metadata : dict, optional
+        Extra JSON-serialisable facts to record, e.g. the quality-gate scores.
 
     Returns
     -------
@@ -550,18 +584,31 @@ def export(out_dir: str | os.PathLike, weights_dir: str | os.PathLike) -> Path:
     FileNotFoundError
         If the run has no checkpoint.
     """
+    from denoisefeat.models import ClassConditionalImagePipeline
+
     checkpoint = latest_checkpoint(out_dir)
     if checkpoint is None:
         raise FileNotFoundError(f"no checkpoint in {out_dir}")
-    config = TrainConfig.from_json(json.loads((checkpoint / "state.json").read_text())["config"])
+    state = json.loads((checkpoint / "state.json").read_text())
+    config = TrainConfig.from_json(state["config"])
     weights_dir = Path(weights_dir)
     unet = load_checkpoint_unet(checkpoint, ema=True).to(torch.float16)
     for sub in ("unet", "scheduler"):
         if (weights_dir / sub).exists():
             shutil.rmtree(weights_dir / sub)
-    unet.save_pretrained(weights_dir / "unet", safe_serialization=True)
-    build_sampling_scheduler(config).save_pretrained(weights_dir / "scheduler")
+    pipe = ClassConditionalImagePipeline(unet=unet, scheduler=build_sampling_scheduler(config), null_class=NULL_LABEL)
+    pipe.save_pretrained(weights_dir, safe_serialization=True)
+    record = {"config": config.to_json(), "iteration": state["iteration"], **(metadata or {})}
+    (weights_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     return weights_dir
+
+
+def _tuple_parser(element: type):
+    return lambda text: tuple(element(part) for part in text.split(","))
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
 
 
 def _parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
@@ -579,8 +626,9 @@ def _parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Na
         if isinstance(value, bool):
             parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=value)
         elif isinstance(value, tuple):
-            parser.add_argument(flag, type=lambda s: tuple(int(c) for c in s.split(",")), default=value,
-                                help="comma-separated")
+            parser.add_argument(flag, type=_tuple_parser(type(value[0])), default=value, help="comma-separated")
+        elif field.name in ("max_rotation", "min_snr_gamma"):
+            parser.add_argument(flag, type=_optional_float, default=value, help="a number or 'none'")
         else:
             parser.add_argument(flag, type=type(value), default=value)
     args = parser.parse_args(argv)
