@@ -55,18 +55,21 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
     scheduler : diffusers.SchedulerMixin
     null_class : int, optional
         The unconditional label; defaults to ``num_class_embeds − 1``.
+    default_guidance_scale : float, optional
+        The guidance scale used when a call (or :func:`denoisefeat.trace`) gives none; saved
+        with the pipeline, so a model can ship with the scale it was evaluated at.
     """
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet, scheduler, null_class: int | None = None):
+    def __init__(self, unet, scheduler, null_class: int | None = None, default_guidance_scale: float = 1.0):
         super().__init__()
         if unet.config.num_class_embeds is None:
             raise ValueError("ClassConditionalImagePipeline needs a UNet2DModel with num_class_embeds set.")
         if null_class is None:
             null_class = unet.config.num_class_embeds - 1
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(null_class=int(null_class))
+        self.register_to_config(null_class=int(null_class), default_guidance_scale=float(default_guidance_scale))
 
     @property
     def null_class(self) -> int:
@@ -77,7 +80,7 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
         self,
         class_labels,
         *,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | None = None,
         generator=None,
         num_inference_steps: int = 50,
         eta: float = 0.0,
@@ -89,8 +92,9 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
         ----------
         class_labels : sequence of int
             One label per image; ``null_class`` samples unconditionally.
-        guidance_scale : float
-            Classifier-free guidance weight; ``1`` (the default) means no guidance.
+        guidance_scale : float, optional
+            Classifier-free guidance weight; ``1`` means no guidance.  Defaults to the
+            pipeline's ``default_guidance_scale``.
         generator : torch.Generator or list of torch.Generator, optional
             One generator per image makes each image independent of the others in the batch.
         num_inference_steps : int
@@ -111,6 +115,8 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
         shape = (len(labels), self.unet.config.in_channels, *size)
         x = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
         x = x * initial_noise_scale(self.scheduler)
+        if guidance_scale is None:
+            guidance_scale = self.config.default_guidance_scale
         guided = guidance_scale != 1.0
         null = torch.full_like(labels, self.null_class)
         model_labels = torch.cat([null, labels]) if guided else labels

@@ -128,6 +128,9 @@ def _seeds(seed, n) -> tuple[int, ...]:
 
 
 def _default_guidance(pipe) -> float:
+    configured = getattr(getattr(pipe, "config", None), "default_guidance_scale", None)
+    if configured is not None:
+        return float(configured)
     parameter = inspect.signature(pipe.__call__).parameters.get("guidance_scale")
     if parameter is None or parameter.default is inspect.Parameter.empty:
         return 1.0

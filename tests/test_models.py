@@ -80,3 +80,18 @@ def test_class_conditional_pipeline_runs_with_guidance(tiny_pipes):
                guidance_scale=2.0).images
     assert out.shape == (2, 16, 16, 3)
     assert np.isfinite(out).all()
+
+
+def test_default_guidance_scale_is_saved_and_used_by_trace(tiny_pipes, tmp_path):
+    from denoisefeat.models import ClassConditionalImagePipeline
+    from denoisefeat.trajectory import trace
+
+    base = tiny_pipes["tiny-class-unet"]
+    pipe = ClassConditionalImagePipeline(unet=base.unet, scheduler=base.scheduler, null_class=base.null_class,
+                                         default_guidance_scale=2.5)
+    pipe.save_pretrained(tmp_path / "guided")
+    loaded = load_pipeline(tmp_path / "guided")
+    assert loaded.config.default_guidance_scale == 2.5
+    run = trace(loaded, class_labels=[0], steps=2)
+    assert run.attrs["guidance_scale"] == 2.5
+    assert trace(loaded, class_labels=[0], steps=2, guidance_scale=1.0).attrs["guidance_scale"] == 1.0

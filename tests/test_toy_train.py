@@ -79,6 +79,7 @@ def test_export_is_fp16_safetensors_loadable(uninterrupted, tmp_path):
     assert TrainConfig.from_json(record["config"]) == TINY
     pipe = load_pipeline(weights)
     assert isinstance(pipe, ClassConditionalImagePipeline) and pipe.null_class == NULL_LABEL
+    assert pipe.config.default_guidance_scale == 3.0
     tensors = load_file(weights / "unet" / "diffusion_pytorch_model.safetensors")
     assert {t.dtype for t in tensors.values()} == {torch.float16}
     unet = UNet2DModel.from_pretrained(weights / "unet", torch_dtype=torch.float32)

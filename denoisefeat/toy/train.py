@@ -557,7 +557,13 @@ def train(
     return last
 
 
-def export(out_dir: str | os.PathLike, weights_dir: str | os.PathLike, *, metadata: dict | None = None) -> Path:
+def export(
+    out_dir: str | os.PathLike,
+    weights_dir: str | os.PathLike,
+    *,
+    guidance_scale: float = 3.0,
+    metadata: dict | None = None,
+) -> Path:
     """Write the shipped pipeline from a run's latest checkpoint.
 
     Parameters
@@ -571,6 +577,8 @@ def export(out_dir: str | os.PathLike, weights_dir: str | os.PathLike, *, metada
         ``training.json`` (the recipe, the iteration and ``metadata``).
         Existing ``unet/`` and ``scheduler/`` folders are replaced; other
         files (the gate classifier) are kept.
+    guidance_scale : float, optional
+        The pipeline's ``default_guidance_scale`` (what the quality gate uses).
     metadata : dict, optional
         Extra JSON-serialisable facts to record, e.g. the quality-gate scores.
 
@@ -596,7 +604,10 @@ def export(out_dir: str | os.PathLike, weights_dir: str | os.PathLike, *, metada
     for sub in ("unet", "scheduler"):
         if (weights_dir / sub).exists():
             shutil.rmtree(weights_dir / sub)
-    pipe = ClassConditionalImagePipeline(unet=unet, scheduler=build_sampling_scheduler(config), null_class=NULL_LABEL)
+    pipe = ClassConditionalImagePipeline(
+        unet=unet, scheduler=build_sampling_scheduler(config), null_class=NULL_LABEL,
+        default_guidance_scale=guidance_scale,
+    )
     pipe.save_pretrained(weights_dir, safe_serialization=True)
     record = {"config": config.to_json(), "iteration": state["iteration"], **(metadata or {})}
     (weights_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
