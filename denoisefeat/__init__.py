@@ -18,7 +18,7 @@ _LAZY = {
     "open_run": "denoisefeat.store",
     "Run": "denoisefeat.store",
 }
-_SUBMODULES = ("models", "trajectory", "store", "schedulers", "frequency", "metrics", "tiny", "toy")
+_SUBMODULES = ("models", "trajectory", "store", "schedulers", "frequency", "metrics", "tiny", "toy", "viz")
 
 __all__ = ["__version__", *_LAZY, *_SUBMODULES]
 

@@ -225,3 +225,21 @@ def toy_evaluate(
         json_out.write_text(json.dumps(record, indent=2) + "\n")
     if strict and any(scores[name] < target for name, target in GATE.items()):
         raise typer.Exit(code=1)
+
+
+@app.command()
+@_friendly
+def report(
+    store: Path = typer.Argument(..., help="A denoisefeat zarr store."),
+    out: Path = typer.Option(..., "--out", "-o", help="The HTML file to write (self-contained, opens offline)."),
+    title: str = typer.Option(None, "--title", help="Report title (default: from the run)."),
+    static: Path = typer.Option(None, "--static", help="Also export every figure to this folder (needs .[static])."),
+    formats: str = typer.Option("png", "--formats", help="Static formats, comma-separated: png,svg,pdf."),
+) -> None:
+    """Write one self-contained HTML report with every figure of what the store holds."""
+    from denoisefeat.viz.report import build_report
+
+    with console.status("building the report"):
+        path = build_report(store, out, title=title, static_dir=static,
+                            static_formats=tuple(f.strip() for f in formats.split(",") if f.strip()))
+    console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")

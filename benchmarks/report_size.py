@@ -1,0 +1,76 @@
+"""Size and build time of the HTML report of a run (issue 7).
+
+    OMP_NUM_THREADS=1 python benchmarks/report_size.py [--model toy] [--samples 64] [--steps 50]   # prints JSON
+
+Traces the model (default: the trained toy model when its weights are installed, else
+``tiny-class-unet``) into a temporary store, recording two layers, then times ``build_report``
+(median of ``--repeats``) and reports the file size, the number of figures and the size of the
+embedded plotly.js.  ``--store PATH`` reports on an existing store instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import emit, machine, peak_rss_mib, timed  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="a load_pipeline source (default: toy if installed)")
+    parser.add_argument("--store", default=None, help="report on this existing run store instead of tracing")
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import denoisefeat as dft
+    from denoisefeat.models import TOY_WEIGHTS
+    from denoisefeat.viz import build_report
+
+    tmp = Path(tempfile.mkdtemp(prefix="dft-report-bench-"))
+    trace_s = None
+    if args.store:
+        run = dft.open_run(args.store)
+        model = run.attrs.get("model_id")
+    else:
+        model = args.model or ("toy" if (TOY_WEIGHTS / "model_index.json").exists() else "tiny-class-unet")
+        pipe = dft.load_pipeline(model)
+        null_class = getattr(pipe, "null_class", None)  # class-conditional: labels 0 … null_class − 1
+        labels = [i % null_class for i in range(args.samples)] if null_class else None
+        layers = [name for name in ("mid_block", "up_blocks.1") if name in dict(pipe.unet.named_modules())]
+        start = time.perf_counter()
+        run = dft.trace(pipe, samples=args.samples, class_labels=labels, seed=0, steps=args.steps,
+                        store=tmp / "run.zarr", record={name: "channel_mean" for name in layers})
+        trace_s = time.perf_counter() - start
+
+    out = tmp / "report.html"
+    timing = timed(lambda: build_report(run, out), repeats=args.repeats)
+    text = out.read_text(encoding="utf-8")
+    from plotly.offline import get_plotlyjs
+
+    emit({
+        "benchmark": "report_size",
+        "model": model,
+        "samples": run.store.n_samples,
+        "steps": run.store.n_steps,
+        "image_size": list(run.dataset["images"].shape[-2:]) if "images" in run.dataset else None,
+        "figures": text.count('<figure class="dft-figure"'),
+        "report_mb": round(out.stat().st_size / 2**20, 3),
+        "plotlyjs_mb": round(len(get_plotlyjs().encode()) / 2**20, 3),
+        "build_s": round(timing["median_s"], 3),
+        "build_times_s": timing["times_s"],
+        "trace_s": None if trace_s is None else round(trace_s, 3),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "machine": machine(),
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,468 @@
+"""One self-contained HTML report of a run: every figure of what its store holds, with captions.
+
+The file embeds plotly.js once (inline, in the page head) and each figure as a ``<div>`` with its
+data; it needs no network and no other file.  Sections appear only when the store holds their
+data:
+
+* **Run** (always): what produced the run (model, scheduler, steps, samples, conditions).
+* **Trajectory** (``images``): x̂0 over steps, band-pass images, radial spectra, wavelet energy.
+  The spectra come from the ``features/`` group when it has them, and are computed from the
+  images otherwise.
+* **Feature profiles** (``features/`` group): emergence curves of the metrics and of the frequency
+  bands, and the correlation across samples of when features emerge.
+* **Attribution** (``attribution/`` group): layer × step-window heatmaps per feature and method, probe
+  selectivity maps.
+* **Activations** (``acts/``): step-to-step change of each recorded layer.
+
+Every string that comes from the user (title, prompts, labels, model id, feature and method
+names) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+import xarray as xr
+
+from denoisefeat.viz.activations import activation_change_heatmap
+from denoisefeat.viz.attribution import attribution_heatmap, correlation_heatmap, selectivity_map
+from denoisefeat.viz.export import write_static
+from denoisefeat.viz.profiles import emergence_curves, profile_names
+from denoisefeat.viz.style import escape
+from denoisefeat.viz.trajectory import (
+    _gray,
+    band_pass_grid,
+    rapsd_curves,
+    rapsd_heatmap,
+    step_image_grid,
+    wavelet_heatmap,
+)
+
+__all__ = ["build_report"]
+
+_MAX_SLIDER_STEPS = 25  # band-pass images: at most this many steps on the slider (they are not PNGs)
+_ORIENTATIONS = ("horizontal", "vertical", "diagonal", "approximation")
+
+
+@dataclass
+class _Figure:
+    figure: go.Figure
+    name: str
+    caption: str
+    kind: str = "plot"
+
+
+@dataclass
+class _Section:
+    key: str
+    title: str
+    intro: str
+    figures: list[_Figure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# -- data the store holds ------------------------------------------------------------------------
+
+def _holds(run, name: str) -> bool:
+    """Whether the store has group ``name`` (also when written after its metadata was consolidated)."""
+    if name in run.store.group:
+        return True
+    return run.path is not None and (Path(run.path) / name / "zarr.json").is_file()
+
+
+def _load_features(run) -> xr.Dataset | None:
+    if not _holds(run, "features"):
+        return None
+    try:
+        from denoisefeat.features import load_features
+    except ImportError:  # an older install without denoisefeat.features: read the group directly
+        return xr.open_zarr(str(run.path) if run.path is not None else run.store.group.store, group="features",
+                            zarr_format=3, consolidated=False, chunks=None)
+    return load_features(run)
+
+
+def _load_attribution(run) -> pd.DataFrame | None:
+    if not _holds(run, "attribution"):
+        return None
+    from denoisefeat.analyses.table import read_attribution
+
+    table = read_attribution(run.path if run.path is not None else run.store.group)
+    if "table" in table.columns and table["table"].nunique() > 1:
+        table = table.assign(method=table["method"].astype(str) + " · " + table["table"].astype(str))
+    return table
+
+
+def _profiles(features: xr.Dataset, notes: list[str]) -> xr.Dataset | None:
+    try:
+        temporal = importlib.import_module("denoisefeat.temporal")
+    except ImportError:
+        notes.append("Emergence and stabilisation markers need denoisefeat.temporal, which is not installed.")
+        return None
+    return temporal.profiles(features)
+
+
+def _run_spectra(run, *, n_bins=None, wavelet: str = "haar") -> xr.Dataset:
+    """RAPSD and wavelet energy of the luminance of x̂0, streamed one sample chunk at a time."""
+    from denoisefeat.frequency import radial_power_spectrum, wavelet_energy
+
+    images = run["images"]
+    powers, approx, details, freq = [], [], [], None
+    for chunk in run.store.sample_chunks():
+        gray = _gray(np.asarray(images.isel(sample=chunk).values, dtype=np.float64))  # (s, t, H, W)
+        spectrum = radial_power_spectrum(gray, n_bins=n_bins)
+        powers.append(spectrum.power)
+        freq = spectrum.freq
+        energy = wavelet_energy(gray, wavelet=wavelet)
+        approx.append(energy.approximation)
+        details.append(energy.details)
+    details_all = np.concatenate(details)  # (sample, step, level, 3)
+    level = details_all.shape[2]
+    wav = np.full((*details_all.shape[:3], 4), np.nan)
+    wav[..., :3] = details_all
+    wav[:, :, level - 1, 3] = np.concatenate(approx)
+    coords = {"sample": images["sample"].values, "step": images["step"].values}
+    return xr.Dataset({
+        "rapsd": xr.DataArray(np.concatenate(powers), dims=("sample", "step", "freq"),
+                              coords={**coords, "freq": freq}),
+        "wavelet_energy": xr.DataArray(wav, dims=("sample", "step", "level", "orientation"),
+                                       coords={**coords, "level": np.arange(1, level + 1),
+                                               "orientation": list(_ORIENTATIONS)}),
+    })
+
+
+def _has_dims(ds: xr.Dataset | None, name: str, dims: set[str]) -> bool:
+    return ds is not None and name in ds and set(ds[name].dims) == dims
+
+
+# -- sections --------------------------------------------------------------------------------------
+
+def _overview(run) -> str:
+    attrs = run.attrs
+    store = run.store
+    rows = [
+        ("model", attrs.get("model_id")),
+        ("pipeline", attrs.get("pipeline_class")),
+        ("denoiser", attrs.get("denoiser_class")),
+        ("scheduler", attrs.get("scheduler_class")),
+        ("prediction type", attrs.get("prediction_type")),
+        ("samples × steps", f"{store.n_samples} × {store.n_steps}"),
+        ("guidance scale", attrs.get("guidance_scale")),
+        ("seeds", _short(attrs.get("seeds"))),
+        ("class labels", _short(attrs.get("class_labels"))),
+        ("prompts", _short(attrs.get("prompts"))),
+        ("negative prompt", attrs.get("negative_prompt")),
+        ("store", str(run.path) if run.path is not None else "in memory"),
+        ("created", store.group.attrs.get("denoisefeat", {}).get("created")),
+    ]
+    body = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows if v not in (None, "", []))
+    return f'<table class="dft-attrs">{body}</table>'
+
+
+def _short(values, limit: int = 12) -> str | None:
+    if values is None:
+        return None
+    values = list(values)
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown + (f", … ({len(values)} in all)" if len(values) > limit else "")
+
+
+def _trajectory(run, features: xr.Dataset | None, max_samples: int) -> _Section:
+    section = _Section("trajectory", "Trajectory",
+                       "How the predicted clean image x̂0 builds up over the denoising steps, in pixels and in "
+                       "frequency.")
+    n_samples, n_steps = run.store.n_samples, run.store.n_steps
+    shown = min(max_samples, n_samples)
+    section.figures.append(_Figure(
+        step_image_grid(run, samples=range(shown)), "x0_grid",
+        f"x̂0 (the decoded predicted clean image) of the first {shown} of {n_samples} samples at every step. "
+        "Drag the slider or press ▶ to follow the denoising; the title gives the scheduler timestep."))
+    steps = None
+    if n_steps > _MAX_SLIDER_STEPS:
+        steps = sorted({int(round(v)) for v in np.linspace(0, n_steps - 1, _MAX_SLIDER_STEPS)})
+    section.figures.append(_Figure(
+        band_pass_grid(run, sample=0, steps=steps), "band_pass",
+        "Sample 0 split into frequency bands (ideal radial filters on the luminance; the band images add up to "
+        "it). Low frequencies hold layout and global shape, mid frequencies textures and parts, high "
+        "frequencies edges and pixel-scale detail"
+        + (f"; {len(steps)} of the {n_steps} steps are on the slider." if steps else ".")))
+    if _has_dims(features, "rapsd", {"sample", "step", "freq"}):
+        rapsd, source = features["rapsd"], "the features group"
+    else:
+        rapsd, source = None, "x̂0's luminance"
+    if _has_dims(features, "wavelet_energy", {"sample", "step", "level", "orientation"}):
+        wavelets = features["wavelet_energy"]
+    else:
+        wavelets = None
+    if rapsd is None or wavelets is None:
+        spectra = _run_spectra(run)
+        rapsd = spectra["rapsd"] if rapsd is None else rapsd
+        wavelets = spectra["wavelet_energy"] if wavelets is None else wavelets
+    section.figures.append(_Figure(
+        rapsd_heatmap(rapsd), "rapsd_heatmap",
+        f"Radially averaged power spectrum (RAPSD, from {source}) over steps, mean over samples, on a log colour "
+        "scale (frequency 0 left out): when each frequency settles. Coarse-to-fine generation settles low "
+        "frequencies first."))
+    section.figures.append(_Figure(
+        rapsd_curves(rapsd), "rapsd_curves",
+        "The same spectra at a few steps, on log-log axes (dark = early, bright = late)."))
+    section.figures.append(_Figure(
+        wavelet_heatmap(wavelets), "wavelet_energy",
+        "Fraction of x̂0's energy in each wavelet subband (level 1 = finest) over steps, mean over samples, "
+        "log colour scale."))
+    return section
+
+
+def _feature_section(features: xr.Dataset) -> _Section:
+    section = _Section("profiles", "Feature profiles",
+                       "When each feature emerges: the normalised progress of each per-step feature from its "
+                       "value at the first step (0) to its value at the final step (1).")
+    profiles = _profiles(features, section.notes)
+    names = profile_names(features)
+    scalar = [n for n in names if "[" not in n]
+    band_vars = [str(v) for v, var in features.data_vars.items() if set(var.dims) == {"sample", "step", "band"}]
+    preferred = [v for v in ("band_relative_error", "band_correlation") if v in band_vars]
+    band_vars = preferred or band_vars
+    markers = " Circles mark the median emergence step (progress ≥ 0.5), diamonds the median stabilisation step." \
+        if profiles is not None else ""
+    if scalar:
+        section.figures.append(_Figure(
+            emergence_curves(features, variables=scalar, profiles=profiles), "profiles_metrics",
+            "Normalised progress of each feature metric (median over samples, 95% bootstrap CI band). Click "
+            "legend entries to hide or show curves." + markers))
+    if band_vars:
+        section.figures.append(_Figure(
+            emergence_curves(features, variables=band_vars, profiles=profiles), "profiles_bands",
+            "Normalised progress of the frequency-band features ("
+            + ", ".join(escape(v) for v in band_vars) + ") per band: low bands are expected to settle "
+            "before high ones." + markers))
+    if profiles is not None and "emergence" in profiles and profiles.sizes.get("sample", 0) >= 3:
+        emergence = profiles["emergence"].transpose("profile", "sample")
+        frame = pd.DataFrame(np.asarray(emergence.values, dtype=np.float64).T,
+                             columns=[str(p) for p in emergence["profile"].values])
+        frame = frame.loc[:, frame.std() > 0]
+        if frame.shape[1] >= 2:
+            section.figures.append(_Figure(
+                correlation_heatmap(frame.corr(method="spearman"), title="Correlation of emergence steps"),
+                "emergence_correlation",
+                "Spearman correlation across samples of the emergence steps of each pair of features: features "
+                "that emerge together in the same samples correlate positively. Constant profiles are left out."))
+    return section
+
+
+def _attribution_section(table: pd.DataFrame, *, layers, images, clean) -> _Section:
+    section = _Section("attribution", "Attribution",
+                       "Which layers and denoising steps drive each feature. Cells marked * are significant after "
+                       "Benjamini–Hochberg correction (p_adj < 0.05); dotted lines separate resolution levels.")
+    probe = table["method"].astype(str).str.startswith("probe")
+    if (~probe).any():
+        figure = attribution_heatmap(table[~probe], layers=layers, images=images, clean=clean)
+        section.figures.append(_Figure(
+            figure, "attribution",
+            "Effect of each layer (rows, network order) in each step window (columns) on the feature chosen in "
+            "the first menu, by the method chosen in the second. Hover a cell for the effect, its CI, p and n."
+            + (" Click a cell to see the clean and intervened images." if images else ""),
+            kind="attribution"))
+    if probe.any():
+        for method in dict.fromkeys(table.loc[probe, "method"].astype(str)):
+            section.figures.append(_Figure(
+                selectivity_map(table, method=method, layers=layers), f"selectivity_{_slug(method)}",
+                f"Selectivity of linear probes ({escape(method)}): probe score minus its control, per layer and "
+                "step, for the feature chosen in the menu."))
+    return section
+
+
+def _activation_section(run, *, layers) -> _Section:
+    section = _Section("activations", "Activations",
+                       "How much each recorded layer's output changes from one step to the next.")
+    section.figures.append(_Figure(
+        activation_change_heatmap(run, network=layers), "activation_change",
+        "Median over samples of ‖a(s) − a(s−1)‖ / ‖a(s−1)‖ for each recorded layer (rows, network order) "
+        "and step s vs the step before: how fast each layer's output settles; compare deep, low-resolution "
+        "blocks with high-resolution ones."))
+    return section
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", str(text)).strip("_").lower() or "figure"
+
+
+# -- HTML -----------------------------------------------------------------------------------------
+
+_CSS = """
+body { font-family: Arial, Helvetica, sans-serif; color: #222; margin: 0 auto; max-width: 1200px;
+       padding: 0 24px 48px; }
+header { border-bottom: 2px solid #0072B2; margin-bottom: 16px; }
+h1 { font-size: 1.7em; margin: 24px 0 6px; overflow-wrap: anywhere; }
+h2 { font-size: 1.3em; margin-top: 36px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+nav ul { list-style: none; padding: 0; display: flex; gap: 18px; flex-wrap: wrap; }
+nav a { color: #0072B2; text-decoration: none; }
+table.dft-attrs { border-collapse: collapse; font-size: 0.92em; }
+table.dft-attrs th { text-align: left; padding: 3px 14px 3px 0; color: #555; font-weight: normal;
+                     vertical-align: top; }
+table.dft-attrs td { padding: 3px 0; overflow-wrap: anywhere; }
+figure.dft-figure { margin: 18px 0 30px; }
+figcaption { font-size: 0.92em; color: #444; margin-top: 4px; max-width: 900px; }
+p.dft-note { font-size: 0.9em; color: #8a5a00; }
+footer { margin-top: 40px; font-size: 0.85em; color: #777; }
+"""
+
+# Clicking a cell of an attribution heatmap shows the images of that layer and window.
+_JS = """
+(function () {
+  function text(s) { var d = document.createElement('div'); d.textContent = s; return d.innerHTML; }
+  function link(gd) {
+    var meta = gd.layout && gd.layout.meta && gd.layout.meta.denoisefeat;
+    if (!meta || !meta.cells || typeof gd.on !== 'function') { return; }
+    gd.on('plotly_click', function (event) {
+      var pt = event && event.points && event.points[0];
+      if (!pt || !pt.customdata) { return; }
+      var start = pt.customdata[6], stop = pt.customdata[7];
+      var source = meta.cells[pt.y + '|' + start + '|' + stop];
+      if (!source) { return; }
+      Plotly.restyle(gd, {source: [source]}, [meta.image_trace]);
+      var update = {};
+      var label = 'intervened: ' + pt.y + ' [' + start + ', ' + stop + ')';
+      update['annotations[' + meta.image_title + '].text'] = text(label);
+      Plotly.relayout(gd, update);
+    });
+  }
+  function init() {
+    document.querySelectorAll('figure.dft-figure[data-kind="attribution"] .js-plotly-plot').forEach(link);
+  }
+  if (document.readyState === 'complete') { init(); } else { window.addEventListener('load', init); }
+})();
+"""
+
+
+def _figure_html(item: _Figure, index: int) -> str:
+    div = pio.to_html(item.figure, full_html=False, include_plotlyjs=False, div_id=f"dft-fig-{index}", auto_play=False,
+                      config={"displaylogo": False, "responsive": True,
+                              "toImageButtonOptions": {"filename": item.name, "scale": 3}})
+    return (f'<figure class="dft-figure" id="figure-{index}" data-kind="{escape(item.kind)}" '
+            f'data-name="{escape(item.name)}">{div}<figcaption><b>Figure {index}.</b> {item.caption}'
+            "</figcaption></figure>")
+
+
+def _page(title: str, overview: str, sections: list[_Section], notes: list[str]) -> str:
+    from plotly.offline import get_plotlyjs
+
+    from denoisefeat import __version__
+
+    parts, index = [], 0
+    for section in sections:
+        parts.append(f'<section id="{section.key}"><h2>{escape(section.title)}</h2><p>{section.intro}</p>')
+        parts.extend(f'<p class="dft-note">{escape(n)}</p>' for n in section.notes)
+        for item in section.figures:
+            index += 1
+            parts.append(_figure_html(item, index))
+        parts.append("</section>")
+    toc = "".join(f'<li><a href="#{s.key}">{escape(s.title)}</a></li>' for s in sections)
+    missing = "".join(f'<p class="dft-note">{escape(n)}</p>' for n in notes)
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n"
+        f"<script type=\"text/javascript\">{get_plotlyjs()}</script>\n</head>\n<body>\n"
+        f"<header><h1>{escape(title)}</h1>{overview}</header>\n"
+        f"<nav><ul><li><a href=\"#run\">Run</a></li>{toc}</ul></nav>\n<span id=\"run\"></span>{missing}\n"
+        + "\n".join(parts)
+        + f"\n<footer>Made by denoisefeat {escape(__version__)} on {escape(now)}; plotly.js embedded, no network "
+        f"needed.</footer>\n<script type=\"text/javascript\">{_JS}</script>\n</body>\n</html>\n"
+    )
+
+
+def build_report(run, out, *, title: str | None = None, static_dir=None, static_formats: Sequence[str] = ("png",),
+                 layers=None, features: xr.Dataset | None = None, attribution: pd.DataFrame | None = None,
+                 attribution_images: Mapping | None = None, max_samples: int = 16) -> Path:
+    """Write one self-contained HTML report of a run (and optionally each figure as image files).
+
+    Parameters
+    ----------
+    run : denoisefeat.store.Run, str or path
+        The run, or the path of its store.
+    out : str or path
+        The HTML file to write (its folder must exist).
+    title : str, optional
+        Page title; default ``"denoisefeat report: <model id>"``.  Escaped.
+    static_dir : str or path, optional
+        Also write every figure there as ``NN_<name>.<format>`` (needs the ``static`` extra:
+        kaleido and a Chrome/Chromium browser).
+    static_formats : sequence of {"png", "svg", "pdf", "jpg", "webp"}
+        Formats of the static export.
+    layers : sequence of LayerInfo, sequence of str or mapping of str to int, optional
+        Network order and resolution levels for the layer axes
+        (:func:`denoisefeat.hooks.list_layers` of the pipeline); default: by name.
+    features : xarray.Dataset, optional
+        Per-step features to draw instead of the store's ``features/`` group.
+    attribution : pandas.DataFrame, optional
+        An attribution table to draw instead of the store's ``attribution/`` group.
+    attribution_images : mapping of (str, (int, int)) to array, optional
+        Final images of intervened runs keyed by ``(layer, (step_start, step_stop))``, each
+        ``(k, 3, H, W)`` for the run's first ``k`` samples: clicking a cell of the attribution heatmap
+        shows them beside the run's own final images (see
+        :func:`denoisefeat.viz.attribution.attribution_heatmap`).
+    max_samples : int
+        Samples in the x̂0 grid.
+
+    Returns
+    -------
+    pathlib.Path
+        The HTML file.
+
+    Raises
+    ------
+    denoisefeat.viz.export.StaticExportError
+        ``static_dir`` is given but kaleido or a browser is missing (the HTML is written first).
+    """
+    from denoisefeat.store import Run, open_run
+
+    if not isinstance(run, Run):
+        run = open_run(run)
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {str(out)!r}: the folder {str(out.parent)!r} does not exist")
+    if static_dir is not None:
+        from denoisefeat.viz.export import _check_formats
+
+        static_formats = _check_formats(static_formats)
+    title = title if title is not None else f"denoisefeat report: {run.attrs.get('model_id', 'run')}"
+    notes: list[str] = []
+    sections: list[_Section] = []
+    if features is None:
+        features = _load_features(run)
+    if "images" in run.dataset:
+        sections.append(_trajectory(run, features, max_samples))
+    else:
+        notes.append("The run stores no decoded images (trace with keep including 'images'): no trajectory views.")
+    if features is not None:
+        sections.append(_feature_section(features))
+    else:
+        notes.append("No per-step features in the store (run `denoisefeat analyze` on it): no feature profiles.")
+    if attribution is None:
+        attribution = _load_attribution(run)
+    if attribution is not None:
+        clean = None
+        if attribution_images:
+            k = max(np.asarray(v).reshape(-1, *np.asarray(v).shape[-3:]).shape[0] for v in attribution_images.values())
+            clean = run["final"].isel(sample=slice(0, k)).values
+        sections.append(_attribution_section(attribution, layers=layers, images=attribution_images, clean=clean))
+    else:
+        notes.append("No attribution results in the store (ablation, patching, probes): no attribution maps.")
+    if run.layers():
+        sections.append(_activation_section(run, layers=layers))
+    out.write_text(_page(title, _overview(run), sections, notes), encoding="utf-8")
+    if static_dir is not None:
+        items = [item for section in sections for item in section.figures]
+        write_static([item.figure for item in items], static_dir,
+                     [f"{i:02d}_{item.name}" for i, item in enumerate(items, start=1)], formats=static_formats)
+    return out
