@@ -1,0 +1,267 @@
+"""Correlation across samples between a layer's activity and a feature's change, per step.
+
+At each step ``s`` and for each (feature, layer) pair, the samples give pairs
+``(activity[s], Δfeature[s])``; their Pearson or Spearman correlation says whether samples whose
+layer is more active at that step also change that feature more at that step.  Each correlation
+comes with a percentile bootstrap CI over samples and scipy's p-value; p-values are adjusted with
+Benjamini–Hochberg over the whole grid (features × layers × steps).  The result is an attribution
+table with step windows ``[s, s + 1)``.
+
+The inputs:
+
+* :func:`activity` — one number per (sample, step) from recorded activations (the L2 norm, mean or
+  RMS over channels and positions, e.g. of ``channel_mean`` or ``spatial_energy`` records);
+* :func:`feature_change` — the per-step change of features given per (sample, step), aligned so that
+  step ``s`` holds the change brought by the denoiser call of step ``s``.
+
+Correlation is not attribution by intervention: a layer's activity and a feature's change can share a
+cause (the noise level, the condition).  Use :mod:`denoisefeat.analyses.regression` to control for
+step effects and sample clustering, and ablation to test causes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy import stats
+
+__all__ = ["COLUMNS", "METHODS", "STATS", "activity", "as_activity", "as_features", "correlate", "feature_change"]
+
+#: Columns of an attribution table, in order.
+COLUMNS = ("feature", "layer", "step_start", "step_stop", "method", "effect", "ci_low", "ci_high", "p", "p_adj", "n")
+METHODS = ("pearson", "spearman")
+STATS = ("norm", "mean", "rms")
+_LEAD = ("sample", "branch", "step")
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparing the inputs
+# ---------------------------------------------------------------------------------------------
+def activity(acts: xr.DataArray, *, stat: str = "norm", keep: Sequence[str] = (), branch: str | None = None) -> xr.DataArray:
+    """Summarise recorded activations to one number per (sample, step).
+
+    Parameters
+    ----------
+    acts : xarray.DataArray, dims (sample, [branch,] step, ...)
+        E.g. ``run.acts("mid_block", "channel_mean")``.
+    stat : {"norm", "mean", "rms"}
+        Over every dim after ``step`` except ``keep``: the L2 norm, the mean, or the root mean square.
+    keep : sequence of str
+        Dims to keep (e.g. ``("band",)`` for ``band_energy`` records).
+    branch : {"cond", "uncond"}, optional
+        Required when ``acts`` has a ``branch`` dim (classifier-free guidance).
+
+    Returns
+    -------
+    xarray.DataArray, dims (sample, step, *keep)
+        Named after the layer.
+    """
+    if stat not in STATS:
+        raise ValueError(f"stat must be one of {', '.join(map(repr, STATS))}; got {stat!r}.")
+    if not isinstance(acts, xr.DataArray) or not {"sample", "step"} <= set(acts.dims):
+        raise ValueError("acts must be an xarray.DataArray with dims (sample, [branch,] step, ...), e.g. run.acts(layer).")
+    if "branch" in acts.dims:
+        branches = list(acts["branch"].values) if "branch" in acts.coords else list(range(acts.sizes["branch"]))
+        if branch not in branches:
+            raise ValueError(f"acts has a branch dim: pass branch= one of {branches}.")
+        acts = acts.sel(branch=branch)
+    unknown = [d for d in keep if d not in acts.dims]
+    if unknown:
+        raise ValueError(f"keep: dims {unknown} are not in acts {acts.dims}.")
+    reduce = [d for d in acts.dims if d not in (*_LEAD, *keep)]
+    values = acts.astype(float)
+    if stat == "norm":
+        out = np.sqrt((values**2).sum(reduce, skipna=False))
+    elif stat == "mean":
+        out = values.mean(reduce, skipna=False)
+    else:
+        out = np.sqrt((values**2).mean(reduce, skipna=False))
+    name = acts.attrs.get("layer") or (str(acts.name).split("/")[0] if acts.name is not None else None)
+    return out.transpose("sample", "step", *keep).rename(name)
+
+
+def feature_change(features, *, measured_on: str = "output") -> xr.Dataset:
+    """Per-step change of features given per (sample, step).
+
+    Parameters
+    ----------
+    features : xarray.DataArray or xarray.Dataset, dims (sample, step)
+        Feature values per step (one feature, or a Dataset of them).  Steps must be consecutive.
+    measured_on : {"output", "input"}
+        What the features were measured on.  ``"output"``: the denoiser call's result at that step
+        (x̂0, ``images``); the change brought by step ``s`` is ``f[s] − f[s − 1]`` and step 0 has
+        none.  ``"input"``: x_t; the change brought by step ``s`` is ``f[s + 1] − f[s]`` and the
+        last step has none.
+
+    Returns
+    -------
+    xarray.Dataset, dims (sample, step)
+        Δ of every feature, labelled with the step whose denoiser call brought it.
+    """
+    if measured_on not in ("output", "input"):
+        raise ValueError(f"measured_on must be 'output' (x̂0, images) or 'input' (x_t); got {measured_on!r}.")
+    features = as_features(features)
+    steps = features["step"].values
+    if len(steps) < 2 or not np.all(np.diff(steps) == 1):
+        raise ValueError(f"feature_change needs at least 2 consecutive steps; got steps {steps.tolist()[:10]}.")
+    return features.diff("step", label="upper" if measured_on == "output" else "lower")
+
+
+def as_features(features) -> xr.Dataset:
+    """A Dataset of (sample, step) features from a DataArray or Dataset; a clear error otherwise."""
+    if isinstance(features, xr.DataArray):
+        features = features.to_dataset(name=features.name or "feature")
+    if not isinstance(features, xr.Dataset) or not features.data_vars:
+        raise ValueError("features must be an xarray.DataArray or non-empty Dataset with dims (sample, step).")
+    for name, values in features.data_vars.items():
+        if set(values.dims) != {"sample", "step"}:
+            raise ValueError(f"feature {name!r} must have dims (sample, step); it has {values.dims}.")
+    return _with_index(features.transpose("sample", "step"))
+
+
+def as_activity(activity) -> xr.Dataset:
+    """A Dataset ``{layer: (sample, step)}`` from a mapping, Dataset or DataArray (with a ``layer`` dim)."""
+    if isinstance(activity, xr.DataArray):
+        if "layer" in activity.dims:
+            activity = activity.to_dataset(dim="layer")
+        else:
+            activity = activity.to_dataset(name=activity.name or "activity")
+    elif isinstance(activity, Mapping) and not isinstance(activity, xr.Dataset):
+        if not activity:
+            raise ValueError("activity is empty: give {layer: (sample, step) DataArray}.")
+        activity = xr.Dataset({str(k): v for k, v in activity.items()})
+    if not isinstance(activity, xr.Dataset) or not activity.data_vars:
+        raise ValueError("activity must be {layer: DataArray (sample, step)}, a Dataset of those, or a DataArray.")
+    for name, values in activity.data_vars.items():
+        if set(values.dims) != {"sample", "step"}:
+            raise ValueError(
+                f"activity of {name!r} must have dims (sample, step); it has {values.dims}. "
+                "Summarise activations with activity(acts, stat=...) first."
+            )
+    return _with_index(activity.transpose("sample", "step"))
+
+
+def _with_index(data: xr.Dataset) -> xr.Dataset:
+    for dim in ("sample", "step"):
+        if dim not in data.coords:
+            data = data.assign_coords({dim: np.arange(data.sizes[dim])})
+    return data
+
+
+def aligned(activity, feature_change) -> tuple[xr.Dataset, xr.Dataset]:
+    """Both inputs as Datasets over their common samples and steps."""
+    acts, changes = as_activity(activity), as_features(feature_change)
+    acts, changes = xr.align(acts, changes, join="inner")
+    if acts.sizes["sample"] == 0 or acts.sizes["step"] == 0:
+        raise ValueError("activity and feature_change share no (sample, step) coordinates.")
+    return acts, changes
+
+
+def bh(p: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values of the finite entries (NaN stays NaN)."""
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray(p, dtype=float)
+    adjusted = np.full_like(p, np.nan)
+    finite = np.isfinite(p)
+    if finite.any():
+        adjusted[finite] = multipletests(p[finite], method="fdr_bh")[1]
+    return adjusted
+
+
+# ---------------------------------------------------------------------------------------------
+# Correlation
+# ---------------------------------------------------------------------------------------------
+def _pearson(x, y, axis=-1):
+    xm = x - x.mean(axis=axis, keepdims=True)
+    ym = y - y.mean(axis=axis, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (xm * ym).sum(axis=axis) / np.sqrt((xm**2).sum(axis=axis) * (ym**2).sum(axis=axis))
+
+
+def _spearman(x, y, axis=-1):
+    return _pearson(stats.rankdata(x, axis=axis), stats.rankdata(y, axis=axis), axis=axis)
+
+
+def _cell(x, y, *, method, n_boot, ci, rng) -> tuple[float, float, float, float]:
+    """r, CI low, CI high, p of one (feature, layer, step) cell; NaN when undefined."""
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return (np.nan,) * 4
+    test = stats.pearsonr if method == "pearson" else stats.spearmanr
+    result = test(x, y)
+    r, p = float(result.statistic), float(result.pvalue)
+    low = high = np.nan
+    if n_boot:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            interval = stats.bootstrap(
+                (x, y), _pearson if method == "pearson" else _spearman, paired=True, vectorized=True,
+                n_resamples=n_boot, confidence_level=ci, method="percentile", rng=rng,
+            ).confidence_interval
+        low, high = float(interval.low), float(interval.high)
+    return r, low, high, p
+
+
+def correlate(
+    activity,
+    feature_change,
+    *,
+    method: str = "pearson",
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Correlate layer activity with feature change across samples, per (feature, layer, step).
+
+    Parameters
+    ----------
+    activity : mapping of str to xarray.DataArray, xarray.Dataset or xarray.DataArray
+        ``{layer: (sample, step)}`` activity statistics (see :func:`activity`), or a DataArray
+        ``(sample, step, layer)``.
+    feature_change : xarray.Dataset or xarray.DataArray, dims (sample, step)
+        Per-step changes of one or more features (see :func:`feature_change`).  Matched to
+        ``activity`` by the ``sample`` and ``step`` coordinates (their intersection is used).
+    method : {"pearson", "spearman"}
+    n_boot : int
+        Bootstrap resamples of samples for each CI (percentile method); 0 for no CIs.
+    ci : float
+        Confidence level.
+    seed : int
+        Seeds the bootstrap.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The attribution table: ``feature``, ``layer``, ``step_start`` = s, ``step_stop`` = s + 1,
+        ``method``, ``effect`` (the correlation coefficient), ``ci_low``, ``ci_high``, ``p``
+        (scipy's two-sided test of no correlation), ``p_adj`` (Benjamini–Hochberg over all rows),
+        ``n`` (samples with both values finite).  Cells with fewer than 3 samples or a constant
+        input are NaN.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}.")
+    if not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
+        raise ValueError(f"n_boot must be a non-negative integer; got {n_boot!r}.")
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must lie in (0, 1); got {ci!r}.")
+    acts, changes = aligned(activity, feature_change)
+    rng = np.random.default_rng(seed)
+    rows = []
+    steps = acts["step"].values
+    for feature in changes.data_vars:
+        dy = changes[feature].values.astype(float)
+        for layer in acts.data_vars:
+            x_all = acts[layer].values.astype(float)
+            for j, step in enumerate(steps):
+                x, y = x_all[:, j], dy[:, j]
+                finite = np.isfinite(x) & np.isfinite(y)
+                r, low, high, p = _cell(x[finite], y[finite], method=method, n_boot=n_boot, ci=ci, rng=rng)
+                rows.append((str(feature), str(layer), int(step), int(step) + 1, method, r, low, high, p, np.nan,
+                             int(finite.sum())))
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    table["p_adj"] = bh(table["p"].to_numpy())
+    return table
