@@ -18,7 +18,10 @@ _LAZY = {
     "open_run": "denoisefeat.store",
     "Run": "denoisefeat.store",
 }
-_SUBMODULES = ("models", "trajectory", "store", "schedulers", "frequency", "metrics", "tiny", "toy", "viz")
+_SUBMODULES = (
+    "models", "trajectory", "store", "schedulers", "frequency", "metrics", "features", "temporal",
+    "probes", "analyses", "viz", "tiny", "toy",
+)
 
 __all__ = ["__version__", *_LAZY, *_SUBMODULES]
 

@@ -137,6 +137,52 @@ def _print_info(run) -> None:
     Console().print(table)
 
 
+@app.command()
+@_friendly
+def analyze(
+    store: Path = typer.Argument(..., help="A denoisefeat zarr store (from `denoisefeat extract`)."),
+    metrics: str = typer.Option(None, "--metrics", help="Metrics to compute, comma-separated (default: all)."),
+    samples: str = typer.Option(None, "--samples", help="A:B, only these samples (whole store chunks; a task's share)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Recompute features that are already stored."),
+) -> None:
+    """Compute per-step features into STORE's features/ group, then print when each feature emerges."""
+    from rich.markup import escape
+
+    from denoisefeat.features import features
+    from denoisefeat.temporal import emergence_order, profiles
+
+    names = None if metrics is None else [m.strip() for m in metrics.split(",") if m.strip()]
+    feats = features(store, metrics=names, samples=_sample_range(samples), overwrite=overwrite, progress=True)
+    prof = profiles(feats)
+    n_steps = feats.sizes["step"]
+    table = Table(title=f"feature emergence: {store} ({feats.sizes['sample']} samples × {n_steps} steps; "
+                        f"median over samples [{prof.attrs['ci']:.0%} CI])", title_justify="left")
+    for column in ("profile", "emergence step", "t/T", "stabilisation step", "t/T"):
+        table.add_column(column, justify="left" if column == "profile" else "right")
+
+    def cell(measure, name):
+        low, mid, high = (float(prof[f"{measure}_summary"].sel(profile=name, stat=s)) for s in
+                          ("median_low", "median", "median_high"))
+        return f"{mid:g} [{low:g}, {high:g}]", f"{float(prof[f'{measure}_t_summary'].sel(profile=name, stat='median')):.2f}"
+
+    for name in emergence_order(prof):
+        table.add_row(escape(name), *cell("emergence", name), *cell("stabilisation", name))
+    Console().print(table)
+
+
+def _sample_range(text: str | None) -> slice | None:
+    """``"0:8"`` → ``slice(0, 8)``."""
+    if text is None:
+        return None
+    start, sep, stop = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return slice(int(start) if start.strip() else None, int(stop) if stop.strip() else None)
+    except ValueError:
+        raise ValueError(f"--samples {text!r}: write A:B (sample indices, B excluded), e.g. 0:8.") from None
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
 
@@ -243,3 +289,4 @@ def report(
         path = build_report(store, out, title=title, static_dir=static,
                             static_formats=tuple(f.strip() for f in formats.split(",") if f.strip()))
     console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
+

@@ -247,7 +247,8 @@ def _load_toy(*, dtype):
             f"The toy model's weights are missing from {TOY_WEIGHTS}; reinstall denoisefeat, or train them with "
             "`denoisefeat toy train`."
         )
-    return _load_folder(TOY_WEIGHTS, dtype=dtype)
+    # The weights ship in float16 to keep the package small; compute in float32 unless asked.
+    return _load_folder(TOY_WEIGHTS, dtype=torch.float32 if dtype is None else dtype)
 
 
 def denoiser_of(pipe) -> torch.nn.Module:

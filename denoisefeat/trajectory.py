@@ -137,6 +137,18 @@ def _default_guidance(pipe) -> float:
     return float(parameter.default)
 
 
+def _stable_config(config) -> dict:
+    """A diffusers config as a dict that is the same in every process.
+
+    diffusers lists ``_use_default_values`` from a set, so its order follows the process's string
+    hashing; a store started by one process (a cluster task) must be resumable by another.
+    """
+    out = dict(config)
+    if isinstance(out.get("_use_default_values"), (list, tuple)):
+        out["_use_default_values"] = sorted(out["_use_default_values"])
+    return out
+
+
 def make_request(
     pipe,
     *,
@@ -185,9 +197,9 @@ def make_request(
         pipeline_class=type(pipe).__name__,
         family=family,
         denoiser_class=type(denoiser).__name__,
-        denoiser_config=dict(denoiser.config),
+        denoiser_config=_stable_config(denoiser.config),
         scheduler_class=type(fresh).__name__,
-        scheduler_config=dict(fresh.config),
+        scheduler_config=_stable_config(fresh.config),
         prediction_type=str(fresh.config.get("prediction_type") or "flow_prediction"),
         steps=int(steps),
         seeds=_seeds(seed, n),
@@ -447,6 +459,7 @@ def trace(
     store: str | Path | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    only_samples: slice | None = None,
     keep: Sequence[str] = ("xt", "x0", "images"),
     store_dtype: str = "float32",
     record=None,
@@ -497,6 +510,10 @@ def trace(
     resume : bool
         Complete a half-written store made with the same settings (only missing sample chunks run,
         in the store's own sample chunks; ``batch_size`` is then taken from the store).
+    only_samples : slice, optional
+        Compute only the store's sample chunks inside this range (what a cluster task owns);
+        ``start``/``stop`` must be multiples of ``batch_size`` (or the sample count).  The store's
+        metadata is then not consolidated: the last writer does it (``RunStore.finalize``).
     keep : sequence of {"xt", "x0", "images"}
         Which per-step arrays to store (``final`` is always stored).
     store_dtype : {"float32", "float16"}
@@ -549,9 +566,19 @@ def trace(
     run_store = _open_or_create(store, request, n_steps=n_loop, batch_size=batch_size, overwrite=overwrite,
                                 resume=resume)
     chunks = run_store.incomplete_chunks()
+    if only_samples is not None:  # a cluster task: compute only the sample chunks it owns
+        start, stop, _ = only_samples.indices(run_store.n_samples)
+        bounds = {0, run_store.n_samples} | {c.start for c in run_store.sample_chunks()}
+        if start not in bounds or stop not in bounds:
+            raise ValueError(f"only_samples={start}:{stop} does not fall on the store's sample chunks of "
+                             f"{run_store.chunk_samples} (boundaries at multiples of {run_store.chunk_samples} "
+                             f"and {run_store.n_samples}).")
+        chunks = [c for c in chunks if c.start >= start and c.stop <= stop]
     _write_coordinates(run_store, request, coords)
     if recorder is not None:
-        run_store.group.require_group("acts").attrs["layers"] = recorder.layers
+        acts = run_store.group.require_group("acts")
+        if acts.attrs.get("layers") != recorder.layers:  # written once: concurrent tasks share this group
+            acts.attrs["layers"] = recorder.layers
     if backend not in ("torch", "nnsight"):
         raise ValueError(f"backend must be 'torch' or 'nnsight', got {backend!r}.")
     managers = [m for m in (editor, recorder) if m is not None]  # edits first: recordings show the edited flow
@@ -577,7 +604,8 @@ def trace(
             )[samples_] = _numpy(final)
             run_store.mark_complete(samples_)
     family.forward = family.denoiser
-    run_store.finalize()
+    if only_samples is None:  # a task's store is consolidated once, after the last writer (jobs merge)
+        run_store.finalize()
     return Run(run_store)
 
 

@@ -29,10 +29,10 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
-__all__ = ["COLUMNS", "METHODS", "STATS", "activity", "as_activity", "as_features", "correlate", "feature_change"]
+from denoisefeat.analyses.table import COLUMNS, benjamini_hochberg, validate
 
-#: Columns of an attribution table, in order.
-COLUMNS = ("feature", "layer", "step_start", "step_stop", "method", "effect", "ci_low", "ci_high", "p", "p_adj", "n")
+__all__ = ["METHODS", "STATS", "activity", "aligned", "as_activity", "as_features", "correlate", "feature_change"]
+
 METHODS = ("pearson", "spearman")
 STATS = ("norm", "mean", "rms")
 _LEAD = ("sample", "branch", "step")
@@ -41,7 +41,9 @@ _LEAD = ("sample", "branch", "step")
 # ---------------------------------------------------------------------------------------------
 # Preparing the inputs
 # ---------------------------------------------------------------------------------------------
-def activity(acts: xr.DataArray, *, stat: str = "norm", keep: Sequence[str] = (), branch: str | None = None) -> xr.DataArray:
+def activity(
+    acts: xr.DataArray, *, stat: str = "norm", keep: Sequence[str] = (), branch: str | None = None
+) -> xr.DataArray:
     """Summarise recorded activations to one number per (sample, step).
 
     Parameters
@@ -63,7 +65,9 @@ def activity(acts: xr.DataArray, *, stat: str = "norm", keep: Sequence[str] = ()
     if stat not in STATS:
         raise ValueError(f"stat must be one of {', '.join(map(repr, STATS))}; got {stat!r}.")
     if not isinstance(acts, xr.DataArray) or not {"sample", "step"} <= set(acts.dims):
-        raise ValueError("acts must be an xarray.DataArray with dims (sample, [branch,] step, ...), e.g. run.acts(layer).")
+        raise ValueError(
+            "acts must be an xarray.DataArray with dims (sample, [branch,] step, ...), e.g. run.acts(layer)."
+        )
     if "branch" in acts.dims:
         branches = list(acts["branch"].values) if "branch" in acts.coords else list(range(acts.sizes["branch"]))
         if branch not in branches:
@@ -161,18 +165,6 @@ def aligned(activity, feature_change) -> tuple[xr.Dataset, xr.Dataset]:
     return acts, changes
 
 
-def bh(p: np.ndarray) -> np.ndarray:
-    """Benjamini–Hochberg adjusted p-values of the finite entries (NaN stays NaN)."""
-    from statsmodels.stats.multitest import multipletests
-
-    p = np.asarray(p, dtype=float)
-    adjusted = np.full_like(p, np.nan)
-    finite = np.isfinite(p)
-    if finite.any():
-        adjusted[finite] = multipletests(p[finite], method="fdr_bh")[1]
-    return adjusted
-
-
 # ---------------------------------------------------------------------------------------------
 # Correlation
 # ---------------------------------------------------------------------------------------------
@@ -263,5 +255,5 @@ def correlate(
                 rows.append((str(feature), str(layer), int(step), int(step) + 1, method, r, low, high, p, np.nan,
                              int(finite.sum())))
     table = pd.DataFrame(rows, columns=list(COLUMNS))
-    table["p_adj"] = bh(table["p"].to_numpy())
-    return table
+    table["p_adj"] = benjamini_hochberg(table["p"].to_numpy())
+    return validate(table)
