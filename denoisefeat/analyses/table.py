@@ -174,6 +174,7 @@ def write_attribution(store_or_path, frame: pd.DataFrame, *, name: str = "defaul
             array.attrs.update({"kind": "str", "categories": [str(c) for c in categories]})
         columns.append(column)
     group.attrs.update({"columns": columns, "n_rows": len(frame)})
+    store.finalize()  # re-consolidate, so readers of a finished store see the new table
 
 
 def _read_table(group: zarr.Group) -> pd.DataFrame:
