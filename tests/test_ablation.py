@@ -1,52 +1,221 @@
+"""Ablation scans and causal tracing against planted ground truth, the naive loop and ``trace``."""
+
 import numpy as np
 import pytest
 import torch
 
 import denoisefeat as dft
-from denoisefeat.analyses import rank
-from denoisefeat.analyses.ablation import ablation_scan, resolve_features, step_windows
+from denoisefeat.analyses import rank, read_attribution
+from denoisefeat.analyses.ablation import ablation_scan, causal_trace, resolve_features, step_windows
+from denoisefeat.hooks import Edit
 from denoisefeat.hooks.layers import UnknownLayerError
+from denoisefeat.metrics import METRICS
+from denoisefeat.store import RunExistsError, open_run
 
 PLANTED = "up_blocks.1.resnets.1.conv2"
 NOOP = "mid_block.resnets.1.conv2"
+STATS = ["effect", "ci_low", "ci_high", "p", "p_adj"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """These tiny models run ~10x slower on two threads of a busy 2-core machine; restore the setting after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _noop(pipe):
+    """Zero NOOP's weights: its output is 0 whatever its input, so ablating or patching it changes nothing."""
+    modules = dict(pipe.unet.named_modules())
+    with torch.no_grad():
+        modules[NOOP].weight.zero_()
+        modules[NOOP].bias.zero_()
+    return pipe
 
 
 @pytest.fixture(scope="module")
 def planted_pipe():
-    pipe = dft.load_pipeline("tiny-class-unet")
-    modules = dict(pipe.unet.named_modules())
+    pipe = _noop(dft.load_pipeline("tiny-class-unet"))
     with torch.no_grad():
-        modules[PLANTED].bias[0] += 50.0  # a strong, known contribution flowing to the output
-        modules[NOOP].weight.zero_()  # this resnet branch now outputs 0: ablating it is a no-op
-        modules[NOOP].bias.zero_()
+        dict(pipe.unet.named_modules())[PLANTED].bias[0] += 50.0  # a strong, known push on the red channel
     return pipe
+
+
+@pytest.fixture(scope="module")
+def noop_pipe():
+    return _noop(dft.load_pipeline("tiny-class-unet"))
+
+
+class CallCounter:
+    """Counts root calls of the denoiser (a forward pre-hook, removed on exit)."""
+
+    def __init__(self, pipe):
+        self.pipe, self.calls = pipe, 0
+
+    def __enter__(self):
+        self.handle = self.pipe.unet.register_forward_pre_hook(self._count)
+        return self
+
+    def _count(self, module, args):
+        self.calls += 1
+
+    def __exit__(self, *exc):
+        self.handle.remove()
 
 
 def test_planted_layer_ranks_first_for_colour(planted_pipe):
     frame = ablation_scan(planted_pipe, layers=[NOOP, PLANTED], windows=1, features=["color", "band_error:low"],
                           samples=4, class_labels=[0, 1, 2, 3], steps=3, n_boot=200)
     assert set(frame["feature"]) == {"delta_e2000", "colorfulness", "band_error:low"}
-    assert len(frame) == 2 * 3
+    assert len(frame) == 2 * 3 and (frame["n"] == 4).all()
+    assert list(frame["layer"].unique()) == [NOOP, PLANTED]  # network order
     top = rank(frame, feature="delta_e2000", top=2)
     assert top.loc[0, "layer"] == PLANTED and top.loc[0, "significant"]
     assert top.loc[0, "ci_low"] > 1.0  # a large colour change, CI well away from 0
     noop = frame[frame["layer"] == NOOP]
-    np.testing.assert_allclose(noop["effect"], 0.0, atol=1e-6)
-    assert (noop["ci_low"] <= 1e-6).all() and (noop["ci_high"] >= -1e-6).all()
+    np.testing.assert_allclose(noop[["effect", "ci_low", "ci_high"]].to_numpy(), 0.0, atol=1e-9)
+    assert (noop["p"] == 1.0).all()
     planted_band = frame[(frame.layer == PLANTED) & (frame.feature == "band_error:low")]["effect"].item()
     assert planted_band > 0.01
 
 
-def test_bad_inputs(planted_pipe):
+@pytest.mark.parametrize("scheduler", [None, "ddpm", "dpm++"])  # DDIM, stochastic DDPM, multistep DPM-Solver
+def test_prefix_cache_equals_naive_and_trace(noop_pipe, scheduler):
+    pipe = noop_pipe
+    windows, methods = [(0, 2), (2, 4), (1, 4)], ["zero", "mean"]
+    kw = dict(layers=["down_blocks.1.resnets.0", "up_blocks.0"], windows=windows, method=methods,
+              features=["color", "band_error:mid"], samples=3, class_labels=[0, 1, 2], steps=4, batch_size=2,
+              guidance_scale=2.0, scheduler=scheduler, n_boot=50)
+    with CallCounter(pipe) as cached_calls:
+        cached = ablation_scan(pipe, **kw)
+    with CallCounter(pipe) as naive_calls:
+        naive = ablation_scan(pipe, cache=False, **kw)
+    np.testing.assert_allclose(cached[STATS].to_numpy(), naive[STATS].to_numpy(), rtol=1e-9, atol=1e-12)
+    # 2 chunks x 4 steps: naive = clean + 12 edited runs; cached edited runs skip their window's start
+    per_layer_method = sum(4 - start for start, _ in windows)
+    # (+1: the probe forward pass that puts the layers in execution order)
+    assert naive_calls.calls - 1 == naive.attrs["denoiser_calls"] == 2 * 4 * (1 + 12)
+    assert cached_calls.calls - 1 == cached.attrs["denoiser_calls"] == 2 * (4 + 2 * 2 * per_layer_method)
+    assert cached.attrs["denoiser_calls_uncached"] == naive.attrs["denoiser_calls"]
+
+    # an independent reference: trace with the same edit, features computed here
+    common = dict(samples=3, class_labels=[0, 1, 2], steps=4, batch_size=2, guidance_scale=2.0,
+                  scheduler=scheduler, keep=())
+    clean = np.clip(dft.trace(pipe, **common)["final"].values.astype(np.float64), 0, 1)
+    edit = Edit(layer="up_blocks.0", method="mean", steps=range(1, 4))
+    edited = np.clip(dft.trace(pipe, intervene=[edit], **common)["final"].values.astype(np.float64), 0, 1)
+    expected = METRICS["delta_e2000"](edited, clean).mean()
+    row = cached[(cached.layer == "up_blocks.0") & (cached.step_start == 1) & (cached.method == "ablation:mean")
+                 & (cached.feature == "delta_e2000")]
+    assert expected > 0.01
+    np.testing.assert_allclose(row["effect"].item(), expected, rtol=1e-9)
+
+
+def test_causal_trace_planted_recovery(noop_pipe):
+    pipe = noop_pipe
+    frame = causal_trace(pipe, layers=["conv_in", NOOP, "conv_out"], windows=[(0, 1), (0, 3)], corrupt="condition",
+                         features=["delta_e2000", "band_error:low"], samples=4, class_labels=[0, 1, 2, 3], steps=3,
+                         guidance_scale=2.0, n_boot=100)
+    assert set(frame["method"]) == {"causal_tracing"} and set(frame["corruption"]) == {"condition"}
+    cell = frame.set_index(["layer", "step_start", "step_stop", "feature"])
+    for feature in ("delta_e2000", "band_error:low"):
+        assert cell.loc[("conv_out", 0, 3, feature), "corrupted"] > 0  # the corruption changed the image
+        # the denoiser's whole output restored at every step is the clean trajectory: all recovered
+        np.testing.assert_allclose(cell.loc[("conv_out", 0, 3, feature), ["effect", "ci_low", "ci_high"]], 1.0,
+                                   atol=1e-9)
+        # at step 0 both runs start from the same noise, so conv_in's clean output is the corrupted one
+        np.testing.assert_allclose(cell.loc[("conv_in", 0, 1, feature), ["effect", "ci_low", "ci_high"]], 0.0,
+                                   atol=1e-9)
+        for window in ((0, 1), (0, 3)):  # a layer whose output is always 0
+            np.testing.assert_allclose(cell.loc[(NOOP, *window, feature), "effect"], 0.0, atol=1e-9)
+    top = rank(frame, feature="delta_e2000", method="causal_tracing", top=1)
+    assert (top.loc[0, "layer"], top.loc[0, "step_stop"]) == ("conv_out", 3)
+
+    # the same patch through trace's own machinery gives the same recovery
+    common = dict(samples=4, steps=3, guidance_scale=2.0, keep=())
+    source = dft.trace(pipe, class_labels=[0, 1, 2, 3], record={"up_blocks.0": "full"}, record_steps=[1, 2], **common)
+    clean = np.clip(source["final"].values.astype(np.float64), 0, 1)
+    null = [pipe.null_class] * 4
+    corrupted = np.clip(dft.trace(pipe, class_labels=null, **common)["final"].values.astype(np.float64), 0, 1)
+    patch = Edit(layer="up_blocks.0", method="patch", steps=[1, 2], source=source)
+    patched = np.clip(dft.trace(pipe, class_labels=null, intervene=[patch], **common)["final"].values, 0, 1)
+    de = METRICS["delta_e2000"]
+    expected = (de(patched.astype(np.float64), clean) - de(corrupted, clean)).mean() / (0 - de(corrupted, clean)).mean()
+    mine = causal_trace(pipe, layers="up_blocks.0", windows=[(1, 3)], features="delta_e2000", samples=4,
+                        class_labels=[0, 1, 2, 3], steps=3, guidance_scale=2.0, n_boot=50)
+    np.testing.assert_allclose(mine["effect"].item(), expected, rtol=1e-9)
+
+
+def test_causal_trace_noise_cache_and_structure(noop_pipe):
+    kw = dict(layers=["conv_in", "mid_block", "conv_out"], windows=[(0, 1), (1, 3)], corrupt="noise",
+              features=["delta_e2000", "edge_density"], samples=3, class_labels=[0, 1, 2], steps=3, batch_size=2,
+              n_boot=50)
+    cached = causal_trace(noop_pipe, **kw)
+    naive = causal_trace(noop_pipe, cache=False, **kw)
+    np.testing.assert_allclose(cached[STATS].to_numpy(), naive[STATS].to_numpy(), rtol=1e-9, atol=1e-12,
+                               equal_nan=True)
+    assert cached.attrs["denoiser_calls"] < naive.attrs["denoiser_calls"]
+    # a UNet2DModel sees its input only through conv_in: restoring conv_in's output in a window restores the
+    # whole denoiser output there (same labels and timesteps), exactly as restoring conv_out does
+    rows = cached[cached.feature == "delta_e2000"].set_index(["layer", "step_start"])
+    for start in (0, 1):
+        np.testing.assert_allclose(rows.loc[("conv_in", start), STATS].to_numpy(dtype=float),
+                                   rows.loc[("conv_out", start), STATS].to_numpy(dtype=float), rtol=1e-9)
+    assert rows.loc[("conv_out", 0), "effect"] > 0.01
+
+
+def test_scan_writes_clean_run_and_table(noop_pipe, tmp_path):
+    path = tmp_path / "scan.zarr"
+    kw = dict(layers=[NOOP, "up_blocks.0"], windows=2, features=["colorfulness"], samples=2, class_labels=[0, 1],
+              steps=2, n_boot=20)
+    frame = ablation_scan(noop_pipe, store=path, **kw)
+    run = open_run(path)
+    assert run["final"].shape == (2, 3, 16, 16) and run["x0"].shape[1] == 2
+    back = read_attribution(path, "ablation")
+    np.testing.assert_array_equal(back.columns, frame.columns)
+    for column in frame.columns:
+        if frame[column].dtype.kind == "f":
+            np.testing.assert_allclose(back[column], frame[column], equal_nan=True)
+        else:
+            assert back[column].tolist() == frame[column].tolist()
+    with pytest.raises(RunExistsError):
+        ablation_scan(noop_pipe, store=path, **kw)
+
+
+def test_bad_inputs(noop_pipe):
+    pipe = noop_pipe
     with pytest.raises(UnknownLayerError, match="Closest"):
-        ablation_scan(planted_pipe, layers=["mid_blok"], windows=1, samples=2, steps=2)
-    with pytest.raises(ValueError, match="Valid: edges"):
+        ablation_scan(pipe, layers=["mid_blok"], windows=1, samples=2, steps=2)
+    with pytest.raises(UnknownLayerError, match="Closest"):
+        causal_trace(pipe, layers=["conv_outt"], windows=1, samples=2, steps=2, class_labels=[0, 1])
+    with pytest.raises(ValueError, match="Valid: edges, texture, shape, color"):
         resolve_features(["colour_ness"])
+    with pytest.raises(ValueError, match="Did you mean 'edge_density'"):
+        resolve_features("edge_densty")
     with pytest.raises(ValueError, match="empty"):
         step_windows([], 4)
     with pytest.raises(ValueError, match="Invalid window"):
         step_windows([(3, 3)], 4)
+    with pytest.raises(ValueError, match="Invalid window"):
+        ablation_scan(pipe, layers=[NOOP], windows=[(0, 5)], samples=2, steps=4)
+    with pytest.raises(ValueError, match="between 1 and steps=4"):
+        step_windows(5, 4)
     with pytest.raises(ValueError, match="zero, mean, resample"):
-        ablation_scan(planted_pipe, layers=[NOOP], windows=1, method="erase", samples=2, steps=2)
+        ablation_scan(pipe, layers=[NOOP], windows=1, method="erase", samples=2, steps=2)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        ablation_scan(pipe, layers=[NOOP], windows=1, samples=1, steps=2)
+    with pytest.raises(ValueError, match="condition, noise"):
+        causal_trace(pipe, layers=[NOOP], windows=1, corrupt="blur", samples=2, steps=2)
+    with pytest.raises(ValueError, match="equal the clean ones"):  # unconditional samples, null-class corruption
+        causal_trace(pipe, layers=[NOOP], windows=1, samples=2, steps=2)
+    with pytest.raises(ValueError, match="unconditional"):
+        causal_trace(dft.load_pipeline("tiny-unet"), layers=["conv_in"], windows=1, samples=2, steps=2)
+    with pytest.raises(ValueError, match="other seeds"):
+        causal_trace(pipe, layers=[NOOP], windows=1, corrupt="noise", corrupt_seed=0, samples=2, steps=2)
+    with pytest.raises(ValueError, match="corrupt='noise'"):
+        causal_trace(pipe, layers=[NOOP], windows=1, corrupt_seed=5, class_labels=[0, 1], samples=2, steps=2)
     assert step_windows(3, 7) == [(0, 3), (3, 5), (5, 7)]
     assert resolve_features(["color", "delta_e2000"]) == ["delta_e2000", "colorfulness"]
+    assert resolve_features("bands") == ["band_error:low", "band_error:mid", "band_error:high"]

@@ -91,3 +91,38 @@ def test_to_xarray_dims_and_order():
                                    "method": "ablation:zero"})) == 3.0
     with pytest.raises(ValueError, match="Duplicate"):
         table.to_xarray(pd.concat([frame, frame.head(1)]))
+
+
+def test_write_into_a_finished_trace_store(tmp_path):
+    """A finished run has consolidated metadata: a table written afterwards must still be found."""
+    import denoisefeat as dft
+
+    path = tmp_path / "run.zarr"
+    run = dft.trace(dft.load_pipeline("tiny-unet"), samples=2, seed=0, steps=2, keep=(), store=path)
+    frame = make_frame()
+    table.write_attribution(run, frame, name="scan")  # a Run is accepted too
+    back = table.read_attribution(dft.open_run(path), "scan")
+    pd.testing.assert_frame_equal(back, frame, check_dtype=False)
+    assert dft.open_run(path)["final"].shape == (2, 3, 16, 16)  # the run is still readable
+
+
+def test_to_xarray_orders_layers_by_execution(tiny_pipes):
+    from denoisefeat.hooks import list_layers
+
+    pipe = tiny_pipes["tiny-class-unet"]
+    # named_modules() registers up_blocks before mid_block; the forward pass runs mid_block first
+    layers = ["up_blocks.0", "conv_out", "mid_block", "down_blocks.1", "conv_in"]
+    rows = [dict(feature="edge_density", layer=layer, step_start=0, step_stop=2, method="ablation:zero",
+                 effect=float(i), ci_low=0.0, ci_high=1.0, p=0.5, p_adj=0.5, n=4) for i, layer in enumerate(layers)]
+    frame = pd.DataFrame(rows)
+    expected = ["conv_in", "down_blocks.1", "mid_block", "up_blocks.0", "conv_out"]
+    assert list(table.to_xarray(frame, layer_order=pipe)["layer"].values) == expected
+    assert list(table.to_xarray(frame, layer_order=list_layers(pipe))["layer"].values) == expected
+    ds = table.to_xarray(frame)  # default: order of appearance
+    assert list(ds["layer"].values) == layers
+    assert float(ds["effect"].sel({"layer": "mid_block", "window": "0:2", "feature": "edge_density",
+                                   "method": "ablation:zero"})) == 2.0
+    with pytest.raises(ValueError, match="no layers"):
+        table.to_xarray(frame.head(1).assign(layer="nope"), layer_order=pipe)
+    with pytest.raises(ValueError, match="lacks layers"):
+        table.to_xarray(frame, layer_order=["conv_in"])

@@ -1,4 +1,13 @@
-"""Attribution analyses: ablation scans and attribution tables (and, lazily, correlation and regression)."""
+"""Attribution analyses: which layers and steps drive which image feature.
+
+* :func:`ablation_scan` — ablate each layer in each step window, measure the feature change;
+* :func:`causal_trace` — restore clean activations in a corrupted run (activation patching);
+* :mod:`~denoisefeat.analyses.table` — the shared attribution table: :func:`validate`,
+  :func:`write_attribution` / :func:`read_attribution` (run store), :func:`to_xarray`, :func:`rank`,
+  :func:`benjamini_hochberg`;
+* ``correlate``, ``feature_change`` (:mod:`~denoisefeat.analyses.correlation`) and ``regress``
+  (:mod:`~denoisefeat.analyses.regression`), imported on first use.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +15,10 @@ import importlib
 
 from denoisefeat.analyses.ablation import (
     ABLATION_METHODS,
+    CORRUPTIONS,
     FEATURE_GROUPS,
     ablation_scan,
+    causal_trace,
     resolve_features,
     step_windows,
 )
@@ -25,8 +36,10 @@ _LAZY = {"correlate": ".correlation", "feature_change": ".correlation", "regress
 
 __all__ = [
     "ABLATION_METHODS",
+    "CORRUPTIONS",
     "FEATURE_GROUPS",
     "ablation_scan",
+    "causal_trace",
     "resolve_features",
     "step_windows",
     "COLUMNS",
@@ -41,7 +54,12 @@ __all__ = [
 
 
 def __getattr__(name: str):
+    """PEP 562: import the correlation and regression analyses only when they are used."""
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name], __name__)
         return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,29 +1,78 @@
-"""Ablation scans: which layer, at which denoising steps, drives which image feature.
+"""Ablation scans and causal tracing: which layer, at which denoising steps, drives which image feature.
 
-:func:`ablation_scan` runs the clean trajectory once, then one intervened trajectory per
-(layer, step window) with the same seeds, and measures how each feature of the final image
-changes (paired per sample).  The result is an attribution table (see
-:mod:`denoisefeat.analyses.table`).
+:func:`ablation_scan` runs the clean trajectory once, then one trajectory per (layer, step window,
+method) with that layer's output ablated in that window, with the same seeds, and measures how each
+feature of the final image changes (paired per sample).
+
+:func:`causal_trace` runs a clean and a corrupted trajectory (another condition, or other noise),
+then corrupted trajectories with the clean output of one layer restored in one step window, and
+measures the fraction of the clean − corrupted feature difference each restoration recovers.
+
+Both return an attribution table (:mod:`denoisefeat.analyses.table`).
+
+Prefix caching
+--------------
+A trajectory edited in the window ``[k, stop)`` is the unedited trajectory up to step ``k``.  With
+``cache=True`` the unedited run (clean for ablations, corrupted for causal tracing) keeps, for each
+window start ``k``, the state of its loop just before step ``k`` — the sample ``x_k``, a copy of the
+scheduler (multistep solvers keep past model outputs) and the state of every sample's
+``torch.Generator`` — and each edited trajectory starts from there, saving ``k`` denoiser calls.
+Restoring the generators' states makes this exact for stochastic schedulers too (DDPM, ancestral
+samplers, DDIM with ``eta > 0``): the noise drawn at every later step is the noise the full run draws.
+The results equal those of ``cache=False`` (every trajectory from step 0) to float tolerance; the
+table's ``attrs["denoiser_calls"]`` and ``attrs["denoiser_calls_uncached"]`` count the calls.
+
+The loop is :func:`denoisefeat.trace`'s own (its pipeline-family adapters, the same per-sample
+generators and sample chunks of ``batch_size``), run in memory without a store and with torch
+forward hooks (:class:`denoisefeat.hooks.intervene`; the nnsight backend is not used here); a test
+checks it against ``trace``.  The cached states stay on the model's device: per sample chunk and
+window start, one sample batch, one scheduler copy (with its history) and the generator states.
+Edits act on both halves of a classifier-free-guidance batch.
+
+Features
+--------
+Names of :data:`denoisefeat.metrics.METRICS` whose reference is nothing or an image (metrics that
+compare with a reference compare with the clean final image), groups of them
+(:data:`FEATURE_GROUPS`), and ``band_error:<band>`` for the bands of
+:data:`denoisefeat.frequency.DEFAULT_BANDS`: the relative squared error of that band of the final image
+against the clean final image, ``Σ_c E_b(x_c − clean_c) / Σ_c E_b(clean_c)`` with ``E_b`` the band
+energy (:func:`denoisefeat.frequency.band_energy`) and the sums over the RGB channels — the
+:func:`~denoisefeat.frequency.band_relative_error` of the whole colour image.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import difflib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import stats
 
-from denoisefeat.analyses.table import benjamini_hochberg, validate
-from denoisefeat.frequency import DEFAULT_BANDS, band_relative_error
-from denoisefeat.hooks import Edit, resolve_layers
+from denoisefeat.analyses.table import benjamini_hochberg, validate, write_attribution
+from denoisefeat.frequency import DEFAULT_BANDS, band_energy
+from denoisefeat.hooks import Edit, intervene, resolve_layers
+from denoisefeat.hooks.layers import probe_layers
 from denoisefeat.metrics import METRICS, compute_metrics
-from denoisefeat.trajectory import trace
+from denoisefeat.models import denoiser_of
+from denoisefeat.trajectory import _FAMILIES, StepClock, _progress, _step_kwargs, make_request, trace
 
-__all__ = ["FEATURE_GROUPS", "ABLATION_METHODS", "ablation_scan", "resolve_features", "step_windows"]
+__all__ = [
+    "ABLATION_METHODS",
+    "CORRUPTIONS",
+    "FEATURE_GROUPS",
+    "ablation_scan",
+    "causal_trace",
+    "resolve_features",
+    "step_windows",
+]
 
-#: Representative metrics of each feature group (names in :data:`denoisefeat.metrics.METRICS`).
+#: Representative metrics of each feature group (names in :data:`denoisefeat.metrics.METRICS`):
+#: a property of the image and a comparison with the clean final image for each.
 FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "edges": ("edge_density", "edge_f1"),
     "texture": ("glcm_contrast", "lbp_distance"),
@@ -31,12 +80,21 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "color": ("delta_e2000", "colorfulness"),
 }
 
-#: Ablation methods of :func:`ablation_scan` (methods of :class:`denoisefeat.hooks.Edit` that need no extra input).
+#: Ablation methods of :func:`ablation_scan` (methods of :class:`denoisefeat.hooks.Edit` that need no
+#: extra input): ``zero`` sets the output to 0, ``mean`` to its mean over the batch's samples,
+#: ``resample`` to another sample's output.
 ABLATION_METHODS = ("zero", "mean", "resample")
 
+#: Corruptions of :func:`causal_trace`.
+CORRUPTIONS = ("condition", "noise")
+
 _BAND_PREFIX = "band_error:"
+_DEFAULT_FEATURES = ("edges", "texture", "shape", "color")
 
 
+# ---------------------------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------------------------
 def resolve_features(features) -> list[str]:
     """Expand feature groups into metric names.
 
@@ -44,12 +102,18 @@ def resolve_features(features) -> list[str]:
     ----------
     features : str or sequence of str
         Group names of :data:`FEATURE_GROUPS`, metric names of :data:`denoisefeat.metrics.METRICS`
-        (with no ground-truth reference), ``"bands"`` (all frequency bands) or ``"band_error:<band>"``.
+        whose reference is nothing or an image, ``"bands"`` (every band of
+        :data:`~denoisefeat.frequency.DEFAULT_BANDS`) or ``"band_error:<band>"``.
 
     Returns
     -------
     list of str
         Metric and band-error names, without duplicates, in the order given.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name (the message lists the close matches and every valid name) or none.
     """
     if isinstance(features, str):
         features = [features]
@@ -70,7 +134,7 @@ def resolve_features(features) -> list[str]:
             raise ValueError(f"Unknown feature {feature!r}.{hint} Valid: {', '.join(choices)}.")
         out.extend(name for name in names if name not in out)
     if not out:
-        raise ValueError("No features given.")
+        raise ValueError("No features given: name groups (edges, texture, shape, color), metrics or bands.")
     return out
 
 
@@ -80,14 +144,22 @@ def step_windows(windows, steps: int) -> list[tuple[int, int]]:
     Parameters
     ----------
     windows : int or sequence of (int, int)
-        A number of equal windows splitting ``range(steps)``, or explicit pairs.
+        A number of (nearly) equal windows splitting ``range(steps)``, or explicit pairs.
     steps : int
-        Number of denoising steps.
+        Number of loop steps of the run.
 
     Returns
     -------
     list of (int, int)
+
+    Raises
+    ------
+    ValueError
+        An empty list, a number of windows outside ``1 … steps``, or a pair that is not
+        ``0 <= start < stop <= steps``.
     """
+    if isinstance(windows, (bool, np.bool_)):
+        raise TypeError("windows must be a number of windows or (start, stop) pairs, not a bool.")
     if isinstance(windows, (int, np.integer)):
         if not 1 <= windows <= steps:
             raise ValueError(f"windows must be between 1 and steps={steps}, got {windows}.")
@@ -98,49 +170,235 @@ def step_windows(windows, steps: int) -> list[tuple[int, int]]:
     for pair in pairs:
         if len(pair) != 2 or not 0 <= pair[0] < pair[1] <= steps:
             raise ValueError(f"Invalid window {pair}: need 0 <= start < stop <= steps={steps}.")
+    if len(set(pairs)) != len(pairs):
+        raise ValueError(f"Duplicate windows in {pairs}.")
     return pairs
 
 
-def _final(run) -> np.ndarray:
-    return np.clip(np.asarray(run["final"], dtype=np.float64), 0.0, 1.0)
+def _layers(pipe, layers) -> list[str]:
+    """Resolved layer names in execution order (a probe forward pass), never-run modules last."""
+    names = resolve_layers(pipe, layers)
+    order = probe_layers(denoiser_of(pipe), names, size=None)[1]
+    return sorted(names, key=lambda name: order.get(name, len(order)))
+
+
+def _default_samples(samples, class_labels, prompts) -> int | None:
+    """8 samples unless conditions (one per sample) or a number are given."""
+    return 8 if samples is None and class_labels is None and prompts is None else samples
+
+
+def _methods(method) -> list[str]:
+    methods = [method] if isinstance(method, str) else list(method)
+    if not methods:
+        raise ValueError(f"No ablation method given; valid: {', '.join(ABLATION_METHODS)}.")
+    for m in methods:
+        if m not in ABLATION_METHODS:
+            raise ValueError(f"Unknown ablation method {m!r}; valid: {', '.join(ABLATION_METHODS)}.")
+    return list(dict.fromkeys(methods))
+
+
+def _check_counts(n_samples: int, n_boot: int, batch_size: int) -> None:
+    if n_samples < 2:
+        raise ValueError(f"Paired statistics need at least 2 samples, got {n_samples}.")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be a positive number of bootstrap resamples, got {n_boot}.")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop, startable from a cached prefix
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class _Prefix:
+    """A chunk's loop just before step ``step``: everything a run starting there needs."""
+
+    step: int
+    x: torch.Tensor  # x_k, what the scheduler holds before the denoiser call of step k
+    scheduler: object  # a copy (multistep solvers keep past model outputs; step index)
+    generator_states: list[torch.Tensor]  # each sample's generator, for the noise still to be drawn
+
+
+class _Loop:
+    """``trace``'s denoising loop over sample chunks, in memory, with edits and prefix caching.
+
+    Every call of :meth:`sweep` runs all samples (in chunks of ``batch_size``, as ``trace`` does, so
+    that batch-dependent edits such as ``mean`` see the same batches) and returns the final images.
+    """
+
+    def __init__(self, pipe, request, scheduler, *, batch_size: int, advance=None):
+        self.pipe = pipe
+        self.request = request
+        self.family = _FAMILIES[request.family](pipe, request)
+        self.template = scheduler
+        self.template.set_timesteps(request.steps, device=self.family.device)
+        self.n_steps = len(self.template.timesteps)
+        n = request.n_samples
+        self.chunks = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+        self.clock = StepClock()
+        self.calls = 0  # denoiser calls made
+        self.advance = advance
+        self._prefixes: dict[tuple[int, int], _Prefix] = {}
+        self._conditioning: dict[int, dict] = {}
+
+    def sweep(self, *, edits: Sequence[Edit] = (), start: int = 0, save: Sequence[int] = ()) -> np.ndarray:
+        """Final images ``(sample, 3, H, W)``; start each chunk at its saved prefix ``start`` (0: from noise)."""
+        manager = intervene(self.pipe, list(edits), clock=self.clock) if edits else contextlib.nullcontext()
+        finals = []
+        with manager:
+            for samples in self.chunks:
+                finals.append(self._run(samples, start=start, save=save))
+        return np.concatenate(finals)
+
+    @torch.no_grad()
+    def _run(self, samples: slice, *, start: int, save) -> np.ndarray:
+        family, request = self.family, self.request
+        generators = [torch.Generator(device=family.device).manual_seed(s) for s in request.seeds[samples]]
+        if start == 0:
+            scheduler = copy.deepcopy(self.template)
+            scheduler.set_timesteps(request.steps, device=family.device)
+            x = family.initial_sample(generators, scheduler)
+        else:
+            prefix = self._prefixes.get((samples.start, start))
+            if prefix is None:  # pragma: no cover - the scans save every start they use
+                raise RuntimeError(f"No cached prefix at step {start}; sweep(save=[{start}]) first.")
+            scheduler = copy.deepcopy(prefix.scheduler)
+            for generator, state in zip(generators, prefix.generator_states):
+                generator.set_state(state)
+            x = prefix.x.clone()
+        if samples.start not in self._conditioning:
+            self._conditioning[samples.start] = family.conditioning(samples)
+        cond = self._conditioning[samples.start]
+        step_kwargs = _step_kwargs(scheduler, generators, request.eta)
+        clock = self.clock
+        clock.samples, clock.branches = samples, (family.branches if family.guided else None)
+        try:
+            for i, t in enumerate(scheduler.timesteps):
+                if i < start:
+                    continue
+                if i in save and i > 0:
+                    self._prefixes[(samples.start, i)] = _Prefix(
+                        i, x.clone(), copy.deepcopy(scheduler), [g.get_state() for g in generators]
+                    )
+                clock.step = i
+                output = family.model_output(x, t, cond, scheduler)
+                self.calls += 1
+                x = scheduler.step(output, t, x, **step_kwargs).prev_sample  # x_{t-1}
+                if self.advance is not None:
+                    self.advance()
+        finally:
+            clock.step = clock.samples = clock.branches = None
+        return family.to_images(x).detach().float().cpu().numpy()
+
+
+def _planned_calls(loop_steps: int, n_chunks: int, starts: Sequence[int], cache: bool) -> tuple[int, int]:
+    """Denoiser calls with and without prefix caching: one base sweep plus one per edited sweep."""
+    uncached = n_chunks * loop_steps * (1 + len(starts))
+    cached = n_chunks * (loop_steps + sum(loop_steps - s for s in starts))
+    return (cached if cache else uncached), uncached
+
+
+# ---------------------------------------------------------------------------------------------
+# Features and statistics
+# ---------------------------------------------------------------------------------------------
+def _band_errors(images: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    """Relative squared error per band, energies summed over channels: (sample, band)."""
+    diff = np.asarray(band_energy(images - clean), dtype=np.float64).sum(axis=-2)
+    ref = np.asarray(band_energy(clean), dtype=np.float64).sum(axis=-2)
+    tiny = np.finfo(np.float64).eps * ((images**2).sum(axis=(-3, -2, -1)) + (clean**2).sum(axis=(-3, -2, -1)))
+    zero_d, zero_r = diff <= tiny[:, None], ref <= tiny[:, None]
+    ratio = diff / np.where(zero_r, 1.0, ref)
+    return np.where(zero_r, np.where(zero_d, 0.0, np.inf), ratio)
 
 
 def _features(images: np.ndarray, clean: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Each feature of ``images`` (sample, 3, H, W) in [0, 1], comparisons against ``clean``."""
     metric_names = [n for n in names if not n.startswith(_BAND_PREFIX)]
     out = dict(compute_metrics(images, clean, names=metric_names)) if metric_names else {}
-    if any(n.startswith(_BAND_PREFIX) for n in names):
-        errors = np.asarray(band_relative_error(images, clean))  # (sample, C, band)
-        per_band = errors.reshape(errors.shape[0], -1, errors.shape[-1]).mean(axis=1)
+    if len(metric_names) < len(names):
+        errors = _band_errors(images, clean)
         for i, band in enumerate(DEFAULT_BANDS):
-            out[f"{_BAND_PREFIX}{band}"] = per_band[:, i]
+            out[f"{_BAND_PREFIX}{band}"] = errors[:, i]
     return {name: np.asarray(out[name], dtype=np.float64).reshape(-1) for name in names}
 
 
-def _summary(diff: np.ndarray, *, n_boot: int, seed: int) -> tuple[float, float, float, float]:
+def _as_images(final: np.ndarray) -> np.ndarray:
+    # trace stores float32; compare in float64, clipped to the metrics' [0, 1]
+    return np.clip(np.asarray(final, dtype=np.float32).astype(np.float64), 0.0, 1.0)
+
+
+def _paired_summary(diff: np.ndarray, *, n_boot: int) -> tuple[float, float, float, float, int]:
+    """Mean paired difference, its 95 % percentile-bootstrap CI, the t-test p and n (finite pairs)."""
+    diff = diff[np.isfinite(diff)]
+    n = int(diff.size)
+    if n < 2:
+        return np.nan, np.nan, np.nan, np.nan, n
     effect = float(diff.mean())
-    if np.allclose(diff, diff[0]):  # no spread: the CI is the point, the test is undefined
-        return effect, effect, effect, (1.0 if effect == 0 else np.nan)
+    if np.ptp(diff) <= 1e-12 * max(1.0, float(np.abs(diff).max())):  # no spread: CI is the point
+        return effect, effect, effect, (1.0 if np.all(diff == 0) else np.nan), n
     ci = stats.bootstrap((diff,), np.mean, n_resamples=n_boot, method="percentile",
-                         random_state=np.random.default_rng(seed)).confidence_interval
+                         rng=np.random.default_rng(0)).confidence_interval
     p = float(stats.ttest_1samp(diff, 0.0).pvalue)
-    return effect, float(ci.low), float(ci.high), p
+    return effect, float(ci.low), float(ci.high), p, n
 
 
+def _ratio_summary(restored: np.ndarray, gap: np.ndarray, *, n_boot: int) -> tuple[float, float, float, float, int]:
+    """mean(restored) / mean(gap) with a paired bootstrap CI; p tests mean(restored) = 0."""
+    ok = np.isfinite(restored) & np.isfinite(gap)
+    restored, gap = restored[ok], gap[ok]
+    n = int(restored.size)
+    if n < 2:
+        return np.nan, np.nan, np.nan, np.nan, n
+    scale = max(1.0, float(np.abs(gap).max()), float(np.abs(restored).max()))
+    if abs(gap.mean()) <= 1e-9 * scale:  # the corruption did not change this feature: nothing to recover
+        return np.nan, np.nan, np.nan, np.nan, n
+    effect = float(restored.mean() / gap.mean()) + 0.0  # no -0.0
+
+    def ratio(a, b, axis=-1):
+        return a.mean(axis=axis) / b.mean(axis=axis)
+
+    if np.ptp(restored) <= 1e-12 * scale and np.ptp(gap) <= 1e-12 * scale:  # no spread: CI is the point
+        low = high = effect
+    else:
+        ci = stats.bootstrap((restored, gap), ratio, n_resamples=n_boot, method="percentile", paired=True,
+                             vectorized=True, rng=np.random.default_rng(0)).confidence_interval
+        low, high = float(ci.low), float(ci.high)
+    if np.ptp(restored) <= 1e-12 * scale:
+        p = 1.0 if np.all(restored == 0) else np.nan
+    else:
+        p = float(stats.ttest_1samp(restored, 0.0).pvalue)
+    return effect, low, high, p, n
+
+
+def _finish(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    frame.insert(frame.columns.get_loc("n"), "p_adj", benjamini_hochberg(frame["p"]))
+    frame["n"] = frame["n"].astype(np.int64)
+    return validate(frame)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ablation scan
+# ---------------------------------------------------------------------------------------------
 def ablation_scan(
     pipe,
     *,
     layers,
     windows,
     method: str | Sequence[str] = "zero",
-    features=("edges", "texture", "shape", "color"),
-    samples: int = 8,
+    features=_DEFAULT_FEATURES,
+    samples: int | None = None,
     class_labels: Sequence[int] | None = None,
     prompts: Sequence[str] | None = None,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     steps: int = 20,
+    scheduler=None,
     guidance_scale: float | None = None,
     n_boot: int = 1000,
     batch_size: int = 8,
+    cache: bool = True,
+    store=None,
+    overwrite: bool = False,
     progress: bool = False,
 ) -> pd.DataFrame:
     """Ablate each layer in each step window and measure the change of final-image features.
@@ -148,56 +406,259 @@ def ablation_scan(
     Parameters
     ----------
     pipe : diffusers.DiffusionPipeline
+        A pipeline :func:`denoisefeat.trace` runs.
     layers : str or sequence of str
-        Module paths or globs (resolved with :func:`denoisefeat.hooks.resolve_layers`).
+        Module paths or globs (:func:`denoisefeat.hooks.resolve_layers`; unknown names raise
+        :class:`~denoisefeat.hooks.UnknownLayerError` listing the closest).
     windows : int or sequence of (int, int)
-        See :func:`step_windows`.
+        Step windows in which each layer is ablated, see :func:`step_windows`.
     method : str or sequence of str
         One or more of :data:`ABLATION_METHODS`.
     features : str or sequence of str
-        See :func:`resolve_features`.  Metrics that compare with a reference use the clean
-        final image; ``band_error:<band>`` is the relative error of that band vs clean.
-    samples, class_labels, prompts, seed, steps, guidance_scale, batch_size
-        Passed to :func:`denoisefeat.trace`; the clean and every intervened run share seeds.
+        See :func:`resolve_features`.  Metrics that compare with a reference compare with the clean
+        final image.
+    samples : int, optional
+        Number of samples (at least 2); default one per condition, or 8.
+    class_labels, prompts, seed, steps, scheduler, guidance_scale, batch_size
+        As for :func:`denoisefeat.trace`; the clean and every ablated trajectory share seeds and batches.
     n_boot : int
         Bootstrap resamples for the 95 % percentile CI of the mean paired change.
+    cache : bool
+        Start each ablated trajectory from the cached clean prefix (module notes); ``False`` runs
+        every trajectory from step 0 (same results, more denoiser calls).
+    store : str or path, optional
+        Write the clean trajectory there (:func:`denoisefeat.trace`, one more clean run) and the
+        table under ``attribution/ablation`` (:func:`~denoisefeat.analyses.table.write_attribution`).
+    overwrite : bool
+        Replace an existing ``store``.
     progress : bool
-        Show a progress bar per trajectory.
+        Show a progress bar over the denoiser calls.
 
     Returns
     -------
     pandas.DataFrame
-        An attribution table: ``effect`` is the mean over samples of (feature of the ablated
-        final image − feature of the clean final image); ``p`` from a paired t-test
-        (one-sample on the differences; NaN when all differences are equal and non-zero);
-        ``p_adj`` BH-corrected over the whole grid.  Methods are named ``"ablation:<method>"``.
+        An attribution table, one row per (feature, layer, window, method), layers in execution
+        order (a probe forward pass).
+        ``effect`` is the mean over samples of (feature of the ablated final image − feature of the
+        clean one); ``ci_low``/``ci_high`` its 95 % bootstrap CI; ``p`` a paired t-test (one-sample
+        on the differences: 1 when every difference is 0, NaN when they are all equal and non-zero);
+        ``p_adj`` Benjamini-Hochberg over the whole table; ``n`` the samples.  Methods are named
+        ``"ablation:<method>"``.  Extra column ``baseline``: the clean feature's mean.
+        ``attrs["denoiser_calls"]`` and ``attrs["denoiser_calls_uncached"]`` count denoiser calls.
+
+    See Also
+    --------
+    causal_trace : restore clean activations in a corrupted run instead.
     """
-    methods = [method] if isinstance(method, str) else list(method)
-    for m in methods:
-        if m not in ABLATION_METHODS:
-            raise ValueError(f"Unknown ablation method {m!r}; valid: {', '.join(ABLATION_METHODS)}.")
-    if samples < 2:
-        raise ValueError(f"samples must be >= 2 for confidence intervals, got {samples}.")
+    methods = _methods(method)
     names = resolve_features(features)
-    layer_names = resolve_layers(pipe, layers)
-    pairs = step_windows(windows, steps)
-    common = dict(samples=samples, class_labels=class_labels, prompts=prompts, seed=seed, steps=steps,
-                  guidance_scale=guidance_scale, batch_size=batch_size, progress=progress)
-    clean = _final(trace(pipe, **common))
-    base = _features(clean, clean, names)
-    rows = []
-    for layer in layer_names:
-        for start, stop in pairs:
-            for m in methods:
-                edit = Edit(layer=layer, method=m, steps=range(start, stop))
-                ablated = _final(trace(pipe, intervene=[edit], **common))
-                values = _features(ablated, clean, names)
-                for k, name in enumerate(names):
-                    diff = values[name] - base[name]
-                    effect, low, high, p = _summary(diff, n_boot=n_boot, seed=seed + k)
-                    rows.append(dict(feature=name, layer=layer, step_start=start, step_stop=stop,
-                                     method=f"ablation:{m}", effect=effect, ci_low=low, ci_high=high, p=p,
-                                     n=int(diff.size), baseline=float(base[name].mean())))
-    frame = pd.DataFrame(rows)
-    frame.insert(frame.columns.get_loc("n"), "p_adj", benjamini_hochberg(frame["p"]))
-    return validate(frame)
+    layer_names = _layers(pipe, layers)
+    samples = _default_samples(samples, class_labels, prompts)
+    request, scheduler_ = make_request(pipe, samples=samples, prompts=prompts, class_labels=class_labels,
+                                       seed=seed, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale)
+    _check_counts(request.n_samples, n_boot, batch_size)
+    loop = _Loop(pipe, request, scheduler_, batch_size=batch_size)
+    pairs = step_windows(windows, loop.n_steps)
+    configs = [(layer, pair, m) for layer in layer_names for pair in pairs for m in methods]
+    starts = sorted({start for start, _ in pairs})
+    planned, uncached = _planned_calls(loop.n_steps, len(loop.chunks), [p[0] for _, p, _ in configs], cache)
+    if store is not None:
+        trace(pipe, samples=samples, prompts=prompts, class_labels=class_labels, seed=seed, steps=steps,
+              scheduler=scheduler, guidance_scale=guidance_scale, batch_size=batch_size, store=store,
+              overwrite=overwrite)
+    with _progress(progress, total=planned) as advance:
+        loop.advance = advance
+        clean = _as_images(loop.sweep(save=starts if cache else ()))
+        base = _features(clean, clean, names)
+        rows = []
+        for layer, (start, stop), m in configs:
+            edit = Edit(layer=layer, method=m, steps=range(start, stop))
+            ablated = _as_images(loop.sweep(edits=[edit], start=start if cache else 0))
+            values = _features(ablated, clean, names)
+            for name in names:
+                effect, low, high, p, n = _paired_summary(values[name] - base[name], n_boot=n_boot)
+                rows.append(dict(feature=name, layer=layer, step_start=start, step_stop=stop,
+                                 method=f"ablation:{m}", effect=effect, ci_low=low, ci_high=high, p=p, n=n,
+                                 baseline=float(np.mean(base[name]))))
+    frame = _finish(rows)
+    frame.attrs.update(denoiser_calls=loop.calls, denoiser_calls_uncached=uncached)
+    if store is not None:
+        write_attribution(store, frame, name="ablation", overwrite=overwrite)
+    return frame
+
+
+# ---------------------------------------------------------------------------------------------
+# Causal tracing
+# ---------------------------------------------------------------------------------------------
+def _corrupted_conditions(pipe, request, corrupt, corrupt_class_labels, corrupt_prompts, corrupt_seed):
+    """(prompts, class_labels, seeds) of the corrupted run."""
+    n = request.n_samples
+    if corrupt == "noise":
+        if corrupt_class_labels is not None or corrupt_prompts is not None:
+            raise ValueError("corrupt='noise' keeps the conditions; corrupt_class_labels/corrupt_prompts belong to "
+                             "corrupt='condition'.")
+        if corrupt_seed is None:
+            first = max(request.seeds) + 1
+            seeds = tuple(range(first, first + n))
+        elif isinstance(corrupt_seed, (int, np.integer)):
+            seeds = tuple(int(corrupt_seed) + i for i in range(n))
+        else:
+            seeds = tuple(int(s) for s in corrupt_seed)
+        if len(seeds) != n:
+            raise ValueError(f"{len(seeds)} corrupt seeds for {n} samples.")
+        same = [i for i in range(n) if seeds[i] == request.seeds[i]]
+        if same:
+            raise ValueError(f"corrupt='noise' needs other seeds than the clean run; samples {same} share theirs.")
+        return request.prompts, request.class_labels, seeds
+    if corrupt_seed is not None:
+        raise ValueError("corrupt='condition' keeps the seeds; corrupt_seed belongs to corrupt='noise'.")
+    if corrupt_class_labels is not None and corrupt_prompts is not None:
+        raise ValueError("Give corrupt_class_labels or corrupt_prompts, not both.")
+    prompts, labels = None, None
+    if request.prompts is not None:
+        if corrupt_class_labels is not None:
+            raise ValueError(f"{type(pipe).__name__} is conditioned on prompts; give corrupt_prompts.")
+        prompts = [""] if corrupt_prompts is None else list(corrupt_prompts)
+        prompts = tuple(prompts * n if len(prompts) == 1 else prompts)
+        changed = [a != b for a, b in zip(prompts, request.prompts)]
+    elif request.class_labels is not None:
+        if corrupt_prompts is not None:
+            raise ValueError(f"{type(pipe).__name__} is conditioned on class labels; give corrupt_class_labels.")
+        if corrupt_class_labels is None:
+            null = getattr(getattr(pipe, "config", None), "null_class", None)
+            if null is None:
+                raise ValueError(f"{type(pipe).__name__} has no null class: give corrupt_class_labels=[...].")
+            corrupt_class_labels = [null]
+        labels = [int(c) for c in corrupt_class_labels]
+        labels = tuple(labels * n if len(labels) == 1 else labels)
+        changed = [a != b for a, b in zip(labels, request.class_labels)]
+    else:
+        raise ValueError(f"{type(pipe).__name__} is unconditional: corrupt='condition' needs a conditional model; "
+                         "use corrupt='noise'.")
+    conditions = prompts if prompts is not None else labels
+    if len(conditions) != n:
+        raise ValueError(f"{len(conditions)} corrupted conditions for {n} samples: give one per sample, or one.")
+    if not any(changed):
+        raise ValueError("The corrupted conditions equal the clean ones: nothing would be corrupted.")
+    return prompts, labels, request.seeds
+
+
+def causal_trace(
+    pipe,
+    *,
+    layers,
+    windows,
+    corrupt: str = "condition",
+    corrupt_class_labels: Sequence[int] | None = None,
+    corrupt_prompts: Sequence[str] | None = None,
+    corrupt_seed: int | Sequence[int] | None = None,
+    features=_DEFAULT_FEATURES,
+    samples: int | None = None,
+    class_labels: Sequence[int] | None = None,
+    prompts: Sequence[str] | None = None,
+    seed: int | Sequence[int] = 0,
+    steps: int = 20,
+    scheduler=None,
+    guidance_scale: float | None = None,
+    n_boot: int = 1000,
+    batch_size: int = 8,
+    cache: bool = True,
+    store=None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Restore clean activations of one layer in one step window of a corrupted run (activation patching).
+
+    The clean run records the ``full`` output of every layer at the windows' steps; the corrupted
+    run differs in its condition or its noise; each patched run is the corrupted run with one
+    layer's output replaced by the clean one in one window (:class:`denoisefeat.hooks.Edit`
+    ``method="patch"``).
+
+    Parameters
+    ----------
+    pipe : diffusers.DiffusionPipeline
+    layers : str or sequence of str
+        Module paths or globs.
+    windows : int or sequence of (int, int)
+        See :func:`step_windows`.
+    corrupt : {"condition", "noise"}
+        ``"condition"``: same seeds, other conditions — ``corrupt_class_labels`` /
+        ``corrupt_prompts``, by default the pipeline's null class (class-conditional models) or the
+        empty prompt (text-to-image).  ``"noise"``: same conditions, other seeds — ``corrupt_seed``,
+        by default seeds following the clean ones; the clean activations are patched into a
+        trajectory of other noise (the patch source's seeds differ on purpose).
+    corrupt_class_labels, corrupt_prompts : sequence, optional
+        The corrupted conditions, one per sample or one for all.
+    corrupt_seed : int or sequence of int, optional
+        The corrupted run's seeds (``corrupt="noise"``).
+    features, samples, class_labels, prompts, seed, steps, scheduler, guidance_scale, n_boot, batch_size, cache
+        As for :func:`ablation_scan`; prefix caching shares the corrupted run's prefix.
+    store : str or path, optional
+        Write the clean run (with its recorded activations) there and the table under
+        ``attribution/causal_tracing``; default in memory (the ``full`` activations of every layer at
+        every window step: mind the size on large models).
+    overwrite : bool
+        Replace an existing ``store``.
+    progress : bool
+        Show a progress bar over the corrupted and patched runs' denoiser calls.
+
+    Returns
+    -------
+    pandas.DataFrame
+        An attribution table with ``method == "causal_tracing"``.  For each feature ``F`` (metrics
+        that compare with a reference compare with the clean final image), per sample
+        ``gap = F(clean) − F(corrupted)`` and ``restored = F(patched) − F(corrupted)``; ``effect`` is
+        the recovered fraction ``mean(restored) / mean(gap)`` (1: the layer and window restore the
+        clean feature, 0: nothing), ``ci_low``/``ci_high`` its 95 % paired bootstrap CI, ``p`` a
+        t-test of ``mean(restored) = 0``.  Rows of a feature the corruption did not change
+        (``mean(gap) = 0``) are NaN.  Extra columns: ``baseline`` (mean clean feature), ``corrupted``
+        (mean corrupted feature), ``restored`` (mean restored change), ``corruption``.
+        ``attrs["denoiser_calls"]`` / ``attrs["denoiser_calls_uncached"]`` count the corrupted and
+        patched runs' denoiser calls.
+    """
+    if corrupt not in CORRUPTIONS:
+        raise ValueError(f"Unknown corruption {corrupt!r}; valid: {', '.join(CORRUPTIONS)}.")
+    names = resolve_features(features)
+    layer_names = _layers(pipe, layers)
+    samples = _default_samples(samples, class_labels, prompts)
+    request, _ = make_request(pipe, samples=samples, prompts=prompts, class_labels=class_labels, seed=seed,
+                              steps=steps, scheduler=scheduler, guidance_scale=guidance_scale)
+    _check_counts(request.n_samples, n_boot, batch_size)
+    bad_prompts, bad_labels, bad_seeds = _corrupted_conditions(
+        pipe, request, corrupt, corrupt_class_labels, corrupt_prompts, corrupt_seed)
+    bad_request, bad_scheduler = make_request(
+        pipe, samples=samples, prompts=bad_prompts, class_labels=bad_labels, seed=bad_seeds, steps=steps,
+        scheduler=scheduler, guidance_scale=guidance_scale)
+    loop = _Loop(pipe, bad_request, bad_scheduler, batch_size=batch_size)
+    pairs = step_windows(windows, loop.n_steps)
+    window_steps = sorted({s for start, stop in pairs for s in range(start, stop)})
+    clean_run = trace(pipe, samples=samples, prompts=prompts, class_labels=class_labels, seed=seed, steps=steps,
+                      scheduler=scheduler, guidance_scale=guidance_scale, batch_size=batch_size,
+                      record={layer: "full" for layer in layer_names}, record_steps=window_steps,
+                      keep=("xt", "x0", "images") if store is not None else (), store=store, overwrite=overwrite)
+    configs = [(layer, pair) for layer in layer_names for pair in pairs]
+    starts = sorted({start for start, _ in pairs})
+    planned, uncached = _planned_calls(loop.n_steps, len(loop.chunks), [p[0] for _, p in configs], cache)
+    clean = _as_images(clean_run["final"].values)
+    with _progress(progress, total=planned) as advance:
+        loop.advance = advance
+        corrupted = _as_images(loop.sweep(save=starts if cache else ()))
+        f_clean = _features(clean, clean, names)
+        f_bad = _features(corrupted, clean, names)
+        rows = []
+        for layer, (start, stop) in configs:
+            edit = Edit(layer=layer, method="patch", steps=range(start, stop), source=clean_run)
+            patched = _as_images(loop.sweep(edits=[edit], start=start if cache else 0))
+            f_patched = _features(patched, clean, names)
+            for name in names:
+                restored = f_patched[name] - f_bad[name]
+                effect, low, high, p, n = _ratio_summary(restored, f_clean[name] - f_bad[name], n_boot=n_boot)
+                rows.append(dict(feature=name, layer=layer, step_start=start, step_stop=stop,
+                                 method="causal_tracing", effect=effect, ci_low=low, ci_high=high, p=p, n=n,
+                                 baseline=float(np.mean(f_clean[name])), corrupted=float(np.mean(f_bad[name])),
+                                 restored=float(np.mean(restored)), corruption=corrupt))
+    frame = _finish(rows)
+    frame.attrs.update(denoiser_calls=loop.calls, denoiser_calls_uncached=uncached)
+    if store is not None:
+        write_attribution(store, frame, name="causal_tracing", overwrite=overwrite)
+    return frame

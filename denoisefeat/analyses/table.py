@@ -15,6 +15,7 @@ string columns are stored as integer codes with their categories in the array at
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ import xarray as xr
 import zarr
 from statsmodels.stats.multitest import multipletests
 
-from denoisefeat.store import RunStore, StoreError
+from denoisefeat.store import Run, RunStore, StoreError
 
 __all__ = ["COLUMNS", "validate", "benjamini_hochberg", "write_attribution", "read_attribution", "to_xarray", "rank"]
 
@@ -120,11 +121,15 @@ def benjamini_hochberg(p) -> np.ndarray:
 
 
 def _open_store(store_or_path, mode: str) -> RunStore:
+    if isinstance(store_or_path, Run):
+        return store_or_path.store
     if isinstance(store_or_path, RunStore):
         return store_or_path
     if isinstance(store_or_path, (str, Path, zarr.Group)):
         return RunStore.open(store_or_path, mode=mode)
-    raise TypeError(f"Expected a RunStore, a zarr group or a path to a run store, got {type(store_or_path).__name__}.")
+    raise TypeError(
+        f"Expected a Run, a RunStore, a zarr group or a path to a run store, got {type(store_or_path).__name__}."
+    )
 
 
 def write_attribution(store_or_path, frame: pd.DataFrame, *, name: str = "default", overwrite: bool = False) -> None:
@@ -132,8 +137,8 @@ def write_attribution(store_or_path, frame: pd.DataFrame, *, name: str = "defaul
 
     Parameters
     ----------
-    store_or_path : RunStore, zarr.Group, str or path
-        An existing run store (opened with :meth:`denoisefeat.store.RunStore.open`).
+    store_or_path : Run, RunStore, zarr.Group, str or path
+        An existing run store (a path is opened with :meth:`denoisefeat.store.RunStore.open`).
     frame : pandas.DataFrame
         A valid attribution table (see :func:`validate`); extra columns are stored too.
     name : str
@@ -174,7 +179,7 @@ def write_attribution(store_or_path, frame: pd.DataFrame, *, name: str = "defaul
             array.attrs.update({"kind": "str", "categories": [str(c) for c in categories]})
         columns.append(column)
     group.attrs.update({"columns": columns, "n_rows": len(frame)})
-    store.finalize()  # re-consolidate, so readers of a finished store see the new table
+    store.finalize()  # re-consolidate: readers of a finished run see its metadata through the consolidated copy
 
 
 def _read_table(group: zarr.Group) -> pd.DataFrame:
@@ -194,7 +199,7 @@ def read_attribution(store_or_path, name: str | None = None) -> pd.DataFrame:
 
     Parameters
     ----------
-    store_or_path : RunStore, zarr.Group, str or path
+    store_or_path : Run, RunStore, zarr.Group, str or path
     name : str or None
         Table to read; ``None`` reads all of them, concatenated with a ``table`` column.
 
@@ -220,6 +225,26 @@ def read_attribution(store_or_path, name: str | None = None) -> pd.DataFrame:
     return _read_table(root[name])
 
 
+def _network_order(layer_order, layers: list[str]) -> list[str]:
+    """Layer names in network order from a pipeline/denoiser, LayerInfo list or name list."""
+    from denoisefeat.hooks.layers import LayerInfo, list_layers
+
+    if isinstance(layer_order, str):
+        raise TypeError("layer_order must be a sequence of names, not one name.")
+    if not isinstance(layer_order, Sequence):  # a pipeline or a denoiser
+        infos = list_layers(layer_order)
+        known = {info.name for info in infos}
+        unknown = [layer for layer in layers if layer not in known]
+        if unknown:
+            raise ValueError(f"The denoiser has no layers {unknown}; is the table from another model?")
+        layer_order = [info for info in infos if info.name in set(layers)]
+    items = list(layer_order)
+    if items and all(isinstance(item, LayerInfo) for item in items):
+        ran = sorted((i for i in items if i.order is not None), key=lambda i: i.order)
+        return [i.name for i in ran] + [i.name for i in items if i.order is None]
+    return [str(item) for item in items]
+
+
 def to_xarray(frame: pd.DataFrame, *, layer_order=None) -> xr.Dataset:
     """Pivot an attribution table into an :class:`xarray.Dataset`.
 
@@ -227,9 +252,11 @@ def to_xarray(frame: pd.DataFrame, *, layer_order=None) -> xr.Dataset:
     ----------
     frame : pandas.DataFrame
         A valid attribution table with one row per (feature, layer, window, method).
-    layer_order : sequence of str, optional
-        Network order of the layers (e.g. from :func:`denoisefeat.hooks.list_layers`);
-        by default the order of first appearance in ``frame`` (scans emit rows in network order).
+    layer_order : pipeline, torch.nn.Module, sequence of LayerInfo or sequence of str, optional
+        Network order of the layers: a pipeline or denoiser (execution order of a probe forward
+        pass, :func:`denoisefeat.hooks.list_layers`), ``list_layers`` output (sorted by ``order``)
+        or the names in order.  By default the order of first appearance in ``frame`` (the scans
+        emit rows in ``named_modules()`` order).
 
     Returns
     -------
@@ -247,12 +274,13 @@ def to_xarray(frame: pd.DataFrame, *, layer_order=None) -> xr.Dataset:
         raise ValueError("Duplicate (feature, layer, window, method) rows; aggregate or split the table first.")
     layers = list(pd.unique(frame["layer"]))
     if layer_order is not None:
-        order = list(layer_order)
+        order = _network_order(layer_order, layers)
         unknown = [layer for layer in layers if layer not in order]
         if unknown:
             raise ValueError(f"layer_order lacks layers {unknown}.")
         layers = [layer for layer in order if layer in set(layers)]
-    windows = frame[["window", "step_start", "step_stop"]].drop_duplicates("window").sort_values(["step_start", "step_stop"])
+    windows = frame[["window", "step_start", "step_stop"]].drop_duplicates("window")
+    windows = windows.sort_values(["step_start", "step_stop"])
     values = ["effect", "ci_low", "ci_high", "p", "p_adj", "n"]
     ds = xr.Dataset.from_dataframe(frame.set_index(keys)[values])
     ds = ds.reindex(
