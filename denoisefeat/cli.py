@@ -25,6 +25,9 @@ app = typer.Typer(
 )
 toy_app = typer.Typer(help="The DiffShapes toy model: train it, evaluate it.", no_args_is_help=True)
 app.add_typer(toy_app, name="toy")
+from denoisefeat.jobs.cli import app as jobs_app  # noqa: E402  (light: torch is imported per command)
+
+app.add_typer(jobs_app, name="jobs")
 
 console = Console(stderr=True)
 _DEBUG = {"on": False}
