@@ -186,6 +186,296 @@ def _sample_range(text: str | None) -> slice | None:
         raise ValueError(f"--samples {text!r}: write A:B (sample indices, B excluded), e.g. 0:8.") from None
 
 
+# ---------------------------------------------------------------------------------------------
+# Attribution: probes, ablation scans, causal tracing, statistics
+# ---------------------------------------------------------------------------------------------
+attribute_app = typer.Typer(
+    help="Which layers and step windows make edges, texture, shape and colour: ablation scans, causal "
+         "tracing (activation patching), correlation and regression.",
+    no_args_is_help=True,
+)
+app.add_typer(attribute_app, name="attribute")
+
+
+def _split(text: str | None) -> list[str] | None:
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _windows(text: str):
+    """``"5"`` → 5 equal windows; ``"0:5,5:20"`` → explicit half-open windows."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        pairs = [tuple(int(v) for v in part.split(":")) for part in text.split(",") if part.strip()]
+        if not pairs or any(len(pair) != 2 for pair in pairs):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--windows {text!r}: give a number of windows (5) or start:stop pairs (0:5,5:20).") from None
+    return pairs
+
+
+def _spec_defaults(ctx: typer.Context, value: Path | None) -> Path | None:
+    """``--spec FILE``: a TOML table of option values (keys as the long option names) used as defaults."""
+    if value is None or ctx.resilient_parsing:
+        return value
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+    try:
+        table = tomllib.loads(Path(value).read_text())
+    except (OSError, ValueError) as error:
+        raise typer.BadParameter(f"cannot read {value}: {error}") from None
+    table = table.get("attribute", table)  # a spec may hold its options under [attribute]
+    names = {param.name: param for param in ctx.command.params if param.name != "spec"}
+    defaults = {}
+    for key, item in table.items():
+        name = key.replace("-", "_")
+        if name not in names:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(names), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(names))}"
+            raise typer.BadParameter(f"unknown key {key!r} in {value}{hint}")
+        defaults[name] = [str(v) for v in item] if isinstance(item, list) else item
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+_SPEC_OPTION = typer.Option(
+    None, "--spec", is_eager=True, callback=_spec_defaults,
+    help="TOML file of option values (e.g. layer = [\"mid_block\"], windows = \"5\", model = \"toy\"); flags override it.",
+)
+
+
+def _scan_pipe(model: str | None, device: str, fp16: bool):
+    import torch
+
+    from denoisefeat.models import load_pipeline
+
+    if model is None:
+        raise ValueError("Say which model: denoisefeat attribute scan MODEL ... (or model = \"...\" in --spec).")
+    return load_pipeline(model, device=device, dtype=torch.float16 if fp16 else None)
+
+
+def _refuse_existing_table(store: Path, name: str, *, overwrite: bool) -> None:
+    """Fail before the work, not after it, when the table would not be written."""
+    from denoisefeat.analyses.table import read_attribution
+
+    if overwrite:
+        return
+    try:
+        read_attribution(store, name)
+    except KeyError:
+        return
+    raise ValueError(f"{store} already holds attribution/{name}; pass --overwrite to replace it.")
+
+
+def _print_top(frame, *, title: str, top: int) -> None:
+    from rich.markup import escape
+
+    from denoisefeat.analyses.table import rank
+
+    table = Table(title=title, title_justify="left")
+    for column in ("feature", "layer", "steps", "method", "effect", "95% CI", "p_adj"):
+        table.add_column(column, justify="right" if column in ("effect", "95% CI", "p_adj") else "left")
+    for feature in sorted(frame["feature"].unique()):
+        for row in rank(frame, feature=feature, top=top).itertuples():
+            table.add_row(escape(row.feature), escape(row.layer), f"{row.step_start}-{row.step_stop}",
+                          escape(row.method), f"{row.effect:+.4g}", f"[{row.ci_low:+.3g}, {row.ci_high:+.3g}]",
+                          f"{row.p_adj:.2g}", style=None if row.significant else "dim")
+    Console().print(table)
+
+
+def _run_options(label, prompt, samples, seed, steps, scheduler, guidance, batch_size, n_boot) -> dict:
+    return dict(class_labels=label or None, prompts=prompt or None, samples=samples, seed=seed, steps=steps,
+                scheduler=scheduler, guidance_scale=guidance, batch_size=batch_size, n_boot=n_boot)
+
+
+# Options shared by `attribute scan` and `attribute trace` (typer reuses an option object safely).
+_MODEL = typer.Argument(None, help="toy, tiny-*, a save_pretrained folder or a hub id (or model in --spec).")
+_WINDOWS = typer.Option("5", "--windows", help="Number of step windows, or start:stop pairs (0:5,5:20).")
+_FEATURES = typer.Option("edges,texture,shape,color", "--features", help="Feature groups or metric names.")
+_SAMPLES = typer.Option(None, "--samples", "-n", help="Samples (default: one per label/prompt, or 8).")
+_LABEL = typer.Option(None, "--label", "-l", help="Class label (repeat for several).")
+_PROMPT = typer.Option(None, "--prompt", "-p", help="Prompt (repeat for several).")
+_SEED = typer.Option(0, "--seed", help="Sample i uses seed + i.")
+_STEPS = typer.Option(20, "--steps", "-s", help="Inference steps.")
+_SCHEDULER = typer.Option(None, "--scheduler", help="ddim, ddpm, euler, heun, dpm++, unipc, flow-euler.")
+_GUIDANCE = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the pipeline's).")
+_BATCH_SIZE = typer.Option(8, "--batch-size", help="Samples per denoiser call.")
+_N_BOOT = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the CIs.")
+_DEVICE = typer.Option("cpu", "--device", help="cpu, cuda, mps …")
+_FP16 = typer.Option(False, "--fp16", help="Run the model in float16.")
+_OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing denoisefeat store.")
+_TOP = typer.Option(3, "--top", help="Rows per feature in the printed summary.")
+
+
+@attribute_app.command("scan")
+@_friendly
+def attribute_scan(
+    model: str = _MODEL,
+    out: Path = typer.Option(..., "--out", "-o", help="Store for the clean run and attribution/ablation."),
+    layer: list[str] = typer.Option(..., "--layer", help="Module path or glob to ablate (repeat for several)."),
+    windows: str = _WINDOWS,
+    method: list[str] = typer.Option(["zero"], "--method", help="zero, mean or resample (repeat for several)."),
+    features: str = _FEATURES,
+    samples: int = _SAMPLES,
+    label: list[int] = _LABEL,
+    prompt: list[str] = _PROMPT,
+    seed: int = _SEED,
+    steps: int = _STEPS,
+    scheduler: str = _SCHEDULER,
+    guidance: float = _GUIDANCE,
+    batch_size: int = _BATCH_SIZE,
+    n_boot: int = _N_BOOT,
+    device: str = _DEVICE,
+    fp16: bool = _FP16,
+    overwrite: bool = _OVERWRITE,
+    top: int = _TOP,
+    spec: Path = _SPEC_OPTION,
+) -> None:
+    """Ablate each layer in each step window; print and store the change of every final-image feature."""
+    from denoisefeat.analyses.ablation import ablation_scan
+
+    pipe = _scan_pipe(model, device, fp16)
+    frame = ablation_scan(
+        pipe, layers=list(layer), windows=_windows(windows), method=list(method), features=_split(features),
+        **_run_options(label, prompt, samples, seed, steps, scheduler, guidance, batch_size, n_boot),
+        store=out, overwrite=overwrite, progress=True,
+    )
+    calls = frame.attrs.get("denoiser_calls")
+    _print_top(frame, title=f"ablation scan → {out}/attribution/ablation ({len(frame)} rows, {calls} denoiser "
+                            "calls; dim rows: CI includes 0)", top=top)
+
+
+@attribute_app.command("trace")
+@_friendly
+def attribute_trace(
+    model: str = _MODEL,
+    out: Path = typer.Option(..., "--out", "-o", help="Store for the clean run and attribution/causal_tracing."),
+    layer: list[str] = typer.Option(..., "--layer", help="Module path or glob to restore (repeat for several)."),
+    windows: str = _WINDOWS,
+    corrupt: str = typer.Option("condition", "--corrupt", help="condition (other labels/prompts) or noise (other seeds)."),
+    corrupt_label: list[int] = typer.Option(None, "--corrupt-label", help="Corrupted class label (default: the null class)."),
+    corrupt_prompt: list[str] = typer.Option(None, "--corrupt-prompt", help="Corrupted prompt (default: empty)."),
+    corrupt_seed: int = typer.Option(None, "--corrupt-seed", help="First seed of the corrupted noise (--corrupt noise)."),
+    features: str = _FEATURES,
+    samples: int = _SAMPLES,
+    label: list[int] = _LABEL,
+    prompt: list[str] = _PROMPT,
+    seed: int = _SEED,
+    steps: int = _STEPS,
+    scheduler: str = _SCHEDULER,
+    guidance: float = _GUIDANCE,
+    batch_size: int = _BATCH_SIZE,
+    n_boot: int = _N_BOOT,
+    device: str = _DEVICE,
+    fp16: bool = _FP16,
+    overwrite: bool = _OVERWRITE,
+    top: int = _TOP,
+    spec: Path = _SPEC_OPTION,
+) -> None:
+    """Corrupt the run, restore one layer × window of clean activations at a time; print the recovered fraction."""
+    from denoisefeat.analyses.ablation import causal_trace
+
+    pipe = _scan_pipe(model, device, fp16)
+    frame = causal_trace(
+        pipe, layers=list(layer), windows=_windows(windows), corrupt=corrupt,
+        corrupt_class_labels=corrupt_label or None, corrupt_prompts=corrupt_prompt or None,
+        corrupt_seed=corrupt_seed, features=_split(features),
+        **_run_options(label, prompt, samples, seed, steps, scheduler, guidance, batch_size, n_boot),
+        store=out, overwrite=overwrite, progress=True,
+    )
+    _print_top(frame, title=f"causal tracing → {out}/attribution/causal_tracing ({len(frame)} rows; effect: "
+                            "fraction of the clean feature recovered)", top=top)
+
+
+@attribute_app.command("stats")
+@_friendly
+def attribute_stats(
+    store: Path = typer.Argument(..., help="A store with recorded activations (extract --record) and features (analyze)."),
+    method: str = typer.Option("correlation", "--method", help="correlation (Pearson/Spearman) or regression (statsmodels)."),
+    layers: str = typer.Option(None, "--layers", help="Recorded layers, comma-separated (default: all)."),
+    features: str = typer.Option(None, "--features", help="Feature variables of features/, comma-separated (default: the metrics)."),
+    stat: str = typer.Option("norm", "--stat", help="Activity per (sample, step): norm, mean or rms."),
+    kind: str = typer.Option(None, "--kind", help="correlation: pearson (default) or spearman; regression: ols (default) or mixedlm."),
+    windows: str = typer.Option("5", "--windows", help="regression: number of step windows or start:stop pairs."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="correlation: bootstrap resamples for the CIs."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a stored table of the same method."),
+    top: int = typer.Option(3, "--top", help="Rows per feature in the printed summary."),
+) -> None:
+    """Relate per-step layer activity to per-step feature change across samples (BH-corrected)."""
+    from denoisefeat.analyses.correlation import activity, correlate, feature_change
+    from denoisefeat.analyses.regression import regress
+    from denoisefeat.analyses.table import write_attribution
+    from denoisefeat.features import load_features
+    from denoisefeat.store import open_run
+
+    if method not in ("correlation", "regression"):
+        raise ValueError(f"--method must be correlation or regression, got {method!r}.")
+    run = open_run(store)
+    _refuse_existing_table(store, method, overwrite=overwrite)
+    names = _split(layers) or run.layers()
+    if not names:
+        raise ValueError(f"{store} has no recorded activations: trace it with `denoisefeat extract ... --record LAYER`.")
+    acts = {}
+    for name in names:  # under classifier-free guidance: the conditional branch
+        data = run.acts(name)
+        acts[name] = activity(data, stat=stat, branch="cond" if "branch" in data.dims else None)
+    feats = load_features(store)
+    scalar = [name for name in feats.data_vars if feats[name].dims == ("sample", "step")]  # one value per step
+    wanted = _split(features) or scalar
+    missing = [name for name in wanted if name not in scalar]
+    if missing:
+        raise ValueError(f"Unknown features {missing}; the store's per-step features are {scalar}.")
+    change = feature_change(feats[wanted])
+    if method == "correlation":
+        frame = correlate(acts, change, method=kind or "pearson", n_boot=n_boot)
+    else:
+        frame = regress(acts, change, model=kind or "ols", windows=_windows(windows))
+    write_attribution(store, frame, name=method, overwrite=overwrite)
+    _print_top(frame, title=f"{method} → {store}/attribution/{method} ({len(frame)} rows)", top=top)
+
+
+@app.command()
+@_friendly
+def probe(
+    store: Path = typer.Argument(..., help="A store with recorded activations (denoisefeat extract --record)."),
+    targets: str = typer.Option("all", "--targets", help="features (final-image metrics), labels (the conditioning) or all."),
+    metrics: str = typer.Option(None, "--metrics", help="Final-image metrics to probe, comma-separated (default: edges, texture, colour)."),
+    layers: str = typer.Option(None, "--layers", help="Recorded layers, comma-separated (default: all)."),
+    control: str = typer.Option("xt", "--control", help="Selectivity baseline: xt (a probe on x_t) or shuffled."),
+    window: int = typer.Option(1, "--window", help="Steps pooled per probe."),
+    cv: int = typer.Option(5, "--cv", help="Cross-validation folds (over samples)."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the CIs."),
+    seed: int = typer.Option(0, "--seed"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a stored probe table."),
+    top: int = typer.Option(3, "--top", help="Rows per target in the printed summary."),
+) -> None:
+    """Fit cross-validated linear probes per recorded layer × step; store and print their selectivity."""
+    from denoisefeat.analyses.table import write_attribution
+    from denoisefeat.probes import probe_table
+    from denoisefeat.probes.targets import final_feature_targets, label_targets
+    from denoisefeat.store import open_run
+
+    if targets not in ("features", "labels", "all"):
+        raise ValueError(f"--targets must be features, labels or all, got {targets!r}.")
+    run = open_run(store)
+    _refuse_existing_table(store, "probe", overwrite=overwrite)
+    wanted = {}
+    if targets in ("features", "all"):
+        wanted.update(final_feature_targets(run, metrics=_split(metrics)))
+    if targets in ("labels", "all") and (targets == "labels" or run.attrs.get("class_labels") is not None):
+        wanted.update(label_targets(run))
+    frame = probe_table(run, targets=wanted, layers=_split(layers), control=control, window=window,
+                        cv=cv, n_boot=n_boot, seed=seed)
+    write_attribution(store, frame, name="probe", overwrite=overwrite)
+    _print_top(frame, title=f"probes → {store}/attribution/probe ({len(frame)} rows; effect: selectivity over the "
+                            f"{control} control)", top=top)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
 

@@ -7,7 +7,9 @@
   mask), scored by IoU and F1;
 * :func:`xt_features`, :func:`random_init_acts` — control features: x_t itself, and a randomly
   initialised copy of the model;
-* :func:`probe_table` — probes over layers × step windows as an attribution table.
+* :func:`probe_table` — probes over layers × step windows as an attribution table;
+* :func:`final_feature_targets`, :func:`label_targets` — targets read from a run: properties of its
+  final images, and the labels it was conditioned on.
 
 Cross-validation always splits samples, never the steps of one sample.
 """
@@ -16,13 +18,17 @@ from denoisefeat.probes.controls import random_init_acts, xt_features
 from denoisefeat.probes.linear import DEFAULT_ALPHAS, KINDS, fit
 from denoisefeat.probes.pixelwise import fit_pixelwise
 from denoisefeat.probes.table import CONTROLS, probe_table
+from denoisefeat.probes.targets import DEFAULT_FEATURE_TARGETS, final_feature_targets, label_targets
 
 __all__ = [
     "CONTROLS",
     "DEFAULT_ALPHAS",
+    "DEFAULT_FEATURE_TARGETS",
     "KINDS",
     "fit",
+    "final_feature_targets",
     "fit_pixelwise",
+    "label_targets",
     "probe_table",
     "random_init_acts",
     "xt_features",
