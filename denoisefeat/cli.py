@@ -476,6 +476,30 @@ def probe(
                             f"{control} control)", top=top)
 
 
+@app.command()
+@_friendly
+def demo(
+    out: Path = typer.Option(Path("denoisefeat-demo"), "--out", "-o", help="Folder for demo.zarr and report.html."),
+    quick: bool = typer.Option(False, "--quick", help="A smaller study: about 2 minutes on 2 CPU cores (default ~10)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous demo in OUT."),
+) -> None:
+    """The whole study on the embedded toy model: trajectory, bands, features, probes, ablation, report."""
+    from rich.markup import escape
+
+    from denoisefeat.demo import FULL, QUICK, run_demo
+
+    settings = QUICK if quick else FULL
+    console.print(f"denoisefeat demo: {settings.samples} toy-model samples × {settings.steps} steps, ablation of "
+                  f"{settings.ablation_samples} samples × {settings.windows} step windows → {out}", highlight=False)
+    stages = {"trace": "1/5 generating and recording the UNet blocks", "features": "2/5 per-step features and bands",
+              "probes": "3/5 linear probes", "ablation": "4/5 ablation scan", "report": "5/5 HTML report"}
+    summary = run_demo(out, quick=quick, overwrite=overwrite, progress=True,
+                       on_stage=lambda name: console.print(f"[bold]{stages[name]}[/]"))
+    timing = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary.seconds.items())
+    Console(soft_wrap=True).print(escape(summary.text()), highlight=False)
+    console.print(f"time: {timing}", highlight=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
 
@@ -512,8 +536,8 @@ def toy_evaluate(
     checkpoint: Path = typer.Option(None, "--checkpoint", help="Evaluate a training run folder's latest checkpoint."),
     per_condition: int = typer.Option(2, "--samples-per-condition", help="Samples for each of the 120 conditions."),
     steps: int = typer.Option(50, "--steps", help="DDIM steps."),
-    guidance: float = typer.Option(3.0, "--guidance", help="Classifier-free guidance scale."),
-    eta: float = typer.Option(1.0, "--eta", help="DDIM eta (1: ancestral noise at every step)."),
+    guidance: float = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the model's, 1.5)."),
+    eta: float = typer.Option(0.0, "--eta", help="DDIM eta (0: deterministic DDIM, as the pipeline samples)."),
     seed: int = typer.Option(0, "--seed"),
     grid: Path = typer.Option(None, "--grid", help="Write a PNG grid of the first sample of every condition."),
     json_out: Path = typer.Option(None, "--json", help="Write the scores as JSON."),
@@ -543,6 +567,12 @@ def toy_evaluate(
 
         pipe = load_pipeline(model, dtype=torch.float32)
         unet, scheduler, source = pipe.unet, pipe.scheduler, model
+        if guidance is None:
+            guidance = pipe.config.default_guidance_scale
+    if guidance is None:
+        from denoisefeat.toy.train import DEFAULT_GUIDANCE_SCALE
+
+        guidance = DEFAULT_GUIDANCE_SCALE
     labels = np.repeat(np.arange(NUM_CONDITIONS), per_condition)
     with console.status(f"sampling {len(labels)} images × {steps} steps"):
         images = sample_toy(unet, scheduler, labels, steps=steps, guidance_scale=guidance, eta=eta, seed=seed)

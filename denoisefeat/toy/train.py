@@ -42,6 +42,7 @@ from safetensors.torch import load_file, save_file
 from denoisefeat.toy.diffshapes import NULL_LABEL, NUM_CONDITIONS, generate
 
 __all__ = [
+    "DEFAULT_GUIDANCE_SCALE",
     "TrainConfig",
     "build_unet",
     "build_scheduler",
@@ -52,6 +53,12 @@ __all__ = [
     "latest_checkpoint",
     "export",
 ]
+
+#: Classifier-free guidance of the shipped model and of its quality gate (50 DDIM steps, eta 0).
+#: Measured on the shipped run's 120 conditions: 1.0 (none) 0.93 / 0.95 / 0.74 shape / colour /
+#: texture accuracy, 1.5 0.98 / 0.97 / 0.74, 2.0 0.96 / 0.98 / 0.72, 3.0 0.53 / 0.62 / 0.53
+#: (strong guidance over-saturates this small model into empty or shrunken objects).
+DEFAULT_GUIDANCE_SCALE = 1.5
 
 _LATEST = "latest.json"
 _CHECKPOINTS = "checkpoints"
@@ -561,7 +568,7 @@ def export(
     out_dir: str | os.PathLike,
     weights_dir: str | os.PathLike,
     *,
-    guidance_scale: float = 3.0,
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     metadata: dict | None = None,
 ) -> Path:
     """Write the shipped pipeline from a run's latest checkpoint.
@@ -578,7 +585,8 @@ def export(
         Existing ``unet/`` and ``scheduler/`` folders are replaced; other
         files (the gate classifier) are kept.
     guidance_scale : float, optional
-        The pipeline's ``default_guidance_scale`` (what the quality gate uses).
+        The pipeline's ``default_guidance_scale`` (what the quality gate uses): default
+        :data:`DEFAULT_GUIDANCE_SCALE`.
     metadata : dict, optional
         Extra JSON-serialisable facts to record, e.g. the quality-gate scores.
 

@@ -1,0 +1,80 @@
+"""`denoisefeat demo --quick` end to end on the shipped toy model: store, report in a real browser, and a
+printed summary whose every claim matches the stored attribution table."""
+
+import re
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from denoisefeat.analyses.table import rank, read_attribution
+from denoisefeat.cli import app
+from denoisefeat.demo import DEMO_FEATURES, QUICK
+from denoisefeat.features import load_features
+from denoisefeat.models import TOY_WEIGHTS
+from denoisefeat.store import open_run
+
+pytestmark = pytest.mark.skipif(not (TOY_WEIGHTS / "model_index.json").is_file(),
+                                reason="the toy model's weights are not in this checkout")
+
+_DRIVER = re.compile(r"^\s+(\w+)\s+(\w+): (\S+) at steps (\d+)-(\d+) changes it by ([-+][\d.e+-]+) "
+                     r"\[([-+][\d.e+-]+), ([-+][\d.e+-]+)\], p_adj=([\d.e+-]+|nan)")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_store_holds_the_whole_study(demo):
+    out, _ = demo
+    run = open_run(out / "demo.zarr")
+    assert run.dataset.sizes["sample"] == QUICK.samples and run.dataset.sizes["step"] == QUICK.steps
+    assert {"down_blocks.0", "mid_block", "up_blocks.2"} <= set(run.layers())
+    feats = load_features(out / "demo.zarr")
+    assert {"edge_f1", "band_relative_error", "rapsd", "wavelet_energy"} <= set(feats.data_vars)
+    table = read_attribution(out / "demo.zarr")
+    assert set(table["table"]) == {"probe", "ablation"}
+    ablation = table[table["table"] == "ablation"]
+    assert set(ablation["feature"]) == set(DEMO_FEATURES.values())
+    assert ablation.groupby(["layer"]).size().eq(len(DEMO_FEATURES) * QUICK.windows).all()
+    assert {"shape", "color", "texture"} <= set(table.loc[table["table"] == "probe", "feature"])
+
+
+def test_summary_claims_match_the_stored_table(demo):
+    out, output = demo
+    ablation = read_attribution(out / "demo.zarr", "ablation")
+    claims = [m for m in map(_DRIVER.match, output.splitlines()) if m]
+    assert [m.group(1) for m in claims] == list(DEMO_FEATURES)
+    for m in claims:
+        family, feature, layer, start, stop = m.group(1), m.group(2), m.group(3), int(m.group(4)), int(m.group(5))
+        assert DEMO_FEATURES[family] == feature
+        best = rank(ablation, feature=feature, top=1).iloc[0]
+        assert (best["layer"], best["step_start"], best["step_stop"]) == (layer, start, stop)
+        assert float(m.group(6)) == pytest.approx(best["effect"], rel=2e-3, abs=1e-12)
+        assert float(m.group(7)) == pytest.approx(best["ci_low"], rel=2e-2, abs=1e-12)
+        assert float(m.group(8)) == pytest.approx(best["ci_high"], rel=2e-2, abs=1e-12)
+    bands = re.findall(r"^\s+(low|mid|high)\s+emerges at step ([\d.]+), stabilises at step ([\d.]+)", output, re.M)
+    assert [b[0] for b in bands] == ["low", "mid", "high"]
+    assert all(np.isfinite(float(b[2])) for b in bands)
+    assert str(out / "report.html") in output.replace("\n", "")
+
+
+def test_report_renders_in_a_browser(demo):
+    from test_report_browser import Browser, find_chromium  # the DevTools driver of the report tests
+
+    executable = find_chromium()
+    if executable is None:
+        pytest.skip("no Chromium/Chrome executable (Debian: apt-get install chromium; or set $CHROMIUM)")
+    out, _ = demo
+    html = out / "report.html"
+    figures = html.read_text().count('<figure class="dft-figure"')
+    assert figures >= 8
+    with Browser(executable, width=1280, height=1000) as page:
+        page.open(html.as_uri())
+        page.poll("Array.from(document.querySelectorAll('figure.dft-figure .js-plotly-plot'))"
+                  ".filter(function (g) { return g.querySelector('svg.main-svg'); }).length === " + str(figures))
+        assert page.errors() == []
