@@ -55,9 +55,9 @@ class DemoSettings:
 
 
 #: ``denoisefeat demo --quick``: about two minutes on two CPU cores.
-QUICK = DemoSettings(samples=24, steps=20, windows=4, ablation_samples=12, n_boot=500)
+QUICK = DemoSettings(samples=24, steps=20, windows=3, ablation_samples=8, n_boot=500)
 #: ``denoisefeat demo``: about ten minutes on two CPU cores.
-FULL = DemoSettings(samples=60, steps=50, windows=5, ablation_samples=24, n_boot=1000)
+FULL = DemoSettings(samples=48, steps=30, windows=5, ablation_samples=16, n_boot=1000)
 
 
 def demo_labels(n: int) -> list[int]:
@@ -226,7 +226,7 @@ def run_demo(out, *, quick: bool = False, overwrite: bool = False,
     labels = demo_labels(settings.samples)
     record = {block: "channel_mean" for block in _BLOCKS}
     timed("trace", lambda: trace(pipe, class_labels=labels, steps=settings.steps, seed=0, store=store,
-                                 record=record, overwrite=overwrite, batch_size=12))
+                                 record=record, overwrite=overwrite, batch_size=12, progress=progress))
     feats = timed("features", lambda: features(str(store), progress=progress))
     run = open_run(store)
 

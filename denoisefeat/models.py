@@ -212,7 +212,7 @@ def _load_folder(path: Path, *, dtype):
             "Pass the folder that pipeline.save_pretrained(...) wrote."
         )
     class_name = json.loads(index.read_text()).get("_class_name")
-    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    kwargs = _dtype_kwargs(dtype)
     if class_name == ClassConditionalImagePipeline.__name__:
         try:
             # safetensors only: a pickled (.bin) checkpoint is never unpickled.
@@ -229,8 +229,19 @@ def _load_folder(path: Path, *, dtype):
         raise ModelSourceError(f"Could not load the pipeline in {str(path)!r}: {error}") from error
 
 
+def _dtype_kwargs(dtype) -> dict:
+    """``from_pretrained``'s dtype argument: ``dtype`` from diffusers 0.42 on (``torch_dtype`` is deprecated there)."""
+    if dtype is None:
+        return {}
+    from packaging.version import Version
+
+    import diffusers
+
+    return {"dtype" if Version(diffusers.__version__).release >= (0, 42) else "torch_dtype": dtype}
+
+
 def _load_hub(repo_id: str, *, dtype):
-    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    kwargs = _dtype_kwargs(dtype)
     try:
         return DiffusionPipeline.from_pretrained(repo_id, **kwargs)
     except Exception as error:  # network errors come in many types (OSError, requests, httpx, hub errors)

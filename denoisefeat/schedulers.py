@@ -86,6 +86,19 @@ def make_scheduler(name_or_scheduler, *, base_config=None):
     -------
     scheduler : diffusers.SchedulerMixin
         A new scheduler with no timesteps set.
+
+    Warns
+    -----
+    UserWarning
+        ``base_config`` clips x̂0 (``clip_sample=True``, as pixel models trained on [-1, 1] images
+        often need at their first, nearly pure-noise steps) and the new scheduler cannot.
+
+    Notes
+    -----
+    Clipping carries over: where the base clips x̂0 to ``[-r, r]`` and the new class has dynamic
+    thresholding (DPM-Solver, UniPC), it is enabled with ``sample_max_value = r``: for ``r = 1``, the
+    usual case, that is exactly clipping x̂0 to [-1, 1] (the threshold is the 99.5 % quantile of |x̂0|
+    bounded to ``[1, r]``); for other ``r`` it is dynamic thresholding bounded by ``r``.
     """
     import diffusers
 
@@ -100,7 +113,29 @@ def make_scheduler(name_or_scheduler, *, base_config=None):
             f"Unknown scheduler {name_or_scheduler!r}.{hint} Known names: {', '.join(SCHEDULERS)} "
             "(or any diffusers scheduler class name)."
         )
-    return cls.from_config(base_config or {})
+    config = dict(base_config or {})
+    if config.get("clip_sample"):
+        import inspect
+
+        options = inspect.signature(cls.__init__).parameters  # what the class uses (from_config keeps the rest)
+        if "clip_sample" in options:
+            return cls.from_config(config)
+        if "thresholding" in options:
+            limit = float(config.get("clip_sample_range", 1.0))
+            ours = ("thresholding", "sample_max_value")  # not the base's defaults: from_config must keep them
+            defaults = [key for key in config.get("_use_default_values", ()) if key not in ours]
+            return cls.from_config({**config, "thresholding": True, "sample_max_value": limit,
+                                    "_use_default_values": defaults})
+        scheduler = cls.from_config(config)
+        import warnings
+
+        warnings.warn(
+            f"{class_name} cannot clip x̂0 as the model's scheduler does (clip_sample=True); on this model its "
+            "samples may diverge from the first, nearly pure-noise steps. Prefer 'ddim', 'ddpm', 'dpm++' or 'unipc'.",
+            UserWarning, stacklevel=2,
+        )
+        return scheduler
+    return cls.from_config(config)
 
 
 def scale_model_input(scheduler, sample: torch.Tensor, timestep) -> torch.Tensor:

@@ -92,3 +92,25 @@ def test_unsupported_scheduler_convention_is_refused():
 
     with pytest.raises(ValueError, match="does not know how LCMScheduler"):
         S.sample_convention(LCMScheduler())
+
+
+def test_clipping_carries_over_to_schedulers_that_threshold():
+    """A DDIM config that clips x̂0 (pixel models) gives DPM-Solver/UniPC the same clip, and warns for Euler."""
+    import warnings
+
+    import pytest
+    from diffusers import DDIMScheduler
+
+    base = DDIMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=True, timestep_spacing="trailing").config
+    for name in ("dpm++", "unipc"):
+        scheduler = S.make_scheduler(name, base_config=base)
+        assert scheduler.config.thresholding and scheduler.config.sample_max_value == 1.0
+        x0 = torch.linspace(-5, 5, 3 * 8 * 8).reshape(1, 3, 8, 8)
+        assert torch.equal(scheduler._threshold_sample(x0), x0.clamp(-1, 1))  # exactly the DDIM clip
+    assert S.make_scheduler("ddpm", base_config=base).config.clip_sample
+    with pytest.warns(UserWarning, match="cannot clip"):
+        S.make_scheduler("euler", base_config=base)
+    unclipped = DDIMScheduler(clip_sample=False).config
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not S.make_scheduler("dpm++", base_config=unclipped).config.thresholding
