@@ -231,10 +231,10 @@ def run_demo(out, *, quick: bool = False, overwrite: bool = False,
     run = open_run(store)
 
     def probes():
-        targets = {**label_targets(run), **final_feature_targets(run, metrics=["edge_density", "colorfulness"])}
+        targets = {**label_targets(run), **final_feature_targets(run, metrics=["edge_density"])}
         window = max(1, settings.steps // settings.windows)
-        # three ridge/logistic penalties instead of seven: a third of the fits, the same conclusions here
-        return probe_table(run, targets=targets, window=window, cv=4, alphas=(1.0, 100.0, 10_000.0),
+        # one fixed penalty on standardised activations (no inner search): ~20x fewer fits, minutes -> seconds
+        return probe_table(run, targets=targets, window=window, cv=4, alphas=(100.0,),
                            n_boot=min(settings.n_boot, 200), seed=0)
 
     write_attribution(store, timed("probes", probes), name="probe", overwrite=True)

@@ -233,3 +233,18 @@ def test_toy_model_colour_is_decodable_late_in_sampling():
                 record={"mid_block": "channel_mean"})
     result = probes.fit(run.acts("mid_block"), np.array(colours), cv=4, n_boot=0, control=probes.xt_features(run))
     assert float(result["score"].isel(step=-1)) > 0.9
+
+
+def test_one_fixed_penalty_skips_the_inner_search():
+    """A single alpha fits one ridge / logistic model per fold (no inner CV) and still finds the signal."""
+    rng = np.random.default_rng(11)
+    n = 40
+    a = rng.normal(size=(n, 1, 6))
+    y = a[:, 0, 2] * 3 + rng.normal(scale=0.1, size=n)
+    acts = xr.DataArray(a, dims=("sample", "step", "channel"))
+    for alphas in ((10.0,), 10.0):
+        result = probes.fit(acts, y, alphas=alphas, n_boot=0)
+        assert float(result["score"].squeeze()) > 0.9
+    labels = np.where(a[:, 0, 4] > 0, "warm", "cold")
+    result = probes.fit(acts, labels, alphas=(1.0,), n_boot=0)
+    assert float(result["score"].squeeze()) > 0.85

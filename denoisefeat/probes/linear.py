@@ -148,7 +148,7 @@ def sample_folds(groups, y_per_sample, *, cv: int, stratify: bool, seed: int) ->
 # ---------------------------------------------------------------------------------------------
 def _estimator(kind: str, alphas: Sequence[float], rows_group: np.ndarray):
     """A standardise-then-fit pipeline whose α is chosen on the training rows, grouped like the outer CV."""
-    from sklearn.linear_model import LogisticRegression, RidgeCV
+    from sklearn.linear_model import LogisticRegression, Ridge, RidgeCV
     from sklearn.model_selection import GridSearchCV, GroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -156,6 +156,8 @@ def _estimator(kind: str, alphas: Sequence[float], rows_group: np.ndarray):
     n_groups = len(np.unique(rows_group))
     inner = min(3, n_groups)
     splits = list(GroupKFold(n_splits=inner).split(rows_group, groups=rows_group)) if inner >= 2 else None
+    if kind == "ridge" and len(alphas) == 1:
+        return make_pipeline(StandardScaler(), Ridge(alpha=float(alphas[0])))
     if kind == "ridge":
         # With one row per group, RidgeCV's efficient leave-one-out *is* grouped.
         cv = None if n_groups == len(rows_group) or splits is None else splits
