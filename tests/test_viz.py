@@ -25,8 +25,6 @@ from denoisefeat.viz import (
     compare_runs,
     correlation_heatmap,
     emergence_curves,
-    profile_names,
-    progress,
     rapsd_curves,
     rapsd_heatmap,
     selectivity_map,
@@ -193,18 +191,32 @@ def _normalised(curve):
     return (curve - curve[0]) / (curve[-1] - curve[0])
 
 
-def test_progress_is_direction_aware_and_constant_safe():
-    feats = _synthetic_features()
-    p = progress(feats["edge_density"])  # decreasing in value, but progress still rises 0 → 1
-    np.testing.assert_allclose(p.values, np.broadcast_to(_normalised(_sigmoid(7, np.arange(11))), p.shape),
-                               atol=1e-12)
-    assert np.all(progress(feats["flat"]).values == 1.0)
+def test_curves_are_the_progress_temporal_measures_markers_on():
+    """Unbounded distances (ΔE) go through 1/(1+d) in temporal.profiles: the drawn curve must too."""
+    from denoisefeat.temporal import profiles as measure
+
+    steps = np.arange(9)
+    distance = 30.0 * (1 - _sigmoid(3, steps))[None, :] * np.array([[1.0], [2.0], [0.5]])
+    feats = xr.Dataset({"delta_e2000": (("sample", "step"), distance)}, coords={"step": steps})
+    feats["delta_e2000"].attrs.update(range=[0.0, np.inf], direction="lower is closer to the final image")
+    prof = measure(feats, n_boot=0)
+    line = emergence_curves(feats, n_boot=0, profiles=prof).data[1]
+    expected = np.median(prof["progress"].sel(profile="delta_e2000").values, axis=0)
+    np.testing.assert_allclose(line.y, expected)
+    linear = np.median((distance - distance[:, :1]) / (distance[:, -1:] - distance[:, :1]), axis=0)
+    assert not np.allclose(line.y, linear)  # the old linear normalisation differs
+    marker = emergence_curves(feats, n_boot=0, profiles=prof).data[2]
+    emergence = float(np.median(prof["emergence"].sel(profile="delta_e2000")))
+    assert marker.x[0] == emergence and marker.y[0] == pytest.approx(np.interp(emergence, steps, line.y))
+    assert line.y[int(emergence)] >= 0.5
 
 
-def test_profile_names_expand_bands():
-    assert profile_names(_synthetic_features()) == [
+def test_curves_cover_band_profiles_and_constant_features():
+    fig = emergence_curves(_synthetic_features(), n_boot=0)
+    assert [t.name for t in fig.data[1::2]] == [
         "ssim", "edge_density", "band_relative_error[low]", "band_relative_error[mid]", "band_relative_error[high]",
         "flat"]
+    assert np.all(fig.data[-1].y == 1.0)  # a constant feature is already where it ends
 
 
 def test_emergence_curves_median_ci_and_markers():

@@ -19,7 +19,7 @@ Modules: :mod:`~denoisefeat.viz.trajectory` (x̂0 over steps, band-pass images, 
 from denoisefeat.viz.activations import activation_change, activation_change_heatmap
 from denoisefeat.viz.attribution import attribution_heatmap, correlation_heatmap, selectivity_map
 from denoisefeat.viz.export import StaticExportError, write_static
-from denoisefeat.viz.profiles import compare_runs, emergence_curves, profile_names, progress
+from denoisefeat.viz.profiles import compare_runs, emergence_curves
 from denoisefeat.viz.report import build_report
 from denoisefeat.viz.style import apply_style
 from denoisefeat.viz.trajectory import band_pass_grid, rapsd_curves, rapsd_heatmap, step_image_grid, wavelet_heatmap
@@ -35,8 +35,6 @@ __all__ = [
     "compare_runs",
     "correlation_heatmap",
     "emergence_curves",
-    "profile_names",
-    "progress",
     "rapsd_curves",
     "rapsd_heatmap",
     "selectivity_map",

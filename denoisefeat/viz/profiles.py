@@ -4,11 +4,11 @@ A *profile* is one feature trajectory per sample: a variable of a features Datas
 ``(sample, step)`` (``ssim``, ``edge_density`` …), or one band of a ``(sample, step, band)`` variable,
 named ``variable[band]`` (``band_relative_error[low]``), as in :func:`denoisefeat.temporal.profiles`.
 
-Curves show the *normalised progress* of a profile,
-``p(step) = (f(step) − f(first step)) / (f(last step) − f(first step))``: 0 at the first step, 1 at
-the final one, whichever way the feature moves.  A sample whose feature does not change
-(``|f(last) − f(first)|`` below ``1e-12`` of its scale) has ``p = 1`` at every step: it is already
-where it ends.  Time is the step index or the normalised time ``t/T = step / (T − 1)`` (0 at the
+Curves show the *normalised progress* of a profile exactly as :func:`denoisefeat.temporal.profiles`
+measures it (its ``progress`` variable, so the emergence and stabilisation markers sit on the
+curves): ``p(step) = (f(step) − f(first step)) / (f(last step) − f(first step))``, 0 at the first
+step and 1 at the final one whichever way the feature moves, with unbounded distances (ΔE, Hu
+moments) mapped through ``1/(1+d)`` first and a constant trajectory at ``p = 1``.  Time is the step index or the normalised time ``t/T = step / (T − 1)`` (0 at the
 first step, 1 at the last), which puts runs with different step counts on one axis.
 """
 
@@ -23,94 +23,18 @@ from plotly.subplots import make_subplots
 
 from denoisefeat.viz.style import apply_style, axis_title, color_for, escape
 
-__all__ = ["compare_runs", "emergence_curves", "profile_names", "progress"]
+__all__ = ["compare_runs", "emergence_curves"]
 
 _X_CHOICES = ("step", "t/T")
 
 
-def profile_names(features: xr.Dataset) -> list[str]:
-    """The profiles a features Dataset holds: its (sample, step) variables and ``variable[band]``.
+def _curves(features: xr.Dataset, variables) -> xr.DataArray:
+    """Normalised progress ``(profile, sample, step)`` of :func:`denoisefeat.temporal.profiles`."""
+    from denoisefeat.temporal import profiles
 
-    Parameters
-    ----------
-    features : xarray.Dataset
-
-    Returns
-    -------
-    list of str
-    """
-    names = []
-    for name, var in features.data_vars.items():
-        dims = set(var.dims)
-        if dims == {"sample", "step"}:
-            names.append(str(name))
-        elif dims == {"sample", "step", "band"}:
-            bands = var["band"].values if "band" in var.coords else range(var.sizes["band"])
-            names.extend(f"{name}[{band}]" for band in bands)
-    return names
-
-
-def _profile(features: xr.Dataset, name: str) -> xr.DataArray:
-    """One profile as a (sample, step) DataArray."""
     if not isinstance(features, xr.Dataset):
         raise TypeError(f"features must be an xarray.Dataset, got {type(features).__name__}")
-    available = profile_names(features)
-    if name not in available:
-        import difflib
-
-        close = difflib.get_close_matches(name, available, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise KeyError(f"no profile {name!r} in the features.{hint} Available: {', '.join(available) or 'none'}.")
-    if name in features.data_vars:
-        return features[name].transpose("sample", "step")
-    variable, band = name[:-1].split("[", 1)
-    var = features[variable]
-    if "band" in var.coords:
-        position = [str(b) for b in var["band"].values].index(band)
-    else:
-        position = int(band)
-    return var.isel(band=position, drop=True).transpose("sample", "step").rename(name)
-
-
-def _expand(features: xr.Dataset, variables) -> list[str]:
-    if variables is None:
-        names = profile_names(features)
-        if not names:
-            raise ValueError("the features Dataset holds no (sample, step) or (sample, step, band) variable")
-        return names
-    if isinstance(variables, str):
-        variables = [variables]
-    out = []
-    for v in variables:
-        var = features.data_vars.get(v)
-        if var is not None and set(var.dims) == {"sample", "step", "band"}:
-            out.extend(profile_names(features[[v]]))
-        else:
-            _profile(features, v)  # raises for unknown names
-            out.append(v)
-    return out
-
-
-def progress(values: xr.DataArray) -> xr.DataArray:
-    """Normalised progress of each sample's trajectory (see the module notes).
-
-    Parameters
-    ----------
-    values : xarray.DataArray
-        Dims ``(sample, step)``.
-
-    Returns
-    -------
-    xarray.DataArray
-        Same dims; 0 at the first step, 1 at the last; 1 everywhere for a constant trajectory.
-    """
-    values = values.transpose("sample", "step").astype(np.float64)
-    first, last = values.isel(step=0), values.isel(step=-1)
-    span = last - first
-    scale = np.maximum(1.0, abs(values).max("step"))
-    flat = abs(span) <= 1e-12 * scale
-    p = (values - first) / span.where(~flat, 1.0)
-    return p.where(~flat, 1.0).where(values.notnull())
+    return profiles(features, variables=variables, n_boot=0)["progress"]
 
 
 def _time(steps: np.ndarray, x: str) -> np.ndarray:
@@ -231,12 +155,12 @@ def emergence_curves(features: xr.Dataset, *, variables=None, profiles: xr.Datas
         median of :func:`progress` over samples, ``customdata`` the CI); then the markers.
     """
     _check(x, ci)
-    names = _expand(features, variables)
+    curves = _curves(features, variables)
     fig = go.Figure()
     markers = []
-    for i, name in enumerate(names):
-        p = progress(_profile(features, name))
-        steps = p["step"].values if "step" in p.coords else np.arange(p.sizes["step"])
+    for i, name in enumerate(curves["profile"].values.tolist()):
+        p = curves.sel(profile=name)
+        steps = p["step"].values
         t = _time(steps, x)
         median, low, high = _median_ci(p.values, ci=ci, n_boot=n_boot, seed=seed)
         colour = color_for(i)
@@ -280,15 +204,15 @@ def compare_runs(runs: Mapping[str, xr.Dataset], *, variables, ci: float = 0.95,
         raise ValueError("runs must be a non-empty mapping {label: features Dataset}")
     labels = list(runs)
     first = runs[labels[0]]
-    names = _expand(first, variables)
+    names = _curves(first, variables)["profile"].values.tolist()
     ncols = min(3, len(names)) if ncols is None else int(ncols)
     nrows = -(-len(names) // ncols)
     fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=[escape(n) for n in names], shared_yaxes=True,
                         horizontal_spacing=0.04, vertical_spacing=0.12 if nrows > 1 else 0.0)
     for j, name in enumerate(names):
         for i, label in enumerate(labels):
-            p = progress(_profile(runs[label], name))
-            steps = p["step"].values if "step" in p.coords else np.arange(p.sizes["step"])
+            p = _curves(runs[label], name).sel(profile=name)
+            steps = p["step"].values
             median, low, high = _median_ci(p.values, ci=ci, n_boot=n_boot, seed=seed)
             for trace in _curve_traces(_time(steps, "t/T"), median, low, high, name=str(label),
                                        colour=color_for(i), group=str(label), hover="t/T", showlegend=j == 0):

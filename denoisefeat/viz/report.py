@@ -36,7 +36,8 @@ import xarray as xr
 from denoisefeat.viz.activations import activation_change_heatmap
 from denoisefeat.viz.attribution import attribution_heatmap, correlation_heatmap, selectivity_map
 from denoisefeat.viz.export import write_static
-from denoisefeat.viz.profiles import emergence_curves, profile_names
+from denoisefeat.temporal import profile_names
+from denoisefeat.viz.profiles import emergence_curves
 from denoisefeat.viz.style import escape
 from denoisefeat.viz.trajectory import (
     _gray,
