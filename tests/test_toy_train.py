@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from denoisefeat.models import ClassConditionalImagePipeline, load_pipeline
 from denoisefeat.toy.diffshapes import NULL_LABEL, NUM_CONDITIONS
 from denoisefeat.toy.train import (
+    DEFAULT_GUIDANCE_SCALE,
     TrainConfig,
     build_sampling_scheduler,
     build_scheduler,
@@ -79,7 +80,7 @@ def test_export_is_fp16_safetensors_loadable(uninterrupted, tmp_path):
     assert TrainConfig.from_json(record["config"]) == TINY
     pipe = load_pipeline(weights)
     assert isinstance(pipe, ClassConditionalImagePipeline) and pipe.null_class == NULL_LABEL
-    assert pipe.config.default_guidance_scale == 3.0
+    assert pipe.config.default_guidance_scale == DEFAULT_GUIDANCE_SCALE == 1.5
     tensors = load_file(weights / "unet" / "diffusion_pytorch_model.safetensors")
     assert {t.dtype for t in tensors.values()} == {torch.float16}
     unet = UNet2DModel.from_pretrained(weights / "unet", torch_dtype=torch.float32)
