@@ -480,7 +480,7 @@ def probe(
 @_friendly
 def demo(
     out: Path = typer.Option(Path("denoisefeat-demo"), "--out", "-o", help="Folder for demo.zarr and report.html."),
-    quick: bool = typer.Option(False, "--quick", help="A smaller study: about 2 minutes on 2 CPU cores (default ~10)."),
+    quick: bool = typer.Option(False, "--quick", help="A smaller study: about 3 minutes on 2 CPU cores (default: about 5)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous demo in OUT."),
 ) -> None:
     """The whole study on the embedded toy model: trajectory, bands, features, probes, ablation, report."""
