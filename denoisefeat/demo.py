@@ -81,6 +81,9 @@ class DemoSummary:
     drivers : pandas.DataFrame
         Per feature family: the block and step window whose ablation moved its metric most (among
         those whose CI excludes 0, if any), with the effect, its CI and adjusted p.
+    windows : pandas.DataFrame
+        Per feature family: the step window whose ablation moves its metric most across blocks
+        (largest median over blocks of ``|effect|``): when the feature is made, whichever block.
     bands : pandas.DataFrame
         Median emergence and stabilisation step of the low, mid and high frequency bands.
     probes : pandas.DataFrame
@@ -92,6 +95,7 @@ class DemoSummary:
     store: Path
     report: Path
     drivers: pd.DataFrame
+    windows: pd.DataFrame
     bands: pd.DataFrame
     probes: pd.DataFrame
     seconds: dict[str, float] = field(default_factory=dict)
@@ -107,6 +111,10 @@ class DemoSummary:
             lines.append(f"  {row.family:<7} {row.feature}: {row.layer} at steps {row.step_start}-{row.step_stop} "
                          f"changes it by {row.effect:+.3g} [{row.ci_low:+.3g}, {row.ci_high:+.3g}], "
                          f"p_adj={row.p_adj:.2g}{sig}")
+        lines.append("When each feature is made (the step window whose ablation matters most, median over blocks):")
+        for row in self.windows.itertuples():
+            lines.append(f"  {row.family:<7} {row.feature}: steps {row.step_start}-{row.step_stop} "
+                         f"(median |change| {row.median_abs_effect:.3g} vs {row.other_windows:.3g} in the other windows)")
         if len(self.probes):
             lines.append("Where a linear probe reads each target best (selectivity over the x_t control):")
             for row in self.probes.itertuples():
@@ -146,6 +154,16 @@ def summarize(store, *, report: Path | None = None) -> DemoSummary:
                      "ci_high": float(best["ci_high"]), "p_adj": float(best["p_adj"]),
                      "significant": bool(best["significant"])})
     drivers = pd.DataFrame(rows)
+    timing = []
+    for family, feature in DEMO_FEATURES.items():
+        rows_ = ablation[ablation["feature"] == feature]
+        per_window = rows_["effect"].abs().groupby([rows_["step_start"], rows_["step_stop"]]).median()
+        (start, stop), best = per_window.idxmax(), float(per_window.max())
+        timing.append({"family": family, "feature": feature, "step_start": int(start), "step_stop": int(stop),
+                       "median_abs_effect": best,
+                       "other_windows": float(per_window.drop((start, stop)).median()) if len(per_window) > 1
+                       else float("nan")})
+    windows = pd.DataFrame(timing)
 
     feats = load_features(store)
     prof = profiles(feats, variables="band_relative_error", n_boot=0)
@@ -167,7 +185,7 @@ def summarize(store, *, report: Path | None = None) -> DemoSummary:
                                "step_stop": int(best["step_stop"]), "effect": float(best["effect"]),
                                "ci_low": float(best["ci_low"]), "ci_high": float(best["ci_high"])})
     return DemoSummary(store=store, report=report if report is not None else store.parent / "report.html",
-                       drivers=drivers, bands=bands, probes=pd.DataFrame(probe_rows))
+                       drivers=drivers, windows=windows, bands=bands, probes=pd.DataFrame(probe_rows))
 
 
 def run_demo(out, *, quick: bool = False, overwrite: bool = False,

@@ -57,6 +57,15 @@ def test_summary_claims_match_the_stored_table(demo):
         assert float(m.group(6)) == pytest.approx(best["effect"], rel=2e-3, abs=1e-12)
         assert float(m.group(7)) == pytest.approx(best["ci_low"], rel=2e-2, abs=1e-12)
         assert float(m.group(8)) == pytest.approx(best["ci_high"], rel=2e-2, abs=1e-12)
+    timing = re.findall(r"^\s+(\w+)\s+(\w+): steps (\d+)-(\d+) \(median \|change\| ([\d.e+-]+) vs ([\d.e+-]+|nan) "
+                        r"in the other windows\)", output, re.M)
+    assert [t[0] for t in timing] == list(DEMO_FEATURES)
+    for family, feature, start, stop, value, others in timing:
+        rows = ablation[ablation["feature"] == feature]
+        per_window = rows["effect"].abs().groupby([rows["step_start"], rows["step_stop"]]).median()
+        assert per_window.idxmax() == (int(start), int(stop))
+        assert float(value) == pytest.approx(per_window.max(), rel=2e-3)
+        assert float(others) == pytest.approx(per_window.drop((int(start), int(stop))).median(), rel=2e-3)
     bands = re.findall(r"^\s+(low|mid|high)\s+emerges at step ([\d.]+), stabilises at step ([\d.]+)", output, re.M)
     assert [b[0] for b in bands] == ["low", "mid", "high"]
     assert all(np.isfinite(float(b[2])) for b in bands)
