@@ -261,15 +261,10 @@ def _scan_pipe(model: str | None, device: str, fp16: bool):
 
 def _refuse_existing_table(store: Path, name: str, *, overwrite: bool) -> None:
     """Fail before the work, not after it, when the table would not be written."""
-    from denoisefeat.analyses.table import read_attribution
+    from denoisefeat.analyses.table import attribution_names
 
-    if overwrite:
-        return
-    try:
-        read_attribution(store, name)
-    except KeyError:
-        return
-    raise ValueError(f"{store} already holds attribution/{name}; pass --overwrite to replace it.")
+    if not overwrite and name in attribution_names(store):
+        raise ValueError(f"{store} already holds attribution/{name}; pass --overwrite to replace it.")
 
 
 def _print_top(frame, *, title: str, top: int) -> None:

@@ -139,7 +139,7 @@ def summarize(store, *, report: Path | None = None) -> DemoSummary:
     -------
     DemoSummary
     """
-    from denoisefeat.analyses.table import rank, read_attribution
+    from denoisefeat.analyses.table import attribution_names, rank, read_attribution
     from denoisefeat.features import load_features
     from denoisefeat.temporal import profiles
 
@@ -173,10 +173,7 @@ def summarize(store, *, report: Path | None = None) -> DemoSummary:
         for band in feats["band"].values
     ])
 
-    try:
-        probe = read_attribution(store, "probe")
-    except KeyError:
-        probe = None
+    probe = read_attribution(store, "probe") if "probe" in attribution_names(store) else None
     probe_rows = []
     if probe is not None:
         for feature in sorted(probe["feature"].unique()):

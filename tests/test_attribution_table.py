@@ -126,3 +126,17 @@ def test_to_xarray_orders_layers_by_execution(tiny_pipes):
         table.to_xarray(frame.head(1).assign(layer="nope"), layer_order=pipe)
     with pytest.raises(ValueError, match="lacks layers"):
         table.to_xarray(frame, layer_order=["conv_in"])
+
+
+def test_attribution_names_list_the_stored_tables(tmp_path):
+    import denoisefeat as dft
+    from denoisefeat.analyses.table import attribution_names
+
+    run = dft.trace(dft.load_pipeline("tiny-unet"), samples=2, steps=2, seed=0, store=tmp_path / "r.zarr")
+    assert attribution_names(run) == []
+    frame = pd.DataFrame({"feature": ["f"], "layer": ["mid_block"], "step_start": [0], "step_stop": [2],
+                          "method": ["m"], "effect": [0.5], "ci_low": [0.1], "ci_high": [0.9], "p": [0.01],
+                          "p_adj": [0.01], "n": [2]})
+    table.write_attribution(run, frame, name="b")
+    table.write_attribution(run, frame, name="a")
+    assert attribution_names(tmp_path / "r.zarr") == ["a", "b"]

@@ -3,7 +3,7 @@
 * :func:`ablation_scan` — ablate each layer in each step window, measure the feature change;
 * :func:`causal_trace` — restore clean activations in a corrupted run (activation patching);
 * :mod:`~denoisefeat.analyses.table` — the shared attribution table: :func:`validate`,
-  :func:`write_attribution` / :func:`read_attribution` (run store), :func:`to_xarray`, :func:`rank`,
+  :func:`write_attribution` / :func:`read_attribution` / :func:`attribution_names` (run store), :func:`to_xarray`, :func:`rank`,
   :func:`benjamini_hochberg`;
 * ``correlate``, ``feature_change`` (:mod:`~denoisefeat.analyses.correlation`) and ``regress``
   (:mod:`~denoisefeat.analyses.regression`), imported on first use.
@@ -24,6 +24,7 @@ from denoisefeat.analyses.ablation import (
 )
 from denoisefeat.analyses.table import (
     COLUMNS,
+    attribution_names,
     benjamini_hochberg,
     rank,
     read_attribution,
@@ -43,6 +44,7 @@ __all__ = [
     "resolve_features",
     "step_windows",
     "COLUMNS",
+    "attribution_names",
     "benjamini_hochberg",
     "rank",
     "read_attribution",

@@ -380,6 +380,22 @@ def _finish(rows: list[dict]) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 # Ablation scan
 # ---------------------------------------------------------------------------------------------
+def _sweeps(loop: _Loop, edits: Sequence[tuple[Edit, int]], *, cache: bool, progress: bool):
+    """Final images of the unedited sweep, then of one sweep per ``(edit, first edited step)``.
+
+    With ``cache`` the unedited sweep saves its state at every first edited step and each edited
+    sweep starts there (its prefix is the unedited one); without it every sweep runs from step 0.
+    ``loop.calls`` counts the denoiser calls; the progress bar spans the planned ones.
+    """
+    starts = [start for _, start in edits]
+    planned, _ = _planned_calls(loop.n_steps, len(loop.chunks), starts, cache)
+    with _progress(progress, total=planned) as advance:
+        loop.advance = advance
+        yield _as_images(loop.sweep(save=sorted(set(starts)) if cache else ()))
+        for edit, start in edits:
+            yield _as_images(loop.sweep(edits=[edit], start=start if cache else 0))
+
+
 def ablation_scan(
     pipe,
     *,
@@ -460,26 +476,23 @@ def ablation_scan(
     loop = _Loop(pipe, request, scheduler_, batch_size=batch_size)
     pairs = step_windows(windows, loop.n_steps)
     configs = [(layer, pair, m) for layer in layer_names for pair in pairs for m in methods]
-    starts = sorted({start for start, _ in pairs})
-    planned, uncached = _planned_calls(loop.n_steps, len(loop.chunks), [p[0] for _, p, _ in configs], cache)
+    _, uncached = _planned_calls(loop.n_steps, len(loop.chunks), [p[0] for _, p, _ in configs], cache)
     if store is not None:
         trace(pipe, samples=samples, prompts=prompts, class_labels=class_labels, seed=seed, steps=steps,
               scheduler=scheduler, guidance_scale=guidance_scale, batch_size=batch_size, store=store,
               overwrite=overwrite)
-    with _progress(progress, total=planned) as advance:
-        loop.advance = advance
-        clean = _as_images(loop.sweep(save=starts if cache else ()))
-        base = _features(clean, clean, names)
-        rows = []
-        for layer, (start, stop), m in configs:
-            edit = Edit(layer=layer, method=m, steps=range(start, stop))
-            ablated = _as_images(loop.sweep(edits=[edit], start=start if cache else 0))
-            values = _features(ablated, clean, names)
-            for name in names:
-                effect, low, high, p, n = _paired_summary(values[name] - base[name], n_boot=n_boot)
-                rows.append(dict(feature=name, layer=layer, step_start=start, step_stop=stop,
-                                 method=f"ablation:{m}", effect=effect, ci_low=low, ci_high=high, p=p, n=n,
-                                 baseline=float(np.mean(base[name]))))
+    edits = [(Edit(layer=layer, method=m, steps=range(start, stop)), start) for layer, (start, stop), m in configs]
+    sweeps = _sweeps(loop, edits, cache=cache, progress=progress)
+    clean = next(sweeps)
+    base = _features(clean, clean, names)
+    rows = []
+    for (layer, (start, stop), m), ablated in zip(configs, sweeps, strict=True):
+        values = _features(ablated, clean, names)
+        for name in names:
+            effect, low, high, p, n = _paired_summary(values[name] - base[name], n_boot=n_boot)
+            rows.append(dict(feature=name, layer=layer, step_start=start, step_stop=stop,
+                             method=f"ablation:{m}", effect=effect, ci_low=low, ci_high=high, p=p, n=n,
+                             baseline=float(np.mean(base[name]))))
     frame = _finish(rows)
     frame.attrs.update(denoiser_calls=loop.calls, denoiser_calls_uncached=uncached)
     if store is not None:
@@ -637,26 +650,24 @@ def causal_trace(
                       record={layer: "full" for layer in layer_names}, record_steps=window_steps,
                       keep=("xt", "x0", "images") if store is not None else (), store=store, overwrite=overwrite)
     configs = [(layer, pair) for layer in layer_names for pair in pairs]
-    starts = sorted({start for start, _ in pairs})
-    planned, uncached = _planned_calls(loop.n_steps, len(loop.chunks), [p[0] for _, p in configs], cache)
+    _, uncached = _planned_calls(loop.n_steps, len(loop.chunks), [p[0] for _, p in configs], cache)
     clean = _as_images(clean_run["final"].values)
-    with _progress(progress, total=planned) as advance:
-        loop.advance = advance
-        corrupted = _as_images(loop.sweep(save=starts if cache else ()))
-        f_clean = _features(clean, clean, names)
-        f_bad = _features(corrupted, clean, names)
-        rows = []
-        for layer, (start, stop) in configs:
-            edit = Edit(layer=layer, method="patch", steps=range(start, stop), source=clean_run)
-            patched = _as_images(loop.sweep(edits=[edit], start=start if cache else 0))
-            f_patched = _features(patched, clean, names)
-            for name in names:
-                restored = f_patched[name] - f_bad[name]
-                effect, low, high, p, n = _ratio_summary(restored, f_clean[name] - f_bad[name], n_boot=n_boot)
-                rows.append(dict(feature=name, layer=layer, step_start=start, step_stop=stop,
-                                 method="causal_tracing", effect=effect, ci_low=low, ci_high=high, p=p, n=n,
-                                 baseline=float(np.mean(f_clean[name])), corrupted=float(np.mean(f_bad[name])),
-                                 restored=float(np.mean(restored)), corruption=corrupt))
+    edits = [(Edit(layer=layer, method="patch", steps=range(start, stop), source=clean_run), start)
+             for layer, (start, stop) in configs]
+    sweeps = _sweeps(loop, edits, cache=cache, progress=progress)
+    corrupted = next(sweeps)
+    f_clean = _features(clean, clean, names)
+    f_bad = _features(corrupted, clean, names)
+    rows = []
+    for (layer, (start, stop)), patched in zip(configs, sweeps, strict=True):
+        f_patched = _features(patched, clean, names)
+        for name in names:
+            restored = f_patched[name] - f_bad[name]
+            effect, low, high, p, n = _ratio_summary(restored, f_clean[name] - f_bad[name], n_boot=n_boot)
+            rows.append(dict(feature=name, layer=layer, step_start=start, step_stop=stop,
+                             method="causal_tracing", effect=effect, ci_low=low, ci_high=high, p=p, n=n,
+                             baseline=float(np.mean(f_clean[name])), corrupted=float(np.mean(f_bad[name])),
+                             restored=float(np.mean(restored)), corruption=corrupt))
     frame = _finish(rows)
     frame.attrs.update(denoiser_calls=loop.calls, denoiser_calls_uncached=uncached)
     if store is not None:

@@ -26,7 +26,7 @@ from statsmodels.stats.multitest import multipletests
 
 from denoisefeat.store import Run, RunStore, StoreError
 
-__all__ = ["COLUMNS", "validate", "benjamini_hochberg", "write_attribution", "read_attribution", "to_xarray", "rank"]
+__all__ = ["COLUMNS", "validate", "benjamini_hochberg", "write_attribution", "attribution_names", "read_attribution", "to_xarray", "rank"]
 
 #: Required columns and their kind: "str", "int" or "float".
 COLUMNS: dict[str, str] = {
@@ -194,6 +194,21 @@ def _read_table(group: zarr.Group) -> pd.DataFrame:
     return pd.DataFrame(data, columns=list(group.attrs["columns"]))
 
 
+def attribution_names(store_or_path) -> list[str]:
+    """Names of the attribution tables a run store holds (sorted; empty when it holds none).
+
+    Parameters
+    ----------
+    store_or_path : Run, RunStore, zarr.Group, str or path
+
+    Returns
+    -------
+    list of str
+    """
+    store = _open_store(store_or_path, "r")
+    return sorted(store.group[_GROUP].group_keys()) if _GROUP in store.group else []
+
+
 def read_attribution(store_or_path, name: str | None = None) -> pd.DataFrame:
     """Read attribution tables from a run store.
 
@@ -213,8 +228,8 @@ def read_attribution(store_or_path, name: str | None = None) -> pd.DataFrame:
         If the named table does not exist (the message lists those that do).
     """
     store = _open_store(store_or_path, "r")
-    root = store.group[_GROUP] if _GROUP in store.group else None
-    names = sorted(root.group_keys()) if root is not None else []
+    names = attribution_names(store)
+    root = store.group[_GROUP] if names else None
     if name is None:
         if not names:
             raise KeyError("The store holds no attribution tables.")
