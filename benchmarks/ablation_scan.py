@@ -39,7 +39,7 @@ def main() -> None:
     layers = top_level_layers(bench.pipe)
     kwargs = dict(layers=layers, windows=args.windows, method=args.method.split(","),
                   features=args.features.split(","), samples=args.samples, seed=bench.seeds, steps=args.steps,
-                  batch_size=args.samples, n_boot=200, **bench.condition)
+                  batch_size=args.samples, **bench.condition)
     tables = {}
 
     def variant(cache: bool):

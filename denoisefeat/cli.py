@@ -267,25 +267,29 @@ def _refuse_existing_table(store: Path, name: str, *, overwrite: bool) -> None:
         raise ValueError(f"{store} already holds attribution/{name}; pass --overwrite to replace it.")
 
 
-def _print_top(frame, *, title: str, top: int) -> None:
+def _print_top(frame, *, title: str, top: int, by: str = "effect") -> None:
+    """The top rows of every feature by :func:`~denoisefeat.analyses.table.rank`; dim: not significant."""
     from rich.markup import escape
 
     from denoisefeat.analyses.table import rank
 
+    level = f"{100 * (1 - frame.attrs.get('alpha', 0.05)):g}% CI"
     table = Table(title=title, title_justify="left")
-    for column in ("feature", "layer", "steps", "method", "effect", "95% CI", "p_adj"):
-        table.add_column(column, justify="right" if column in ("effect", "95% CI", "p_adj") else "left")
+    numeric = ("effect", "std. effect", "specificity", level, "p_adj")
+    for column in ("feature", "layer", "steps", "method", *numeric):
+        table.add_column(column, justify="right" if column in numeric else "left")
     for feature in sorted(frame["feature"].unique()):
-        for row in rank(frame, feature=feature, top=top).itertuples():
+        for row in rank(frame, feature=feature, by=by, top=top).itertuples():
             table.add_row(escape(row.feature), escape(row.layer), f"{row.step_start}-{row.step_stop}",
-                          escape(row.method), f"{row.effect:+.4g}", f"[{row.ci_low:+.3g}, {row.ci_high:+.3g}]",
-                          f"{row.p_adj:.2g}", style=None if row.significant else "dim")
+                          escape(row.method), f"{row.effect:+.4g}", f"{row.effect_std:+.3g}", f"{row.specificity:.3g}",
+                          f"[{row.ci_low:+.3g}, {row.ci_high:+.3g}]", f"{row.p_adj:.2g}",
+                          style=None if row.significant else "dim")
     Console().print(table)
 
 
-def _run_options(label, prompt, samples, seed, steps, scheduler, guidance, batch_size, n_boot) -> dict:
+def _run_options(label, prompt, samples, seed, steps, scheduler, guidance, batch_size) -> dict:
     return dict(class_labels=label or None, prompts=prompt or None, samples=samples, seed=seed, steps=steps,
-                scheduler=scheduler, guidance_scale=guidance, batch_size=batch_size, n_boot=n_boot)
+                scheduler=scheduler, guidance_scale=guidance, batch_size=batch_size)
 
 
 # Options shared by `attribute scan` and `attribute trace` (typer reuses an option object safely).
@@ -300,7 +304,8 @@ _STEPS = typer.Option(20, "--steps", "-s", help="Inference steps.")
 _SCHEDULER = typer.Option(None, "--scheduler", help="ddim, ddpm, euler, heun, dpm++, unipc, flow-euler.")
 _GUIDANCE = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the pipeline's).")
 _BATCH_SIZE = typer.Option(8, "--batch-size", help="Samples per denoiser call.")
-_N_BOOT = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the CIs.")
+_N_BOOT = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the CIs and p-values.")
+_RANK_BY = typer.Option("effect", "--rank-by", help="Order of the printed rows: effect (standardised) or specificity.")
 _DEVICE = typer.Option("cpu", "--device", help="cpu, cuda, mps …")
 _FP16 = typer.Option(False, "--fp16", help="Run the model in float16.")
 _OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing denoisefeat store.")
@@ -324,11 +329,11 @@ def attribute_scan(
     scheduler: str = _SCHEDULER,
     guidance: float = _GUIDANCE,
     batch_size: int = _BATCH_SIZE,
-    n_boot: int = _N_BOOT,
     device: str = _DEVICE,
     fp16: bool = _FP16,
     overwrite: bool = _OVERWRITE,
     top: int = _TOP,
+    rank_by: str = _RANK_BY,
     spec: Path = _SPEC_OPTION,
 ) -> None:
     """Ablate each layer in each step window; print and store the change of every final-image feature."""
@@ -337,12 +342,12 @@ def attribute_scan(
     pipe = _scan_pipe(model, device, fp16)
     frame = ablation_scan(
         pipe, layers=list(layer), windows=_windows(windows), method=list(method), features=_split(features),
-        **_run_options(label, prompt, samples, seed, steps, scheduler, guidance, batch_size, n_boot),
+        **_run_options(label, prompt, samples, seed, steps, scheduler, guidance, batch_size),
         store=out, overwrite=overwrite, progress=True,
     )
     calls = frame.attrs.get("denoiser_calls")
     _print_top(frame, title=f"ablation scan → {out}/attribution/ablation ({len(frame)} rows, {calls} denoiser "
-                            "calls; dim rows: CI includes 0)", top=top)
+                            "calls; dim rows: not significant)", top=top, by=rank_by)
 
 
 @attribute_app.command("trace")
@@ -370,6 +375,7 @@ def attribute_trace(
     fp16: bool = _FP16,
     overwrite: bool = _OVERWRITE,
     top: int = _TOP,
+    rank_by: str = _RANK_BY,
     spec: Path = _SPEC_OPTION,
 ) -> None:
     """Corrupt the run, restore one layer × window of clean activations at a time; print the recovered fraction."""
@@ -380,11 +386,11 @@ def attribute_trace(
         pipe, layers=list(layer), windows=_windows(windows), corrupt=corrupt,
         corrupt_class_labels=corrupt_label or None, corrupt_prompts=corrupt_prompt or None,
         corrupt_seed=corrupt_seed, features=_split(features),
-        **_run_options(label, prompt, samples, seed, steps, scheduler, guidance, batch_size, n_boot),
+        **_run_options(label, prompt, samples, seed, steps, scheduler, guidance, batch_size), n_boot=n_boot,
         store=out, overwrite=overwrite, progress=True,
     )
     _print_top(frame, title=f"causal tracing → {out}/attribution/causal_tracing ({len(frame)} rows; effect: "
-                            "fraction of the clean feature recovered)", top=top)
+                            "fraction of the clean feature recovered)", top=top, by=rank_by)
 
 
 @attribute_app.command("stats")
@@ -397,7 +403,6 @@ def attribute_stats(
     stat: str = typer.Option("norm", "--stat", help="Activity per (sample, step): norm, mean or rms."),
     kind: str = typer.Option(None, "--kind", help="correlation: pearson (default) or spearman; regression: ols (default) or mixedlm."),
     windows: str = typer.Option("5", "--windows", help="regression: number of step windows or start:stop pairs."),
-    n_boot: int = typer.Option(1000, "--n-boot", help="correlation: bootstrap resamples for the CIs."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a stored table of the same method."),
     top: int = typer.Option(3, "--top", help="Rows per feature in the printed summary."),
 ) -> None:
@@ -427,7 +432,7 @@ def attribute_stats(
         raise ValueError(f"Unknown features {missing}; the store's per-step features are {scalar}.")
     change = feature_change(feats[wanted])
     if method == "correlation":
-        frame = correlate(acts, change, method=kind or "pearson", n_boot=n_boot)
+        frame = correlate(acts, change, method=kind or "pearson")
     else:
         frame = regress(acts, change, model=kind or "ols", windows=_windows(windows))
     write_attribution(store, frame, name=method, overwrite=overwrite)

@@ -257,7 +257,7 @@ def run_demo(out, *, quick: bool = False, overwrite: bool = False,
     table = timed("ablation", lambda: ablation_scan(
         pipe, layers=list(_BLOCKS), windows=settings.windows, method="mean",
         features=list(DEMO_FEATURES.values()), class_labels=labels[:n], steps=settings.steps, seed=0,
-        n_boot=settings.n_boot, batch_size=n, progress=progress))
+        batch_size=n, progress=progress))
     write_attribution(store, table, name="ablation", overwrite=True)
     layers = list_layers(pipe)
     timed("report", lambda: build_report(store, report, title="denoisefeat demo: the DiffShapes toy model",

@@ -48,18 +48,20 @@ blocks
 #
 # 7 blocks × 3 step windows (early / middle / late thirds of 12 steps) on 8 samples. The ablated
 # runs share the seeds of the clean run, so each sample's change is paired; `effect` is its mean
-# with a bootstrap CI. With `store=` the clean run and the table are written to a run store.
+# with a t-interval, `effect_std` the same in units of the feature's between-sample difference,
+# `specificity` how much more the cell moves the feature than the whole image. With `store=` the clean run and the table are written to a run store.
 # Features: a colour and a shape metric (see `denoisefeat.analyses.FEATURE_GROUPS` for more).
 
 # %%
 scan = ablation_scan(
     pipe, layers=blocks, windows=3, method="zero", features=["colorfulness", "mask_iou"],
-    class_labels=labels, steps=12, seed=0, guidance_scale=1.0, n_boot=200, store=workdir / "scan.zarr",
+    class_labels=labels, steps=12, seed=0, guidance_scale=1.0, store=workdir / "scan.zarr",
 )
 scan.head()
 
 # %% [markdown]
-# `rank` lists the strongest cells for one feature; rows whose CI excludes 0 come first.
+# `rank` lists the strongest cells for one feature: significant rows (`p_adj < 0.05`, whose CI then
+# excludes 0) come first; `by="specificity"` ranks the cells that move this feature most selectively.
 
 # %%
 rank(scan, feature="mask_iou", top=5)

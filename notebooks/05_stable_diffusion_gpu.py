@@ -101,6 +101,6 @@ if READY:
 # %%
 if READY:
     scan = ablation_scan(pipe, layers="up_blocks.*", windows=3, features=["edges", "color"], prompts=prompts,
-                         steps=20, seed=0, guidance_scale=7.5, n_boot=200)
+                         steps=20, seed=0, guidance_scale=7.5)
     display(rank(scan, feature="edge_density", top=5))
     display(dft.viz.attribution_heatmap(scan, layers=list_layers(pipe)))

@@ -67,7 +67,7 @@ class CallCounter:
 
 def test_planted_layer_ranks_first_for_colour(planted_pipe):
     frame = ablation_scan(planted_pipe, layers=[NOOP, PLANTED], windows=1, features=["color", "band_error:low"],
-                          samples=4, class_labels=[0, 1, 2, 3], steps=3, n_boot=200)
+                          samples=4, class_labels=[0, 1, 2, 3], steps=3)
     assert set(frame["feature"]) == {"delta_e2000", "colorfulness", "band_error:low"}
     assert len(frame) == 2 * 3 and (frame["n"] == 4).all()
     assert list(frame["layer"].unique()) == [NOOP, PLANTED]  # network order
@@ -87,7 +87,7 @@ def test_prefix_cache_equals_naive_and_trace(noop_pipe, scheduler):
     windows, methods = [(0, 2), (2, 4), (1, 4)], ["zero", "mean"]
     kw = dict(layers=["down_blocks.1.resnets.0", "up_blocks.0"], windows=windows, method=methods,
               features=["color", "band_error:mid"], samples=3, class_labels=[0, 1, 2], steps=4, batch_size=2,
-              guidance_scale=2.0, scheduler=scheduler, n_boot=50)
+              guidance_scale=2.0, scheduler=scheduler)
     with CallCounter(pipe) as cached_calls:
         cached = ablation_scan(pipe, **kw)
     with CallCounter(pipe) as naive_calls:
@@ -169,7 +169,7 @@ def test_causal_trace_noise_cache_and_structure(noop_pipe):
 def test_scan_writes_clean_run_and_table(noop_pipe, tmp_path):
     path = tmp_path / "scan.zarr"
     kw = dict(layers=[NOOP, "up_blocks.0"], windows=2, features=["colorfulness"], samples=2, class_labels=[0, 1],
-              steps=2, n_boot=20)
+              steps=2)
     frame = ablation_scan(noop_pipe, store=path, **kw)
     run = open_run(path)
     assert run["final"].shape == (2, 3, 16, 16) and run["x0"].shape[1] == 2

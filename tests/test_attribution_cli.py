@@ -5,12 +5,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from denoisefeat.analyses.table import read_attribution
+from denoisefeat.analyses import FEATURE_GROUPS
+from denoisefeat.analyses.table import rank, read_attribution
 from denoisefeat.cli import app
 from denoisefeat.store import open_run
 
 runner = CliRunner()
-SMALL = ["--samples", "4", "--steps", "4", "--n-boot", "50", "--seed", "3"]
+SMALL = ["--samples", "4", "--steps", "4", "--seed", "3"]
 
 
 def _ok(args):
@@ -35,29 +36,27 @@ def test_scan_stores_the_table_it_prints(tmp_path):
     output = _ok(["attribute", "scan", "tiny-class-unet", "--out", str(out), "--layer", "mid_block",
                   "--layer", "up_blocks.*", "--windows", "0:2,2:4", "--features", "edges,color", "--top", "2", *SMALL])
     table = read_attribution(out, name="ablation")
-    assert set(table["feature"]) == {"edge_density", "edge_f1", "delta_e2000", "colorfulness"}
+    assert set(table["feature"]) == {*FEATURE_GROUPS["edges"], *FEATURE_GROUPS["color"]}
     assert set(zip(table["step_start"], table["step_stop"])) == {(0, 2), (2, 4)}
     assert {"mid_block", "up_blocks.0", "up_blocks.1"} <= set(table["layer"])
     assert open_run(out).attrs["seeds"][:1] == [3]  # the clean run is in the store
-    for feature in ("edge_density", "delta_e2000"):
+    for feature in (FEATURE_GROUPS["edges"][0], FEATURE_GROUPS["color"][0]):
         rows = _top_rows(output, feature)
         assert len(rows) == 2
-        best = table[table["feature"] == feature].loc[lambda t: t["effect"].abs().idxmax()]
-        significant = table[(table["feature"] == feature) & ((table["ci_low"] > 0) | (table["ci_high"] < 0))]
-        if significant.empty or best.name in significant.index:  # the printed first row is the strongest effect
-            assert f"{best['effect']:+.4g}" in rows[0]
+        for printed, row in zip(rows, rank(table, feature=feature, top=2).itertuples()):  # the stored ranking
+            assert f"{row.effect:+.4g}" in printed and f"{row.layer} " in printed
 
 
 def test_spec_file_gives_defaults_and_flags_override(tmp_path):
     spec = tmp_path / "scan.toml"
     spec.write_text('[attribute]\nmodel = "tiny-class-unet"\nlayer = ["mid_block"]\nwindows = "2"\n'
-                    'features = "shape"\nsamples = 4\nsteps = 4\nn-boot = 50\n')
+                    'features = "shape"\nsamples = 4\nsteps = 4\n')
     out = tmp_path / "spec.zarr"
     _ok(["attribute", "scan", "--spec", str(spec), "--out", str(out), "--windows", "1"])
     table = read_attribution(out, name="ablation")
     assert set(table["layer"]) == {"mid_block"}
     assert set(zip(table["step_start"], table["step_stop"])) == {(0, 4)}  # the flag won over the spec
-    assert set(table["feature"]) == {"mask_iou", "hu_moment_distance"}
+    assert set(table["feature"]) == set(FEATURE_GROUPS["shape"])
 
     spec.write_text('[attribute]\nmodel = "tiny-class-unet"\nlayers = ["mid_block"]\n')
     message = _error(["attribute", "scan", "--spec", str(spec), "--out", str(tmp_path / "x.zarr")])
@@ -74,10 +73,10 @@ def test_unknown_layer_lists_close_matches(tmp_path):
 def test_causal_trace_command(tmp_path):
     out = tmp_path / "trace.zarr"
     output = _ok(["attribute", "trace", "tiny-class-unet", "--out", str(out), "--layer", "mid_block",
-                  "--windows", "1", "--features", "color", "--label", "3", *SMALL])
+                  "--windows", "1", "--features", "color", "--label", "3", "--n-boot", "50", *SMALL])
     table = read_attribution(out, name="causal_tracing")
     assert set(table["method"]) == {"causal_tracing"}
-    assert len(table) == 2 and np.isfinite(table["n"]).all()
+    assert len(table) == len(FEATURE_GROUPS["color"]) and np.isfinite(table["n"]).all()
     assert "causal tracing" in output
 
 
@@ -93,7 +92,7 @@ def recorded(tmp_path_factory):
 
 
 def test_stats_correlation_and_regression(recorded):
-    output = _ok(["attribute", "stats", str(recorded), "--features", "edge_density,ssim", "--n-boot", "50"])
+    output = _ok(["attribute", "stats", str(recorded), "--features", "edge_density,ssim"])
     corr = read_attribution(recorded, name="correlation")
     assert set(corr["layer"]) == {"mid_block", "up_blocks.1"}
     assert set(corr["feature"]) == {"edge_density", "ssim"}

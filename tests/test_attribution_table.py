@@ -15,14 +15,15 @@ def make_frame():
                 effect = float(rng.normal(scale=0.1))
                 rows.append(dict(feature=feature, layer=layer, step_start=start, step_stop=stop,
                                  method="ablation:zero", effect=effect, ci_low=effect - 0.5,
-                                 ci_high=effect + 0.5, p=0.5, p_adj=0.5, n=8, band="all"))
+                                 ci_high=effect + 0.5, p=0.5, p_adj=0.5, n=8, effect_std=effect / 2,
+                                 disruption=0.5, specificity=abs(effect / 2) / 0.5, band="all"))
     frame = pd.DataFrame(rows)
     # planted: mid_block, window 5:10 is the strongest significant effect on colour; up_blocks.0 is
     # larger in |effect| but its CI spans 0, so it must rank after.
     i = (frame.feature == "delta_e2000") & (frame.layer == "mid_block") & (frame.step_start == 5)
-    frame.loc[i, ["effect", "ci_low", "ci_high", "p"]] = [3.0, 2.0, 4.0, 1e-4]
+    frame.loc[i, ["effect", "effect_std", "ci_low", "ci_high", "p"]] = [3.0, 1.5, 2.0, 4.0, 1e-4]
     j = (frame.feature == "delta_e2000") & (frame.layer == "up_blocks.0") & (frame.step_start == 0)
-    frame.loc[j, ["effect", "ci_low", "ci_high"]] = [-9.0, -20.0, 2.0]
+    frame.loc[j, ["effect", "effect_std", "ci_low", "ci_high"]] = [-9.0, -4.5, -20.0, 2.0]
     frame["p_adj"] = table.benjamini_hochberg(frame["p"])
     return frame
 
@@ -113,7 +114,8 @@ def test_to_xarray_orders_layers_by_execution(tiny_pipes):
     # named_modules() registers up_blocks before mid_block; the forward pass runs mid_block first
     layers = ["up_blocks.0", "conv_out", "mid_block", "down_blocks.1", "conv_in"]
     rows = [dict(feature="edge_density", layer=layer, step_start=0, step_stop=2, method="ablation:zero",
-                 effect=float(i), ci_low=0.0, ci_high=1.0, p=0.5, p_adj=0.5, n=4) for i, layer in enumerate(layers)]
+                 effect=float(i), ci_low=0.0, ci_high=1.0, p=0.5, p_adj=0.5, n=4, effect_std=float(i),
+                 disruption=1.0, specificity=float(i)) for i, layer in enumerate(layers)]
     frame = pd.DataFrame(rows)
     expected = ["conv_in", "down_blocks.1", "mid_block", "up_blocks.0", "conv_out"]
     assert list(table.to_xarray(frame, layer_order=pipe)["layer"].values) == expected
@@ -136,7 +138,8 @@ def test_attribution_names_list_the_stored_tables(tmp_path):
     assert attribution_names(run) == []
     frame = pd.DataFrame({"feature": ["f"], "layer": ["mid_block"], "step_start": [0], "step_stop": [2],
                           "method": ["m"], "effect": [0.5], "ci_low": [0.1], "ci_high": [0.9], "p": [0.01],
-                          "p_adj": [0.01], "n": [2]})
+                          "p_adj": [0.01], "n": [2], "effect_std": [0.5], "disruption": [np.nan],
+                          "specificity": [np.nan]})
     table.write_attribution(run, frame, name="b")
     table.write_attribution(run, frame, name="a")
     assert attribution_names(tmp_path / "r.zarr") == ["a", "b"]

@@ -74,7 +74,7 @@ def test_ablation_tasks_merge_into_one_table(tmp_path, tiny_pipes):
     from denoisefeat.analyses.table import read_attribution
 
     spec = _spec(tmp_path, ablation={"layers": ["mid_block", "conv_in"], "windows": 2, "methods": ["zero"],
-                                     "features": ["edge_density", "colorfulness"], "samples": 4, "n_boot": 50})
+                                     "features": ["edge_density", "colorfulness"], "samples": 4})
     grid = task_grid(spec)
     from denoisefeat.jobs import IncompleteJobError
 
@@ -87,7 +87,7 @@ def test_ablation_tasks_merge_into_one_table(tmp_path, tiny_pipes):
     got = read_attribution(tmp_path / "out.zarr", "ablation")
     ref = ablation.ablation_scan(tiny_pipes["tiny-class-unet"], layers=["mid_block", "conv_in"], windows=2,
                                  method="zero", features=["edge_density", "colorfulness"], samples=4,
-                                 class_labels=LABELS, seed=[0, 1, 2, 3], steps=3, n_boot=50, batch_size=8)
+                                 class_labels=LABELS, seed=[0, 1, 2, 3], steps=3, batch_size=8)
     keys = ["feature", "layer", "step_start", "step_stop", "method"]
     got = got.sort_values(keys).reset_index(drop=True)
     ref = ref.sort_values(keys).reset_index(drop=True)

@@ -226,11 +226,12 @@ def _attribution() -> pd.DataFrame:
                     effect = rng.normal()
                     rows.append(dict(feature=feature, layer=layer, step_start=start, step_stop=stop, method=method,
                                      effect=effect, ci_low=effect - 0.3, ci_high=effect + 0.3, p=0.01, p_adj=0.02,
-                                     n=S))
+                                     n=S, effect_std=effect, disruption=1.0, specificity=abs(effect)))
         for layer in ("mid_block", "up_blocks.1"):
             for step in range(T):
                 rows.append(dict(feature=feature, layer=layer, step_start=step, step_stop=step + 1, method="probe",
-                                 effect=rng.normal(), ci_low=-1.0, ci_high=1.0, p=np.nan, p_adj=np.nan, n=S))
+                                 effect=rng.normal(), ci_low=-1.0, ci_high=1.0, p=np.nan, p_adj=np.nan, n=S,
+                                 effect_std=0.0, disruption=np.nan, specificity=np.nan))
     return pd.DataFrame(rows)
 
 

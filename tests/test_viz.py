@@ -296,8 +296,8 @@ def _table(features=("edges", "color"), methods=("ablation:zero", "pearson"), wi
                     effect = rng.normal()
                     rows.append(dict(feature=f, layer=layer, step_start=a, step_stop=b, method=m, effect=effect,
                                      ci_low=effect - 0.2, ci_high=effect + 0.2, p=rng.uniform(), p_adj=rng.uniform(),
-                                     n=8))
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+                                     n=8, effect_std=effect / 2, disruption=1.0, specificity=abs(effect) / 2))
+    return pd.DataFrame(rows, columns=[*COLUMNS, "effect_std", "disruption", "specificity"])
 
 
 def _click(fig, menus, menu_index, button_index):

@@ -51,8 +51,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
-
+from denoisefeat.analyses.inference import (
+    Inference,
+    bootstrap_inference,
+    float_resolution,
+    floor_changes,
+    min_resamples,
+    ratio_of_means,
+    t_inference,
+)
 from denoisefeat.analyses.table import benjamini_hochberg, validate, write_attribution
 from denoisefeat.frequency import DEFAULT_BANDS, band_energy
 from denoisefeat.hooks import Edit, intervene, resolve_layers
@@ -197,11 +204,15 @@ def _methods(method) -> list[str]:
     return list(dict.fromkeys(methods))
 
 
-def _check_counts(n_samples: int, n_boot: int, batch_size: int) -> None:
+def _check_counts(n_samples: int, batch_size: int, alpha: float, *, n_boot: int | None = None) -> None:
     if n_samples < 2:
         raise ValueError(f"Paired statistics need at least 2 samples, got {n_samples}.")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be a positive number of bootstrap resamples, got {n_boot}.")
+    least = min_resamples(alpha)  # also validates alpha
+    if n_boot is not None and (not isinstance(n_boot, (int, np.integer)) or n_boot < least):
+        raise ValueError(
+            f"n_boot must be at least {min_resamples(alpha)} bootstrap resamples for alpha={alpha} "
+            f"(1000 or more for stable intervals), got {n_boot!r}."
+        )
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
 
@@ -327,53 +338,114 @@ def _as_images(final: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(final, dtype=np.float32).astype(np.float64), 0.0, 1.0)
 
 
-def _paired_summary(diff: np.ndarray, *, n_boot: int) -> tuple[float, float, float, float, int]:
-    """Mean paired difference, its 95 % percentile-bootstrap CI, the t-test p and n (finite pairs)."""
-    diff = diff[np.isfinite(diff)]
-    n = int(diff.size)
-    if n < 2:
-        return np.nan, np.nan, np.nan, np.nan, n
-    effect = float(diff.mean())
-    if np.ptp(diff) <= 1e-12 * max(1.0, float(np.abs(diff).max())):  # no spread: CI is the point
-        return effect, effect, effect, (1.0 if np.all(diff == 0) else np.nan), n
-    ci = stats.bootstrap((diff,), np.mean, n_resamples=n_boot, method="percentile",
-                         rng=np.random.default_rng(0)).confidence_interval
-    p = float(stats.ttest_1samp(diff, 0.0).pvalue)
-    return effect, float(ci.low), float(ci.high), p, n
+def _distance(images: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Per-sample L2 distance over channels and pixels, (sample,)."""
+    return np.sqrt(((images - other) ** 2).sum(axis=(-3, -2, -1)))
 
 
-def _ratio_summary(restored: np.ndarray, gap: np.ndarray, *, n_boot: int) -> tuple[float, float, float, float, int]:
-    """mean(restored) / mean(gap) with a paired bootstrap CI; p tests mean(restored) = 0."""
-    ok = np.isfinite(restored) & np.isfinite(gap)
-    restored, gap = restored[ok], gap[ok]
-    n = int(restored.size)
-    if n < 2:
-        return np.nan, np.nan, np.nan, np.nan, n
-    scale = max(1.0, float(np.abs(gap).max()), float(np.abs(restored).max()))
-    if abs(gap.mean()) <= 1e-9 * scale:  # the corruption did not change this feature: nothing to recover
-        return np.nan, np.nan, np.nan, np.nan, n
-    effect = float(restored.mean() / gap.mean()) + 0.0  # no -0.0
-
-    def ratio(a, b, axis=-1):
-        return a.mean(axis=axis) / b.mean(axis=axis)
-
-    if np.ptp(restored) <= 1e-12 * scale and np.ptp(gap) <= 1e-12 * scale:  # no spread: CI is the point
-        low = high = effect
-    else:
-        ci = stats.bootstrap((restored, gap), ratio, n_resamples=n_boot, method="percentile", paired=True,
-                             vectorized=True, rng=np.random.default_rng(0)).confidence_interval
-        low, high = float(ci.low), float(ci.high)
-    if np.ptp(restored) <= 1e-12 * scale:
-        p = 1.0 if np.all(restored == 0) else np.nan
-    else:
-        p = float(stats.ttest_1samp(restored, 0.0).pvalue)
-    return effect, low, high, p, n
+def _unchanged(images: np.ndarray, other: np.ndarray, resolution: float) -> np.ndarray:
+    """Samples whose images differ nowhere by more than the float resolution, (sample,) bool."""
+    return np.abs(images - other).max(axis=(-3, -2, -1)) <= resolution
 
 
-def _finish(rows: list[dict]) -> pd.DataFrame:
+@dataclass(frozen=True)
+class _Reference:
+    """The final images every row of a scan is measured against, with their features' scales.
+
+    ``scale[f]`` is the feature's between-sample scale: the RMS over samples of
+    ``f(x_σ(i); ref x_i) − f(x_i; ref x_i)`` with ``σ`` the cyclic shift — how much the feature
+    differs between two samples of the run (for a property of the image, √2 × its standard
+    deviation; for a comparison with the clean image, its typical value for another sample).
+    ``resolution[f]`` is the largest change of the feature when the images are perturbed by
+    rounding-level noise (uniform in ± the image resolution, two draws): changes this small are zero.
+    ``image_scale`` is the RMS L2 distance between two samples' images.
+    """
+
+    images: np.ndarray
+    features: dict[str, np.ndarray]
+    scale: dict[str, float]
+    resolution: dict[str, float]
+    image_scale: float
+    image_resolution: float
+
+    @classmethod
+    def of(cls, images: np.ndarray, names: Sequence[str], *, image_resolution: float) -> _Reference:
+        base = _features(images, images, names)
+        other = np.roll(images, 1, axis=0)
+        between = _features(other, images, names)
+        scale = {f: float(np.sqrt(np.nanmean((between[f] - base[f]) ** 2))) for f in names}
+        rng = np.random.default_rng(0)
+        resolution = dict.fromkeys(names, 0.0)
+        for _ in range(2):
+            noisy = np.clip(images + rng.uniform(-image_resolution, image_resolution, images.shape), 0.0, 1.0)
+            perturbed = _features(noisy, images, names)
+            for f in names:
+                change = np.abs(perturbed[f] - base[f])
+                change = change[np.isfinite(change)]
+                resolution[f] = max(resolution[f], float(change.max()) if change.size else 0.0)
+        image_scale = float(np.sqrt(np.mean(_distance(other, images) ** 2)))
+        return cls(images, base, scale, resolution, image_scale, image_resolution)
+
+    def check_scales(self) -> None:
+        """Refuse features that do not vary between the clean samples (standardised effect undefined)."""
+        flat = [f for f in self.scale if not self.scale[f] > 2 * self.resolution[f]]
+        if flat:
+            raise ValueError(
+                f"Features {flat} do not vary between the clean samples (between-sample scale within float "
+                "resolution), so their standardised effect is undefined: use samples that differ (other seeds or "
+                "conditions) or leave these features out."
+            )
+        if not self.image_scale > self.image_resolution:
+            raise ValueError("All clean samples are the same image: use other seeds or conditions.")
+
+
+def _finite(*arrays: np.ndarray) -> tuple[list[np.ndarray], int]:
+    """The arrays at the samples where all of them are finite, and the number of those samples."""
+    finite = np.logical_and.reduce([np.isfinite(a) for a in arrays])
+    return [a[finite] for a in arrays], int(finite.sum())
+
+
+def _ablation_rows(edited: np.ndarray, ref: _Reference, names: Sequence[str], *, alpha: float):
+    """One row per feature of one ablated sweep: (feature, statistics) pairs."""
+    values = _features(edited, ref.images, names)
+    unchanged = _unchanged(edited, ref.images, ref.image_resolution)
+    disruption = float(np.mean(np.where(unchanged, 0.0, _distance(edited, ref.images)))) / ref.image_scale
+    for name in names:
+        change = floor_changes(values[name] - ref.features[name], resolution=ref.resolution[name], unchanged=unchanged)
+        (change,), n = _finite(change)
+        result = t_inference(change, alpha=alpha)
+        effect_std = result.estimate / ref.scale[name]
+        yield name, dict(effect=result.estimate, ci_low=result.ci_low, ci_high=result.ci_high, p=result.p, n=n,
+                         effect_std=effect_std, disruption=disruption,
+                         specificity=abs(effect_std) / disruption if disruption > 0 else 0.0 * effect_std)
+
+
+def _tracing_rows(patched: np.ndarray, corrupted: np.ndarray, f_bad: dict, gap: dict, ref: _Reference,
+                  names: Sequence[str], *, n_boot: int, alpha: float):
+    """One row per feature of one patched sweep: (feature, statistics) pairs."""
+    values = _features(patched, ref.images, names)
+    unchanged = _unchanged(patched, corrupted, ref.image_resolution)
+    moved = float(np.mean(np.where(unchanged, 0.0, _distance(patched, corrupted))))
+    reference_move = float(np.mean(_distance(ref.images, corrupted)))
+    disruption = moved / reference_move if reference_move > 0 else np.nan
+    for name in names:
+        restored = floor_changes(values[name] - f_bad[name], resolution=ref.resolution[name], unchanged=unchanged)
+        if not np.any(gap[name][np.isfinite(gap[name])]):  # the corruption did not change this feature
+            result, n = Inference.undefined(), int(np.isfinite(gap[name]).sum())
+        else:
+            (num, den), n = _finite(restored, gap[name])
+            result = bootstrap_inference(ratio_of_means, num, den, n_boot=n_boot, alpha=alpha)
+        yield name, dict(effect=result.estimate, ci_low=result.ci_low, ci_high=result.ci_high, p=result.p, n=n,
+                         restored=float(np.nanmean(restored)), effect_std=result.estimate, disruption=disruption,
+                         specificity=result.estimate / disruption if disruption > 0 else 0.0 * result.estimate)
+
+
+def _finish(rows: list[dict], *, alpha: float, inference: str, image_resolution: float, **attrs) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     frame.insert(frame.columns.get_loc("n"), "p_adj", benjamini_hochberg(frame["p"]))
     frame["n"] = frame["n"].astype(np.int64)
+    frame.attrs.update(alpha=alpha, ci_level=1 - alpha, inference=inference, image_resolution=image_resolution,
+                       **attrs)
     return validate(frame)
 
 
@@ -410,7 +482,7 @@ def ablation_scan(
     steps: int = 20,
     scheduler=None,
     guidance_scale: float | None = None,
-    n_boot: int = 1000,
+    alpha: float = 0.05,
     batch_size: int = 8,
     cache: bool = True,
     store=None,
@@ -437,8 +509,10 @@ def ablation_scan(
         Number of samples (at least 2); default one per condition, or 8.
     class_labels, prompts, seed, steps, scheduler, guidance_scale, batch_size
         As for :func:`denoisefeat.trace`; the clean and every ablated trajectory share seeds and batches.
-    n_boot : int
-        Bootstrap resamples for the 95 % percentile CI of the mean paired change.
+    alpha : float
+        CIs are ``1 − alpha`` t-intervals of the mean paired change, dual to the t-test that gives
+        ``p`` (:func:`~denoisefeat.analyses.inference.t_inference`); a row is significant when
+        ``p_adj < alpha``.
     cache : bool
         Start each ablated trajectory from the cached clean prefix (module notes); ``False`` runs
         every trajectory from step 0 (same results, more denoiser calls).
@@ -455,12 +529,28 @@ def ablation_scan(
     pandas.DataFrame
         An attribution table, one row per (feature, layer, window, method), layers in execution
         order (a probe forward pass).
-        ``effect`` is the mean over samples of (feature of the ablated final image − feature of the
-        clean one); ``ci_low``/``ci_high`` its 95 % bootstrap CI; ``p`` a paired t-test (one-sample
-        on the differences: 1 when every difference is 0, NaN when they are all equal and non-zero);
-        ``p_adj`` Benjamini-Hochberg over the whole table; ``n`` the samples.  Methods are named
-        ``"ablation:<method>"``.  Extra column ``baseline``: the clean feature's mean.
-        ``attrs["denoiser_calls"]`` and ``attrs["denoiser_calls_uncached"]`` count denoiser calls.
+        Per sample, the change ``d_i = F(ablated_i) − F(clean_i)`` (comparison metrics compare
+        with the clean final image ``clean_i``), set to 0 where it is within the feature's float
+        resolution or where the ablated image equals the clean one to the image resolution
+        (:func:`~denoisefeat.analyses.inference.float_resolution` of the denoiser's dtype).
+        ``effect`` is ``mean(d)``; ``ci_low``/``ci_high`` its ``1 − alpha`` t-interval and ``p``
+        the paired t-test of the same standard error (1 when every change is 0);
+        ``p_adj`` Benjamini-Hochberg over the whole table; ``n`` the samples.
+        ``effect_std = effect / scale``, with ``scale`` the feature's between-sample scale in the
+        clean run (RMS of its difference between two clean samples; 1 means "as much as replacing
+        the image by another sample"); ``disruption`` the mean L2 change of the whole final image in
+        the same units (RMS L2 distance between two clean samples); ``specificity =
+        |effect_std| / disruption``: how much more the cell moves this feature than the image as a
+        whole (0 when nothing changed).  Methods are named ``"ablation:<method>"``.  Extra columns:
+        ``baseline`` (the clean feature's mean), ``scale``, ``resolution`` (the feature's float
+        resolution).  ``attrs``: ``alpha``, ``ci_level``, ``inference``, ``image_resolution``,
+        ``denoiser_calls`` and ``denoiser_calls_uncached``.
+
+    Raises
+    ------
+    ValueError
+        Besides bad arguments: a feature that does not vary between the clean samples (its
+        standardised effect is undefined), raised after the clean sweep and before any ablation.
 
     See Also
     --------
@@ -472,7 +562,7 @@ def ablation_scan(
     samples = _default_samples(samples, class_labels, prompts)
     request, scheduler_ = make_request(pipe, samples=samples, prompts=prompts, class_labels=class_labels,
                                        seed=seed, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale)
-    _check_counts(request.n_samples, n_boot, batch_size)
+    _check_counts(request.n_samples, batch_size, alpha)
     loop = _Loop(pipe, request, scheduler_, batch_size=batch_size)
     pairs = step_windows(windows, loop.n_steps)
     configs = [(layer, pair, m) for layer in layer_names for pair in pairs for m in methods]
@@ -483,17 +573,16 @@ def ablation_scan(
               overwrite=overwrite)
     edits = [(Edit(layer=layer, method=m, steps=range(start, stop)), start) for layer, (start, stop), m in configs]
     sweeps = _sweeps(loop, edits, cache=cache, progress=progress)
-    clean = next(sweeps)
-    base = _features(clean, clean, names)
+    resolution = float_resolution(denoiser_of(pipe).dtype)
+    ref = _Reference.of(next(sweeps), names, image_resolution=resolution)
+    ref.check_scales()  # before the edited sweeps: a flat feature is an error, not hours later
     rows = []
     for (layer, (start, stop), m), ablated in zip(configs, sweeps, strict=True):
-        values = _features(ablated, clean, names)
-        for name in names:
-            effect, low, high, p, n = _paired_summary(values[name] - base[name], n_boot=n_boot)
-            rows.append(dict(feature=name, layer=layer, step_start=start, step_stop=stop,
-                             method=f"ablation:{m}", effect=effect, ci_low=low, ci_high=high, p=p, n=n,
-                             baseline=float(np.mean(base[name]))))
-    frame = _finish(rows)
+        for name, stats in _ablation_rows(ablated, ref, names, alpha=alpha):
+            rows.append(dict(feature=name, layer=layer, step_start=start, step_stop=stop, method=f"ablation:{m}",
+                             **stats, baseline=float(np.nanmean(ref.features[name])), scale=ref.scale[name],
+                             resolution=ref.resolution[name]))
+    frame = _finish(rows, alpha=alpha, inference="t", image_resolution=resolution)
     frame.attrs.update(denoiser_calls=loop.calls, denoiser_calls_uncached=uncached)
     if store is not None:
         write_attribution(store, frame, name="ablation", overwrite=overwrite)
@@ -574,6 +663,7 @@ def causal_trace(
     scheduler=None,
     guidance_scale: float | None = None,
     n_boot: int = 1000,
+    alpha: float = 0.05,
     batch_size: int = 8,
     cache: bool = True,
     store=None,
@@ -604,8 +694,15 @@ def causal_trace(
         The corrupted conditions, one per sample or one for all.
     corrupt_seed : int or sequence of int, optional
         The corrupted run's seeds (``corrupt="noise"``).
-    features, samples, class_labels, prompts, seed, steps, scheduler, guidance_scale, n_boot, batch_size, cache
+    features, samples, class_labels, prompts, seed, steps, scheduler, guidance_scale, batch_size, cache
         As for :func:`ablation_scan`; prefix caching shares the corrupted run's prefix.
+    n_boot : int
+        Paired bootstrap resamples of the samples for each row's interval and p-value (one
+        procedure, :func:`~denoisefeat.analyses.inference.bootstrap_inference`); at least
+        ``1 / alpha``.  Bootstrap p-values are at least ``1 / (n_boot + 1)``: over a table of ``m``
+        rows of which ``k`` are real, Benjamini–Hochberg needs ``n_boot ≳ m / (k·alpha)``.
+    alpha : float
+        Rows carry ``1 − alpha`` intervals; significant means ``p_adj < alpha``.
     store : str or path, optional
         Write the clean run (with its recorded activations) there and the table under
         ``attribution/causal_tracing``; default in memory (the ``full`` activations of every layer at
@@ -622,10 +719,16 @@ def causal_trace(
         that compare with a reference compare with the clean final image), per sample
         ``gap = F(clean) − F(corrupted)`` and ``restored = F(patched) − F(corrupted)``; ``effect`` is
         the recovered fraction ``mean(restored) / mean(gap)`` (1: the layer and window restore the
-        clean feature, 0: nothing), ``ci_low``/``ci_high`` its 95 % paired bootstrap CI, ``p`` a
-        t-test of ``mean(restored) = 0``.  Rows of a feature the corruption did not change
-        (``mean(gap) = 0``) are NaN.  Extra columns: ``baseline`` (mean clean feature), ``corrupted``
-        (mean corrupted feature), ``restored`` (mean restored change), ``corruption``.
+        clean feature, 0: nothing), ``ci_low``/``ci_high`` its ``1 − alpha`` paired bootstrap
+        interval of the ratio of means and ``p`` the bootstrap p-value of the same resamples.
+        Changes within the feature's float resolution, or of images that did not change beyond the
+        image resolution, are 0 (as in :func:`ablation_scan`).  ``effect_std`` equals ``effect`` (a
+        fraction is scale-free); ``disruption`` is how far the patch moved the whole image,
+        ``mean ‖patched − corrupted‖ / mean ‖clean − corrupted‖``; ``specificity = effect /
+        disruption`` (above 1: the feature recovers more than the image as a whole).  Rows of a
+        feature the corruption did not change (every gap 0) are NaN.  Extra columns: ``baseline``
+        (mean clean feature), ``corrupted`` (mean corrupted feature), ``restored`` (mean restored
+        change), ``corruption``.
         ``attrs["denoiser_calls"]`` / ``attrs["denoiser_calls_uncached"]`` count the corrupted and
         patched runs' denoiser calls.
     """
@@ -636,7 +739,7 @@ def causal_trace(
     samples = _default_samples(samples, class_labels, prompts)
     request, _ = make_request(pipe, samples=samples, prompts=prompts, class_labels=class_labels, seed=seed,
                               steps=steps, scheduler=scheduler, guidance_scale=guidance_scale)
-    _check_counts(request.n_samples, n_boot, batch_size)
+    _check_counts(request.n_samples, batch_size, alpha, n_boot=n_boot)
     bad_prompts, bad_labels, bad_seeds = _corrupted_conditions(
         pipe, request, corrupt, corrupt_class_labels, corrupt_prompts, corrupt_seed)
     bad_request, bad_scheduler = make_request(
@@ -656,19 +759,19 @@ def causal_trace(
              for layer, (start, stop) in configs]
     sweeps = _sweeps(loop, edits, cache=cache, progress=progress)
     corrupted = next(sweeps)
-    f_clean = _features(clean, clean, names)
+    resolution = float_resolution(denoiser_of(pipe).dtype)
+    ref = _Reference.of(clean, names, image_resolution=resolution)
     f_bad = _features(corrupted, clean, names)
+    same = _unchanged(clean, corrupted, resolution)
+    gap = {name: floor_changes(ref.features[name] - f_bad[name], resolution=ref.resolution[name], unchanged=same)
+           for name in names}
     rows = []
     for (layer, (start, stop)), patched in zip(configs, sweeps, strict=True):
-        f_patched = _features(patched, clean, names)
-        for name in names:
-            restored = f_patched[name] - f_bad[name]
-            effect, low, high, p, n = _ratio_summary(restored, f_clean[name] - f_bad[name], n_boot=n_boot)
-            rows.append(dict(feature=name, layer=layer, step_start=start, step_stop=stop,
-                             method="causal_tracing", effect=effect, ci_low=low, ci_high=high, p=p, n=n,
-                             baseline=float(np.mean(f_clean[name])), corrupted=float(np.mean(f_bad[name])),
-                             restored=float(np.mean(restored)), corruption=corrupt))
-    frame = _finish(rows)
+        for name, stats in _tracing_rows(patched, corrupted, f_bad, gap, ref, names, n_boot=n_boot, alpha=alpha):
+            rows.append(dict(feature=name, layer=layer, step_start=start, step_stop=stop, method="causal_tracing",
+                             **stats, baseline=float(np.nanmean(ref.features[name])),
+                             corrupted=float(np.nanmean(f_bad[name])), corruption=corrupt))
+    frame = _finish(rows, alpha=alpha, inference="bootstrap", image_resolution=resolution, n_boot=n_boot)
     frame.attrs.update(denoiser_calls=loop.calls, denoiser_calls_uncached=uncached)
     if store is not None:
         write_attribution(store, frame, name="causal_tracing", overwrite=overwrite)

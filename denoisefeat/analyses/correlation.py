@@ -3,7 +3,9 @@
 At each step ``s`` and for each (feature, layer) pair, the samples give pairs
 ``(activity[s], Δfeature[s])``; their Pearson or Spearman correlation says whether samples whose
 layer is more active at that step also change that feature more at that step.  Each correlation
-comes with a percentile bootstrap CI over samples and scipy's p-value; p-values are adjusted with
+comes with its Fisher-z interval and the z-test of the same standard error
+(:func:`denoisefeat.analyses.inference.fisher_z_inference`: the interval excludes 0 exactly when
+p < 1 − ci); p-values are adjusted with
 Benjamini–Hochberg over the whole grid (features × layers × steps).  The result is an attribution
 table with step windows ``[s, s + 1)``.
 
@@ -29,6 +31,7 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
+from denoisefeat.analyses.inference import fisher_z_inference
 from denoisefeat.analyses.table import COLUMNS, benjamini_hochberg, validate
 
 __all__ = ["METHODS", "STATS", "activity", "aligned", "as_activity", "as_features", "correlate", "feature_change"]
@@ -179,23 +182,13 @@ def _spearman(x, y, axis=-1):
     return _pearson(stats.rankdata(x, axis=axis), stats.rankdata(y, axis=axis), axis=axis)
 
 
-def _cell(x, y, *, method, n_boot, ci, rng) -> tuple[float, float, float, float]:
-    """r, CI low, CI high, p of one (feature, layer, step) cell; NaN when undefined."""
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+def _cell(x, y, *, method, alpha) -> tuple[float, float, float, float]:
+    """r, CI low, CI high, p of one (feature, layer, step) cell (Fisher z); NaN when undefined."""
+    if len(x) < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return (np.nan,) * 4
-    test = stats.pearsonr if method == "pearson" else stats.spearmanr
-    result = test(x, y)
-    r, p = float(result.statistic), float(result.pvalue)
-    low = high = np.nan
-    if n_boot:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            interval = stats.bootstrap(
-                (x, y), _pearson if method == "pearson" else _spearman, paired=True, vectorized=True,
-                n_resamples=n_boot, confidence_level=ci, method="percentile", rng=rng,
-            ).confidence_interval
-        low, high = float(interval.low), float(interval.high)
-    return r, low, high, p
+    r = float((_pearson if method == "pearson" else _spearman)(x, y))
+    result = fisher_z_inference(r, len(x), method=method, alpha=alpha)
+    return result.estimate, result.ci_low, result.ci_high, result.p
 
 
 def correlate(
@@ -203,9 +196,7 @@ def correlate(
     feature_change,
     *,
     method: str = "pearson",
-    n_boot: int = 1000,
     ci: float = 0.95,
-    seed: int = 0,
 ) -> pd.DataFrame:
     """Correlate layer activity with feature change across samples, per (feature, layer, step).
 
@@ -218,30 +209,25 @@ def correlate(
         Per-step changes of one or more features (see :func:`feature_change`).  Matched to
         ``activity`` by the ``sample`` and ``step`` coordinates (their intersection is used).
     method : {"pearson", "spearman"}
-    n_boot : int
-        Bootstrap resamples of samples for each CI (percentile method); 0 for no CIs.
     ci : float
-        Confidence level.
-    seed : int
-        Seeds the bootstrap.
+        Confidence level of the Fisher-z intervals.
 
     Returns
     -------
     pandas.DataFrame
         The attribution table: ``feature``, ``layer``, ``step_start`` = s, ``step_stop`` = s + 1,
-        ``method``, ``effect`` (the correlation coefficient), ``ci_low``, ``ci_high``, ``p``
-        (scipy's two-sided test of no correlation), ``p_adj`` (Benjamini–Hochberg over all rows),
-        ``n`` (samples with both values finite).  Cells with fewer than 3 samples or a constant
-        input are NaN.
+        ``method``, ``effect`` (the correlation coefficient; ``effect_std`` the same, it is
+        scale-free), ``ci_low``, ``ci_high`` (the Fisher-z interval) and ``p`` (the z-test of the
+        same standard error: the interval excludes 0 exactly when ``p < 1 − ci``), ``p_adj``
+        (Benjamini–Hochberg over all rows), ``n`` (samples with both values finite);
+        ``disruption`` and ``specificity`` are NaN (not an intervention).  Cells with fewer than 4
+        samples or a constant input are NaN.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}.")
-    if not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
-        raise ValueError(f"n_boot must be a non-negative integer; got {n_boot!r}.")
     if not 0 < ci < 1:
         raise ValueError(f"ci must lie in (0, 1); got {ci!r}.")
     acts, changes = aligned(activity, feature_change)
-    rng = np.random.default_rng(seed)
     rows = []
     steps = acts["step"].values
     for feature in changes.data_vars:
@@ -251,9 +237,11 @@ def correlate(
             for j, step in enumerate(steps):
                 x, y = x_all[:, j], dy[:, j]
                 finite = np.isfinite(x) & np.isfinite(y)
-                r, low, high, p = _cell(x[finite], y[finite], method=method, n_boot=n_boot, ci=ci, rng=rng)
+                r, low, high, p = _cell(x[finite], y[finite], method=method, alpha=1 - ci)
+                # r is scale-free; a correlation does not intervene: no disruption, no specificity
                 rows.append((str(feature), str(layer), int(step), int(step) + 1, method, r, low, high, p, np.nan,
-                             int(finite.sum())))
+                             int(finite.sum()), r, np.nan, np.nan))
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     table["p_adj"] = benjamini_hochberg(table["p"].to_numpy())
+    table.attrs.update(alpha=1 - ci, ci_level=ci, inference="fisher-z")
     return validate(table)

@@ -120,8 +120,10 @@ def regress(
     pandas.DataFrame
         The attribution table: ``feature``, ``layer``, ``step_start``, ``step_stop``, ``method``
         (``"ols"`` or ``"mixedlm"``), ``effect`` (β: Δfeature per SD of activity), ``ci_low``,
-        ``ci_high``, ``p`` (Wald test of β = 0), ``p_adj`` (Benjamini–Hochberg over all rows),
-        ``n`` (samples).  Extra column ``n_obs``: the (sample, step) rows used.  A cell whose
+        ``ci_high`` (Wald interval) and ``p`` (the Wald test of β = 0 with the same standard error:
+        the interval excludes 0 exactly when ``p < 1 − ci``), ``p_adj`` (Benjamini–Hochberg over
+        all rows), ``n`` (samples), ``effect_std`` (β in SDs of the window's feature change: the
+        standardised coefficient); ``disruption`` and ``specificity`` are NaN (not an intervention).  Extra column ``n_obs``: the (sample, step) rows used.  A cell whose
         activity is constant, or with too few rows to fit (e.g. a window holding only the step
         that has no feature change), is NaN.
 
@@ -177,10 +179,14 @@ def regress(
                             ))
                         except (np.linalg.LinAlgError, ValueError):
                             pass
+                spread = float(np.std(y_rows[ok])) if n_obs else np.nan  # SD of the feature change in the window
                 for k, layer_index in enumerate(chosen):
                     effect, low, high, p = estimates[:, k]
+                    effect_std = float(effect) / spread if spread > 0 else np.nan
                     rows.append((str(feature), str(layers[layer_index]), int(start), int(stop), model,
-                                 float(effect), float(low), float(high), float(p), np.nan, n, n_obs))
+                                 float(effect), float(low), float(high), float(p), np.nan, n, effect_std,
+                                 np.nan, np.nan, n_obs))
     table = pd.DataFrame(rows, columns=[*COLUMNS, "n_obs"])
     table["p_adj"] = benjamini_hochberg(table["p"].to_numpy())
+    table.attrs.update(alpha=1 - ci, ci_level=ci, inference="wald")
     return validate(table)

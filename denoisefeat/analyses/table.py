@@ -5,18 +5,36 @@ An attribution table is a :class:`pandas.DataFrame` with one row per
 
 ``feature`` (str), ``layer`` (str, module path), ``step_start`` / ``step_stop`` (int,
 half-open step window), ``method`` (str, e.g. ``"ablation:zero"``, ``"causal_tracing"``),
-``effect`` (float), ``ci_low`` / ``ci_high`` (float), ``p`` (float, NaN where undefined),
-``p_adj`` (Benjamini-Hochberg corrected over the grid) and ``n`` (int, samples).
-Extra columns (e.g. ``band``, ``baseline``, ``recovered_fraction``) are allowed and kept.
+``effect`` (float, the raw effect in the feature's units), ``ci_low`` / ``ci_high`` (float, its
+``1 − alpha`` interval), ``p`` (float, NaN where undefined), ``p_adj`` (Benjamini-Hochberg over the
+table), ``n`` (int, samples), ``effect_std`` (the standardised, scale-free effect),
+``disruption`` (how much the cell changed the whole final image; NaN for methods that do not
+intervene) and ``specificity`` (how much more the cell moves this feature than the image as a
+whole; NaN for methods that do not intervene).  Every method defines these in its docstring; the
+docs page ``docs/reading-attribution-tables.md`` explains how to read them.
 
+Rules every table follows:
+
+* CI and p of a row come from one procedure (a bootstrap with its own p-value,
+  :mod:`denoisefeat.analyses.inference`, or a Wald interval with its Wald test), so a row with
+  ``p_adj < alpha`` always has a ``1 − alpha`` interval that excludes 0;
+* effects that float rounding alone could produce are exactly zero, with ``p = 1``;
+* :func:`rank` orders each method's rows in its documented direction (:data:`DIRECTIONS`).
+
+Extra columns (e.g. ``band``, ``baseline``, ``recovered_fraction``) are allowed and kept.
 Tables are stored in a run store under ``attribution/<name>`` as one array per column;
-string columns are stored as integer codes with their categories in the array attributes.
+string columns are stored as integer codes with their categories in the array attributes.  Tables
+written before format :data:`TABLE_FORMAT` (denoisefeat 0.1) are refused on reading with
+:class:`StaleTableError`, whose message says how to recompute them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+
+import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -26,7 +44,21 @@ from statsmodels.stats.multitest import multipletests
 
 from denoisefeat.store import Run, RunStore, StoreError
 
-__all__ = ["COLUMNS", "validate", "benjamini_hochberg", "write_attribution", "attribution_names", "read_attribution", "to_xarray", "rank"]
+__all__ = [
+    "COLUMNS",
+    "method_family",
+    "DIRECTIONS",
+    "RANK_BY",
+    "TABLE_FORMAT",
+    "StaleTableError",
+    "validate",
+    "benjamini_hochberg",
+    "write_attribution",
+    "attribution_names",
+    "read_attribution",
+    "to_xarray",
+    "rank",
+]
 
 #: Required columns and their kind: "str", "int" or "float".
 COLUMNS: dict[str, str] = {
@@ -41,7 +73,36 @@ COLUMNS: dict[str, str] = {
     "p": "float",
     "p_adj": "float",
     "n": "int",
+    "effect_std": "float",
+    "disruption": "float",
+    "specificity": "float",
 }
+
+#: Version of the stored table layout: 2 added ``effect_std``, ``disruption``, ``specificity`` and
+#: one inference procedure per row; tables of format 1 (denoisefeat 0.1) are refused on reading.
+TABLE_FORMAT = 2
+
+#: How :func:`rank` orders each method family's rows (the family is the method name before ``:``):
+#: ``"magnitude"``: a larger ``|value|`` drives the feature more, either sign is right (ablation:
+#: a change of the feature; correlation and regression: an association); ``"larger"``: a larger
+#: signed value is better and a negative one is wrong-signed (causal tracing: recovered fraction;
+#: probes: selectivity over the control).
+DIRECTIONS: dict[str, str] = {
+    "ablation": "magnitude",
+    "causal_tracing": "larger",
+    "probe": "larger",
+    "pearson": "magnitude",
+    "spearman": "magnitude",
+    "ols": "magnitude",
+    "mixedlm": "magnitude",
+}
+
+#: What :func:`rank` can order by: the standardised effect or the specificity.
+RANK_BY: dict[str, str] = {"effect": "effect_std", "specificity": "specificity"}
+
+
+class StaleTableError(StoreError):
+    """An attribution table written by an older format (:data:`TABLE_FORMAT`): recompute it."""
 
 _GROUP = "attribution"
 
@@ -178,11 +239,40 @@ def write_attribution(store_or_path, frame: pd.DataFrame, *, name: str = "defaul
             array[...] = data
             array.attrs.update({"kind": "str", "categories": [str(c) for c in categories]})
         columns.append(column)
-    group.attrs.update({"columns": columns, "n_rows": len(frame)})
+    group.attrs.update({"columns": columns, "n_rows": len(frame), "format": TABLE_FORMAT,
+                        "table_attrs": _json_attrs(frame.attrs)})
     store.finalize()  # re-consolidate: readers of a finished run see its metadata through the consolidated copy
 
 
-def _read_table(group: zarr.Group) -> pd.DataFrame:
+def _json_attrs(attrs: dict) -> dict:
+    """The JSON-serialisable part of a frame's ``attrs`` (numbers, strings, lists of them)."""
+    out = {}
+    for key, value in attrs.items():
+        if isinstance(value, (np.integer, np.floating, np.bool_)):
+            value = value.item()
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            continue
+        out[str(key)] = value
+    return out
+
+
+def _read_table(group: zarr.Group, name: str, store: RunStore) -> pd.DataFrame:
+    version = group.attrs.get("format", 1)
+    if not isinstance(version, int) or version < TABLE_FORMAT:
+        where = store.path if getattr(store, "path", None) is not None else "the store"
+        raise StaleTableError(
+            f"Attribution table {name!r} in {where} was written by denoisefeat 0.1 (table format {version}: no "
+            "standardised effects or specificity, CI and p from different procedures); recompute it with this "
+            "version (the same `denoisefeat attribute ...` or `denoisefeat demo` command with --overwrite, or "
+            "write_attribution(..., overwrite=True) of a new scan)."
+        )
+    if version > TABLE_FORMAT:
+        raise StaleTableError(
+            f"Attribution table {name!r} has format {version}, newer than this denoisefeat reads "
+            f"({TABLE_FORMAT}); upgrade denoisefeat."
+        )
     data = {}
     for column in group.attrs["columns"]:
         array = group[column]
@@ -191,7 +281,9 @@ def _read_table(group: zarr.Group) -> pd.DataFrame:
             categories = np.asarray(array.attrs["categories"], dtype=object)
             values = categories[values] if len(categories) else np.asarray([], dtype=object)
         data[column] = values
-    return pd.DataFrame(data, columns=list(group.attrs["columns"]))
+    frame = pd.DataFrame(data, columns=list(group.attrs["columns"]))
+    frame.attrs.update(group.attrs.get("table_attrs", {}))
+    return frame
 
 
 def attribution_names(store_or_path) -> list[str]:
@@ -226,6 +318,8 @@ def read_attribution(store_or_path, name: str | None = None) -> pd.DataFrame:
     ------
     KeyError
         If the named table does not exist (the message lists those that do).
+    StaleTableError
+        If a table was written in an older format (the message says how to recompute it).
     """
     store = _open_store(store_or_path, "r")
     names = attribution_names(store)
@@ -233,11 +327,11 @@ def read_attribution(store_or_path, name: str | None = None) -> pd.DataFrame:
     if name is None:
         if not names:
             raise KeyError("The store holds no attribution tables.")
-        frames = [_read_table(root[n]).assign(table=n) for n in names]
+        frames = [_read_table(root[n], n, store).assign(table=n) for n in names]
         return pd.concat(frames, ignore_index=True)
     if name not in names:
         raise KeyError(f"No attribution table {name!r}; the store holds {names}.")
-    return _read_table(root[name])
+    return _read_table(root[name], name, store)
 
 
 def _network_order(layer_order, layers: list[str]) -> list[str]:
@@ -276,7 +370,8 @@ def to_xarray(frame: pd.DataFrame, *, layer_order=None) -> xr.Dataset:
     Returns
     -------
     xarray.Dataset
-        Variables ``effect``, ``ci_low``, ``ci_high``, ``p``, ``p_adj``, ``n`` over dims
+        Variables ``effect``, ``effect_std``, ``disruption``, ``specificity``, ``ci_low``, ``ci_high``,
+        ``p``, ``p_adj``, ``n`` over dims
         ``feature``, ``layer``, ``window``, ``method``; the ``window`` coordinate is
         ``"start:stop"`` with ``step_start`` / ``step_stop`` as extra coordinates.
         Select methods with a dict (``ds.sel({"method": "patching"})``): ``method`` is also a
@@ -296,7 +391,7 @@ def to_xarray(frame: pd.DataFrame, *, layer_order=None) -> xr.Dataset:
         layers = [layer for layer in order if layer in set(layers)]
     windows = frame[["window", "step_start", "step_stop"]].drop_duplicates("window")
     windows = windows.sort_values(["step_start", "step_stop"])
-    values = ["effect", "ci_low", "ci_high", "p", "p_adj", "n"]
+    values = ["effect", "effect_std", "disruption", "specificity", "ci_low", "ci_high", "p", "p_adj", "n"]
     ds = xr.Dataset.from_dataframe(frame.set_index(keys)[values])
     ds = ds.reindex(
         {
@@ -312,11 +407,28 @@ def to_xarray(frame: pd.DataFrame, *, layer_order=None) -> xr.Dataset:
     )
 
 
-def rank(frame: pd.DataFrame, *, feature: str, method: str | None = None, top: int = 10) -> pd.DataFrame:
-    """Top (layer, window) rows for one feature.
+def method_family(method: str) -> str:
+    """The family of a method name: the part before ``":"`` (``"ablation:zero"`` → ``"ablation"``)."""
+    return str(method).split(":", 1)[0]
 
-    Rows whose confidence interval excludes zero come first, then within each group rows are
-    ordered by decreasing ``|effect|``.
+
+def rank(
+    frame: pd.DataFrame,
+    *,
+    feature: str,
+    method: str | None = None,
+    by: str = "effect",
+    alpha: float = 0.05,
+    top: int = 10,
+) -> pd.DataFrame:
+    """Top (layer, window) rows for one feature, in the method's documented direction.
+
+    Rows are ordered in two tiers: first the rows that are significant (``p_adj < alpha``) **and**
+    right-signed for their method (:data:`DIRECTIONS`: any sign for ``"magnitude"`` methods, a
+    positive value for ``"larger"`` methods), then every other row; within each tier by the
+    criterion ``by``, best first (``|value|`` for magnitude methods, the signed value for
+    ``"larger"`` methods), NaN last.  So a non-significant or wrong-signed row never ranks above a
+    significant right-signed one.
 
     Parameters
     ----------
@@ -325,18 +437,37 @@ def rank(frame: pd.DataFrame, *, feature: str, method: str | None = None, top: i
     feature : str
         Feature to rank (must appear in ``frame``).
     method : str, optional
-        Keep only this method.
+        Keep only this method.  Without it, the feature's rows must belong to one method family
+        (e.g. ``ablation:zero`` and ``ablation:mean``), whose effects share a direction and a scale.
+    by : {"effect", "specificity"}
+        ``"effect"``: the standardised effect ``effect_std`` (within one feature and table the same
+        order as the raw ``effect``); ``"specificity"``: how much more the cell moves this feature
+        than the whole image (intervention methods only).
+    alpha : float
+        Significance level of ``p_adj``.
     top : int
         Number of rows to return.
 
     Returns
     -------
     pandas.DataFrame
-        The selected rows with an extra boolean column ``significant`` (CI excludes 0).
+        The selected rows with an extra boolean column ``significant`` (``p_adj < alpha``).
+
+    Raises
+    ------
+    ValueError
+        An empty table, an unknown feature, method, family or criterion, rows of several method
+        families, or ``by="specificity"`` for a method that does not intervene.
     """
     validate(frame)
     if top < 1:
         raise ValueError(f"top must be >= 1, got {top}.")
+    if by not in RANK_BY:
+        raise ValueError(f"Unknown ranking criterion {by!r}; valid: {', '.join(map(repr, RANK_BY))}.")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}.")
+    if frame.empty:
+        raise ValueError("The attribution table is empty: nothing to rank.")
     features = sorted(pd.unique(frame["feature"]))
     if feature not in features:
         raise ValueError(f"Unknown feature {feature!r}; the table has {features}.")
@@ -346,9 +477,28 @@ def rank(frame: pd.DataFrame, *, feature: str, method: str | None = None, top: i
         if method not in methods:
             raise ValueError(f"Unknown method {method!r} for feature {feature!r}; the table has {methods}.")
         rows = rows[rows["method"] == method]
+    families = sorted({method_family(m) for m in rows["method"]})
+    if len(families) > 1:
+        raise ValueError(
+            f"Feature {feature!r} has rows of methods {sorted(pd.unique(rows['method']))}, whose effects are not "
+            "on one scale: pass method=... to rank one of them."
+        )
+    family = families[0]
+    if family not in DIRECTIONS:
+        raise ValueError(f"No ranking direction is known for method {family!r}; known: {', '.join(DIRECTIONS)}.")
+    values = rows[RANK_BY[by]].to_numpy(dtype=float)
+    if by == "specificity" and np.isnan(values).all():
+        raise ValueError(
+            f"Method {family!r} has no specificity (it does not intervene on the model): rank by='effect'."
+        )
+    larger = DIRECTIONS[family] == "larger"
+    significant = rows["p_adj"].to_numpy(dtype=float) < alpha
+    right = (rows["effect_std"].to_numpy(dtype=float) > 0) if larger else np.ones(len(rows), dtype=bool)
+    score = values if larger else np.abs(values)
     rows = rows.assign(
-        significant=(rows["ci_low"] > 0) | (rows["ci_high"] < 0),
-        _abs=rows["effect"].abs(),
+        significant=significant,
+        _tier=~(significant & right),
+        _score=np.where(np.isnan(score), -math.inf, score),
     )
-    rows = rows.sort_values(["significant", "_abs"], ascending=[False, False], kind="stable")
-    return rows.drop(columns="_abs").head(top).reset_index(drop=True)
+    rows = rows.sort_values(["_tier", "_score"], ascending=[True, False], kind="stable")
+    return rows.drop(columns=["_tier", "_score"]).head(top).reset_index(drop=True)

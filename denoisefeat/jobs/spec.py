@@ -84,7 +84,7 @@ _KEYS: dict[str, dict[str, tuple[type, ...]]] = {
     "features": {"metrics": (list,), "wavelet": (str,), "batch_size": (int,)},
     "ablation": {
         "layers": (str, list), "windows": (int, list), "methods": (str, list), "features": (str, list),
-        "samples": (int,), "n_boot": (int,), "batch_size": (int,),
+        "samples": (int,), "batch_size": (int,),
     },
     "cluster": {
         "scheduler": (str,), "walltime": (str,), "cpus": (int,), "mem": (str,), "gpus": (int,),
@@ -148,7 +148,6 @@ class AblationSpec:
     methods: tuple[str, ...]
     features: tuple[str, ...]
     samples: int
-    n_boot: int = 1000
     batch_size: int = 8
 
 
@@ -459,7 +458,6 @@ def _parse_ablation(table: dict, *, n_samples: int, steps: list[int]) -> Ablatio
     if not 2 <= samples <= n_samples:
         raise SpecError(f"[ablation].samples must be between 2 and [run].samples ({n_samples}), got {samples}.")
     return AblationSpec(layers=layers, windows=windows, methods=methods, features=features, samples=samples,
-                        n_boot=_positive("ablation", "n_boot", table.get("n_boot", 1000)),
                         batch_size=_positive("ablation", "batch_size", table.get("batch_size", 8)))
 
 

@@ -198,8 +198,7 @@ def _ablation(spec: JobSpec, task: Task) -> None:
         pipe, layers=[task.layer], windows=[window], method=task.method, features=list(abl.features), samples=n,
         class_labels=None if spec.labels is None else list(spec.labels[:n]),
         prompts=None if spec.prompts is None else list(spec.prompts[:n]), seed=list(spec.seeds[:n]),
-        steps=config.steps, scheduler=config.scheduler, guidance_scale=config.guidance, n_boot=abl.n_boot,
-        batch_size=abl.batch_size,
+        steps=config.steps, scheduler=config.scheduler, guidance_scale=config.guidance, batch_size=abl.batch_size,
     )
     frame = frame.assign(configuration=config.name)
     write_json_atomic(ablation_table_path(spec, task), {"columns": list(frame.columns), "data": {

@@ -105,3 +105,51 @@ def bootstrap_ci(
         method="percentile", rng=np.random.default_rng(seed),
     )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def bootstrap_selectivity(
+    metric: str,
+    sums: np.ndarray,
+    *,
+    controls: list[np.ndarray],
+    n_boot: int,
+    ci: float,
+    seed: int,
+):
+    """Selectivity ``score(sums) − mean(score(c) for c in controls)``: its CI and p from one bootstrap.
+
+    Samples (groups) are resampled jointly for the probe and its controls; the interval and the
+    two-sided p-value come from the same resamples
+    (:func:`denoisefeat.analyses.inference.bootstrap_inference`), so ``p < 1 − ci`` exactly when
+    the interval excludes 0.  NaN fields when ``n_boot == 0`` or there are fewer than 2 samples.
+    """
+    from denoisefeat.analyses.inference import Inference, bootstrap_inference
+
+    blocks = [np.asarray(sums, float), *(np.asarray(c, float) for c in controls)]
+    if n_boot == 0 or len(blocks[0]) < 2:
+        return Inference.undefined()
+
+    def statistic(*arrays, axis=-1):  # each array (..., width, n): the sample axis last
+        pooled = [_pooled(metric, [a[..., j, :] for j in range(a.shape[-2])]) for a in arrays]
+        return pooled[0] - np.mean(pooled[1:], axis=0)
+
+    return bootstrap_inference(statistic, *blocks, n_boot=n_boot, alpha=1.0 - ci, seed=seed)
+
+
+def permutation_selectivity(value: float, shuffled: np.ndarray, *, ci: float):
+    """Selectivity over shuffled-target probes: its interval and p from the permutation distribution.
+
+    ``θ_j = value − shuffled_j`` over the ``S`` shuffled-target probes (each refitted: the
+    distribution includes the fitting noise a bootstrap of fixed predictions misses); the estimate is
+    ``value − mean(shuffled)``; the interval and the two-sided p-value are the order-statistic
+    interval and p of :func:`denoisefeat.analyses.inference.bootstrap_inference` applied to the
+    ``θ_j`` (``p = (2·min(#θ ≤ 0, #θ ≥ 0) + 1) / (S + 1)``, the two-sided permutation p), so
+    ``p < 1 − ci`` exactly when the interval excludes 0.
+    """
+    from denoisefeat.analyses.inference import Inference, order_statistic_inference
+
+    shuffled = np.asarray(shuffled, dtype=float)
+    if not np.isfinite(value) or shuffled.size == 0:
+        return Inference.undefined()
+    return order_statistic_inference(value - float(shuffled.mean()), value - shuffled, alpha=1.0 - ci)
+

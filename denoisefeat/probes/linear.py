@@ -194,21 +194,6 @@ def _sums(kind, y, yhat, rows_group, n_groups):
     return _scores.classification_sums(y, yhat, rows_group, n_groups)
 
 
-def _losses(kind, sums):
-    """Per-group loss behind the score: squared error (ridge) or number of errors (logistic)."""
-    return sums[:, 3] if kind == "ridge" else sums[:, 0] - sums[:, 1]
-
-
-def _paired_p(kind, sums, control_sums) -> float:
-    """One-sided Wilcoxon signed-rank p that the probe's per-group loss is below the control's."""
-    from scipy import stats
-
-    difference = _losses(kind, sums) - _losses(kind, control_sums)
-    if not np.any(difference != 0):
-        return 1.0
-    return float(stats.wilcoxon(difference, alternative="less").pvalue)
-
-
 # ---------------------------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------------------------
@@ -258,10 +243,11 @@ def fit(
         logistic C = 1/α).  Default: :data:`DEFAULT_ALPHAS` for ridge, 1 for logistic.
     n_shuffles : int
         Shuffled-target control probes (the target permuted across samples, the same permutations at
-        every step).  With ``control=None`` at least 1 is needed; with ≥ 19 a permutation p-value is
-        reported.
+        every step).  With ``control=None`` at least 1 is needed; with at least ``1 / (1 − ci)``
+        (20 for 95 %) the selectivity's CI and p come from the permutation distribution.
     n_boot : int
-        Bootstrap resamples of samples (of groups, with ``groups``) for the CIs (0: no CIs).
+        Bootstrap resamples of samples (of groups, with ``groups``) for the CIs and the p-value
+        (0: none; otherwise at least ``1 / (1 − ci)``).
     ci : float
         Confidence level of the CIs.
     seed : int
@@ -279,12 +265,14 @@ def fit(
         ``shuffled``                  mean score of the shuffled-target probes (NaN if none)
         ``control``                   score of the probe on ``control`` (only when given)
         ``selectivity``               ``score`` − (``control`` if given, else ``shuffled``)
-        ``selectivity_ci_low/high``   paired bootstrap CI of ``selectivity``
-        ``p``                         one-sided p that the probe beats its control: Wilcoxon
-                                      signed-rank on per-sample (per-group) losses against
-                                      ``control``;
-                                      otherwise the permutation p ``(1 + #{shuffled ≥ score}) /
-                                      (1 + n_shuffles)``, NaN with fewer than 19 shuffles
+        ``selectivity_ci_low/high``   CI of ``selectivity``: a paired bootstrap over samples,
+                                      or, against ≥ ``1 / (1 − ci)`` shuffled-target probes, the
+                                      interval of ``score − shuffled_j`` over the refitted
+                                      shuffles (a permutation interval)
+        ``p``                         two-sided p-value of ``selectivity`` from the same
+                                      procedure as its CI (``p < 1 − ci`` exactly when the CI
+                                      excludes 0): the bootstrap p, or the permutation p;
+                                      NaN with ``n_boot=0`` (bootstrap)
         ``n``                         samples scored
         ============================  ============================================================
 
@@ -343,6 +331,9 @@ def fit(
     if not alphas or min(alphas) <= 0:
         raise ValueError(f"alphas must be positive regularisation strengths; got {alphas}.")
 
+    from denoisefeat.analyses.inference import min_resamples
+
+    least_shuffles = min_resamples(1.0 - ci)  # enough refitted shuffles for a permutation interval and p
     n_samples = acts.sizes["sample"]
     groups = np.arange(n_samples) if groups is None else np.asarray(groups)
     if groups.shape != (n_samples,):
@@ -395,17 +386,17 @@ def fit(
                 metric, sums, n_boot=n_boot, ci=ci, seed=seed
             )
             if shuffled_sums:
-                shuffled = np.array([_scores.score(metric, s) for s in shuffled_sums])
-                out["shuffled"][b, w] = shuffled.mean()
-                if control is None and n_shuffles >= 19:
-                    out["p"][b, w] = (1 + np.sum(shuffled >= value)) / (1 + n_shuffles)
+                out["shuffled"][b, w] = np.mean([_scores.score(metric, s) for s in shuffled_sums])
             reference = out["control"][b, w] if control is not None else out["shuffled"][b, w]
             out["selectivity"][b, w] = value - reference
-            out["selectivity_ci_low"][b, w], out["selectivity_ci_high"][b, w] = _scores.bootstrap_ci(
-                metric, sums, controls=controls, n_boot=n_boot, ci=ci, seed=seed
-            )
-            if control is not None:
-                out["p"][b, w] = _paired_p(kind, sums, controls[0])
+            if control is None and n_shuffles >= least_shuffles:  # refitted shuffles: a permutation test
+                shuffled = np.array([_scores.score(metric, s) for s in shuffled_sums])
+                selectivity = _scores.permutation_selectivity(value, shuffled, ci=ci)
+            else:
+                selectivity = _scores.bootstrap_selectivity(metric, sums, controls=controls, n_boot=n_boot, ci=ci,
+                                                            seed=seed)
+            out["selectivity_ci_low"][b, w], out["selectivity_ci_high"][b, w] = selectivity.ci_low, selectivity.ci_high
+            out["p"][b, w] = selectivity.p
             n_scored[b, w] = len(np.unique(rows_sample))
 
     steps = acts["step"].values

@@ -5,8 +5,11 @@ of denoisefeat returns, one row per feature × layer × step window::
 
     feature  layer  step_start  step_stop  method  effect  ci_low  ci_high  p  p_adj  n
 
-For probes, ``effect`` is the selectivity (the probe's score minus its control's), ``p`` tests that
-the probe beats its control, and ``p_adj`` is Benjamini–Hochberg over all rows of the table.
+For probes, ``effect`` (and ``effect_std``: it is scale-free) is the selectivity (the probe's score
+minus its control's), ``ci_low``/``ci_high`` and ``p`` come from one paired bootstrap of it, and
+``p_adj`` is Benjamini–Hochberg over all rows of the table.  A probe does not intervene, so
+``disruption`` and ``specificity`` are NaN.  :func:`~denoisefeat.analyses.table.rank` ranks larger
+selectivities first; a negative one (worse than the control) is wrong-signed.
 """
 
 from __future__ import annotations
@@ -71,10 +74,10 @@ def probe_table(
     Returns
     -------
     pandas.DataFrame
-        The attribution table (``method == "probe"``): ``effect`` is the
-        selectivity with its paired bootstrap CI, ``p`` the one-sided p that the probe beats its
-        control (NaN with ``control="shuffled"`` and fewer than 19 shuffles), ``p_adj``
-        Benjamini–Hochberg over the table, ``n`` the samples scored.  Extra columns: ``score`` (R²
+        The attribution table (``method == "probe"``): ``effect`` and ``effect_std`` are the
+        selectivity, with its paired bootstrap CI and the two-sided bootstrap p of the same
+        resamples, ``p_adj`` Benjamini–Hochberg over the table, ``n`` the samples scored;
+        ``disruption`` and ``specificity`` are NaN (not an intervention).  Extra columns: ``score`` (R²
         or accuracy of the probe), ``baseline`` (its control's score) and ``metric`` (``"r2"`` or
         ``"accuracy"``).
 
@@ -131,9 +134,12 @@ def probe_table(
                     "ci_low": float(result["selectivity_ci_low"][i]),
                     "ci_high": float(result["selectivity_ci_high"][i]),
                     "p": float(result["p"][i]), "p_adj": np.nan, "n": int(result["n"][i]),
+                    # a selectivity is scale-free; a probe does not intervene: no disruption, no specificity
+                    "effect_std": float(result["selectivity"][i]), "disruption": np.nan, "specificity": np.nan,
                     "score": float(result["score"][i]), "baseline": float(baseline[i]),
                     "metric": result.attrs["metric"],
                 })
     table = pd.DataFrame(rows, columns=[*COLUMNS, "score", "baseline", "metric"])
+    table.attrs.update(alpha=1 - ci, ci_level=ci, n_boot=n_boot, inference="bootstrap")
     table["p_adj"] = benjamini_hochberg(table["p"].to_numpy(dtype=float))
     return validate(table.astype({"step_start": int, "step_stop": int, "n": int}))

@@ -2,7 +2,8 @@
 
 They draw the *attribution table* of :mod:`denoisefeat.analyses` — a tidy ``pandas.DataFrame`` with
 columns ``feature, layer, step_start, step_stop, method, effect, ci_low, ci_high, p, p_adj, n``
-(one row per feature × layer × half-open step window ``[step_start, step_stop)`` × method).
+(one row per feature × layer × half-open step window ``[step_start, step_stop)`` × method), and the
+standardised ``effect_std`` and the ``specificity`` that heatmaps can show instead of the raw effect.
 
 Heatmaps with several features or methods carry a feature dropdown and a method dropdown
 (plotly ``updatemenus``).  The two menus stay consistent without JavaScript: choosing an entry
@@ -24,10 +25,13 @@ from denoisefeat.viz._images import png_uri, strip
 from denoisefeat.viz._layers import order_layers
 from denoisefeat.viz.style import DIVERGING, apply_style, axis_title, escape
 
-__all__ = ["COLUMNS", "attribution_heatmap", "correlation_heatmap", "selectivity_map"]
+__all__ = ["COLUMNS", "VALUES", "attribution_heatmap", "correlation_heatmap", "selectivity_map"]
 
 #: Columns every attribution table has.
 COLUMNS = ("feature", "layer", "step_start", "step_stop", "method", "effect", "ci_low", "ci_high", "p", "p_adj", "n")
+
+#: What a heatmap can show: the raw effect, the standardised effect or the specificity.
+VALUES = {"effect": "effect", "effect_std": "standardised effect", "specificity": "specificity"}
 
 #: ``layout.meta`` key under which a figure keeps what the report's JavaScript needs.
 META_KEY = "denoisefeat"
@@ -161,9 +165,10 @@ def _grid(table: pd.DataFrame, *, features, methods, layers, alpha: float, value
                     pd.notna(r.ci_low) and pd.notna(r.ci_high) and (r.ci_low > 0 or r.ci_high < 0))
                 text[i, j] = "*" if significant else ""
             bound = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
+            label = VALUES.get(value, value)
             hover = (
                 f"{escape(f)} · {escape(m)}<br>layer %{{y}}<br>steps [%{{customdata[6]}}, %{{customdata[7]}})"
-                f"<br>{value} %{{z:.3g}}<br>CI [%{{customdata[0]:.3g}}, %{{customdata[1]:.3g}}]"
+                f"<br>{label} %{{z:.3g}}<br>CI of the effect [%{{customdata[0]:.3g}}, %{{customdata[1]:.3g}}]"
                 "<br>p %{customdata[2]:.3g} · p_adj %{customdata[3]:.3g}<br>n %{customdata[4]}"
                 + ("<br>resolution level %{customdata[5]}" if levels else "") + "<extra></extra>"
             )
@@ -172,13 +177,13 @@ def _grid(table: pd.DataFrame, *, features, methods, layers, alpha: float, value
                 x=x, y=ordered, z=z, customdata=custom, text=text, texttemplate="%{text}",
                 colorscale=DIVERGING, zmid=0.0, zmin=-(bound or 1.0), zmax=bound or 1.0, hovertemplate=hover,
                 name=f"{escape(f)} · {escape(m)}", visible=not traces, xgap=1, ygap=1,
-                colorbar=dict(title=dict(text=value, side="right")),
+                colorbar=dict(title=dict(text=label, side="right")),
             ))
     return traces, trace_of, features, methods, ordered, levels
 
 
 def attribution_heatmap(table: pd.DataFrame, *, features=None, methods=None, layers=None,
-                        images: Mapping | None = None, clean=None, alpha: float = 0.05,
+                        images: Mapping | None = None, clean=None, value: str = "effect", alpha: float = 0.05,
                         size: str = "screen") -> go.Figure:
     """Effect of each layer and step window on each feature: a layer × window heatmap.
 
@@ -201,6 +206,10 @@ def attribution_heatmap(table: pd.DataFrame, *, features=None, methods=None, lay
         shows its images (standalone, the panel shows the first key).
     clean : array, optional
         The clean images, ``(..., 3, H, W)`` in [0, 1]; required with ``images``.
+    value : {"effect", "effect_std", "specificity"}
+        What the colours show: the raw effect (the feature's units), the standardised effect
+        (comparable across features) or the specificity (how much more the cell moves the feature
+        than the whole image; intervention methods only).
     alpha : float
         Cells with ``p_adj < alpha`` (or, where ``p_adj`` is NaN, a CI excluding 0) are marked ``*``.
     size : {"screen", "column", "page"}
@@ -215,8 +224,12 @@ def attribution_heatmap(table: pd.DataFrame, *, features=None, methods=None, lay
         ``go.Image`` traces follow (clean, intervened) and ``layout.meta["denoisefeat"]`` holds the
         PNG of every cell.
     """
+    if value not in VALUES:
+        raise ValueError(f"value must be one of {', '.join(map(repr, VALUES))}; got {value!r}")
+    if value not in table.columns:
+        raise ValueError(f"the attribution table has no {value!r} column: recompute it with this denoisefeat version")
     traces, trace_of, features, methods, ordered, levels = _grid(
-        table, features=features, methods=methods, layers=layers, alpha=alpha, value="effect", numeric_steps=False)
+        table, features=features, methods=methods, layers=layers, alpha=alpha, value=value, numeric_steps=False)
     n_heat = len(traces)
     with_images = images is not None
     if with_images:
@@ -259,7 +272,8 @@ def attribution_heatmap(table: pd.DataFrame, *, features=None, methods=None, lay
     _level_marks(fig, ordered, levels, xref="x", yref="y")
     apply_style(fig, size=size)
     fig.update_layout(updatemenus=_menus(features, methods, trace_of, n_traces, always),
-                      title=dict(text="Attribution: effect of each layer and step window", y=0.98, yanchor="top"),
+                      title=dict(text=f"Attribution: {VALUES[value]} of each layer and step window", y=0.98,
+                                 yanchor="top"),
                       margin=dict(t=110, r=60))
     fig.update_xaxes(title_text=axis_title("window"), type="category", row=1 if with_images else None,
                      col=1 if with_images else None)
