@@ -23,7 +23,8 @@ is built to ignore the others (the selectivity matrix of
   the power spectrum of the relative luminance modulation
   ``L / mean(L) - 1`` inside the eroded foreground, pooled into
   orientation x frequency bins (colour and brightness divide out; the
-  outline is eroded away), and the L1 distance of two such spectra;
+  outline is eroded away), and the L1 distance of two such spectra measured
+  on the same pixels (the common interior of both objects);
 * **edges** (:func:`boundary_width`): the width of the foreground's
   boundary ramp, ``sum |grad c| / sum |grad c|^2`` over a band around the
   boundary: the total variation of ``c`` (one per unit of boundary length,
