@@ -18,6 +18,8 @@ evaluates them on a batch, sharing intermediate results.
 Modules: :mod:`~denoisefeat.metrics.similarity`,
 :mod:`~denoisefeat.metrics.edges`, :mod:`~denoisefeat.metrics.texture`,
 :mod:`~denoisefeat.metrics.shape`, :mod:`~denoisefeat.metrics.color`,
+:mod:`~denoisefeat.metrics.foreground` (object-level metrics selective for one feature each,
+:data:`FEATURE_GROUPS`),
 :mod:`~denoisefeat.metrics.registry`.
 """
 
@@ -37,7 +39,25 @@ from denoisefeat.metrics.edges import (
     edge_sharpness,
     edge_width_10_90,
 )
-from denoisefeat.metrics.registry import METRICS, REFERENCE_KINDS, MetricSpec, compute_metrics
+from denoisefeat.metrics.foreground import (
+    TEXTURE_FREQUENCIES,
+    TEXTURE_ORIENTATIONS,
+    boundary_width,
+    object_color,
+    object_color_distance,
+    object_coverage,
+    object_mask,
+    object_mask_iou,
+    texture_spectrum,
+    texture_spectrum_distance,
+)
+from denoisefeat.metrics.registry import (
+    FEATURE_GROUPS,
+    METRICS,
+    REFERENCE_KINDS,
+    MetricSpec,
+    compute_metrics,
+)
 from denoisefeat.metrics.shape import (
     foreground_mask,
     hu_moment_distance,
@@ -89,7 +109,19 @@ __all__ = [
     "colorfulness",
     "color_spread",
     "color_consistency",
+    # object-level (fill-invariant foreground)
+    "object_coverage",
+    "object_mask",
+    "object_mask_iou",
+    "object_color",
+    "object_color_distance",
+    "texture_spectrum",
+    "texture_spectrum_distance",
+    "TEXTURE_ORIENTATIONS",
+    "TEXTURE_FREQUENCIES",
+    "boundary_width",
     # registry
+    "FEATURE_GROUPS",
     "MetricSpec",
     "METRICS",
     "REFERENCE_KINDS",

@@ -18,7 +18,7 @@ Everything is pure numpy and vectorised over the batch; image ``i`` of
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 import numpy as np
@@ -37,6 +37,10 @@ __all__ = [
     "condition_names",
     "shape_area",
     "generate",
+    "render",
+    "FACTORS",
+    "SOFT_EDGE_WIDTH",
+    "counterfactual_pairs",
 ]
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
@@ -81,6 +85,13 @@ _BACKGROUND_SLOTS = 24
 _NOISE_GRID = 4
 _OBJECT_SLOTS = 12
 _N_UNIFORMS = _BACKGROUND_SLOTS + MAX_OBJECTS * _OBJECT_SLOTS
+
+#: The factors :func:`counterfactual_pairs` changes one at a time.
+FACTORS: tuple[str, ...] = (
+    "shape", "color", "texture_kind", "texture_orientation", "texture_frequency", "position", "edge_sharpness",
+)
+#: Width of the soft boundary's coverage ramp at the reference size (pixels; scales with the image).
+SOFT_EDGE_WIDTH = 2.5
 
 
 def _regular_star(points: int, inner: float) -> np.ndarray:
@@ -226,6 +237,18 @@ class DiffShapesObjects:
         Spatial frequency of the texture in cycles/pixel (0 for solid).
     texture_orientation : ndarray of float, shape (n, 3)
         Orientation of the texture's wave vector in radians.
+    texture_phase : ndarray of float, shape (n, 3, 2)
+        Phase of the texture along and across its wave vector, in cycles; the
+        texture is fixed in image coordinates (moving an object shows another
+        part of the same texture).
+    edge_width : ndarray of float, shape (n, 3)
+        Width in pixels of the boundary's coverage ramp, ``clip(0.5 - sdf / w, 0, 1)``:
+        1 is the normal anti-aliased (sharp) boundary, larger values a soft one.
+
+    Notes
+    -----
+    Edit a copy with :func:`dataclasses.replace` (copy the arrays you change)
+    and draw it again with :func:`render`.
     """
 
     count: np.ndarray
@@ -237,6 +260,8 @@ class DiffShapesObjects:
     rotation: np.ndarray
     texture_frequency: np.ndarray
     texture_orientation: np.ndarray
+    texture_phase: np.ndarray
+    edge_width: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -576,6 +601,77 @@ def generate(
         images = _background(uniforms, size)
     else:
         images = np.full((n, 3, size, size), background, dtype=np.float32)
+    objects = DiffShapesObjects(
+        count=count, shape=shape, color=color, texture=texture, center=center, radius=radius,
+        rotation=rotation, texture_frequency=frequency, texture_orientation=orientation,
+        texture_phase=phase, edge_width=np.ones_like(radius),
+    )
+    return render(objects, background=images)
+
+
+def _check_objects(objects: DiffShapesObjects, n: int) -> None:
+    expected = {
+        "count": (n,), "shape": (n, MAX_OBJECTS), "color": (n, MAX_OBJECTS), "texture": (n, MAX_OBJECTS),
+        "center": (n, MAX_OBJECTS, 2), "radius": (n, MAX_OBJECTS), "rotation": (n, MAX_OBJECTS),
+        "texture_frequency": (n, MAX_OBJECTS), "texture_orientation": (n, MAX_OBJECTS),
+        "texture_phase": (n, MAX_OBJECTS, 2), "edge_width": (n, MAX_OBJECTS),
+    }
+    for name, shape in expected.items():
+        value = np.asarray(getattr(objects, name))
+        if value.shape != shape:
+            raise ValueError(f"objects.{name} must have shape {shape} for {n} images, got {value.shape}")
+    active = np.arange(MAX_OBJECTS)[None, :] < np.asarray(objects.count)[:, None]
+    if not np.all((objects.count >= 1) & (objects.count <= MAX_OBJECTS)):
+        raise ValueError(f"objects.count must lie in [1, {MAX_OBJECTS}]")
+    if not (np.isfinite(objects.edge_width[active]).all() and (objects.edge_width[active] >= 1.0).all()):
+        raise ValueError("objects.edge_width must be finite and at least 1 pixel for active objects")
+    for name, valid in (("shape", SHAPES), ("color", COLORS), ("texture", TEXTURES)):
+        values = np.asarray(getattr(objects, name))[active]
+        if values.size and (values.min() < 0 or values.max() >= len(valid)):
+            raise ValueError(f"objects.{name} must index {name}s in [0, {len(valid)}) for active objects")
+
+
+def render(objects: DiffShapesObjects, *, background) -> DiffShapesBatch:
+    """Draw a parameter set of objects on given backgrounds.
+
+    :func:`generate` is ``render(objects, background=...)`` of the objects it
+    draws; edit a batch's ``objects`` with :func:`dataclasses.replace` and
+    render it again on the same background to change one factor of a scene
+    (see :func:`counterfactual_pairs`).
+
+    Parameters
+    ----------
+    objects : DiffShapesObjects
+        The objects of ``n`` images, the primary one first.
+    background : array_like, shape (n, 3, size, size)
+        The background of every image, RGB in ``[0, 1]``.
+
+    Returns
+    -------
+    DiffShapesBatch
+        Images and the ground truth of the primary objects.
+
+    Raises
+    ------
+    ValueError
+        If the background is not ``(n, 3, size, size)`` in ``[0, 1]`` with
+        ``size >= 16``, or an object field has the wrong shape or an invalid value.
+    """
+    background = np.asarray(background)
+    if background.ndim != 4 or background.shape[1] != 3 or background.shape[2] != background.shape[3]:
+        raise ValueError(f"background must have shape (n, 3, size, size), got {background.shape}")
+    n, _, size, _ = background.shape
+    if size < 16:
+        raise ValueError(f"size must be at least 16 pixels, got {size}")
+    if not np.isfinite(background).all() or (n and (background.min() < 0.0 or background.max() > 1.0)):
+        raise ValueError("background must be finite and lie in [0, 1]")
+    _check_objects(objects, n)
+    count, shape, color, texture = objects.count, objects.shape, objects.color, objects.texture
+    center, radius, rotation = objects.center, objects.radius, objects.rotation
+    frequency, orientation, phase = objects.texture_frequency, objects.texture_orientation, objects.texture_phase
+    width = objects.edge_width
+    active = np.arange(MAX_OBJECTS)[None, :] < count[:, None]
+    images = background.astype(np.float32, copy=True)
 
     pixel_centers = np.arange(size, dtype=np.float32)
     mask = np.zeros((n, size, size), dtype=np.float32)
@@ -586,7 +682,9 @@ def generate(
             continue
         sdf = _shape_sdf(shape[rows, k], center[rows, k], radius[rows, k], rotation[rows, k],
                          pixel_centers, pixel_centers)
-        coverage = np.clip(0.5 - sdf, 0.0, 1.0)
+        # Coverage ramp of width w px across the boundary (w = 1: anti-aliased; x / 1.0 == x exactly).
+        w = width[rows, k].astype(np.float32)[:, None, None]
+        coverage = np.clip(0.5 - sdf / w, 0.0, 1.0)
         pattern = _texture_pattern(texture[rows, k], frequency[rows, k], orientation[rows, k], phase[rows, k], size)
         rgb = _PALETTE_RGB[color[rows, k]][:, :, None, None]
         fill = rgb * (1.0 - (1.0 - _TEXTURE_DARKEN) * pattern[:, None])
@@ -609,10 +707,6 @@ def generate(
     else:
         edges = np.zeros((0, size, size), dtype=bool)
 
-    objects = DiffShapesObjects(
-        count=count, shape=shape, color=color, texture=texture, center=center, radius=radius,
-        rotation=rotation, texture_frequency=frequency, texture_orientation=orientation,
-    )
     primary_shape, primary_color, primary_texture = shape[:, 0].copy(), color[:, 0].copy(), texture[:, 0].copy()
     return DiffShapesBatch(
         images=np.clip(images, 0.0, 1.0),
@@ -627,3 +721,154 @@ def generate(
         dominant_color=_PALETTE_RGB[primary_color],
         objects=objects,
     )
+
+
+def _texture_frequency(texture: np.ndarray, uniform: np.ndarray, scale: float) -> np.ndarray:
+    """Texture frequency (cycles/pixel) of each texture index, from one uniform number (0 for solid)."""
+    return np.select(
+        [texture == 1, texture == 2, texture == 3],
+        [_lerp(_STRIPE_FREQUENCY, uniform), 1.0 / _lerp(_CHECKER_PERIOD, uniform), 1.0 / _lerp(_DOT_PERIOD, uniform)],
+        default=0.0,
+    ) / scale
+
+
+def _other(current: np.ndarray, k: int, rng: np.random.Generator, choices: np.ndarray | None = None) -> np.ndarray:
+    """A value different from ``current`` (uniform over the others among ``choices``, default ``range(k)``)."""
+    choices = np.arange(k) if choices is None else choices
+    out = np.empty_like(current)
+    for i, c in enumerate(current):
+        others = choices[choices != c]
+        out[i] = others[rng.integers(len(others))]
+    return out
+
+
+def counterfactual_pairs(
+    n: int,
+    *,
+    factor: str,
+    seed: int,
+    size: int = 32,
+    background: float | None = None,
+    soft_edge_width: float = SOFT_EDGE_WIDTH,
+) -> tuple[DiffShapesBatch, DiffShapesBatch]:
+    """Pairs of one-object images that differ in exactly one factor.
+
+    Parameters
+    ----------
+    n : int
+        Number of pairs.
+    factor : str
+        One of :data:`FACTORS`:
+
+        ``"shape"``
+            another shape (same centre, circumradius, rotation, colour, texture);
+        ``"color"``
+            another palette colour;
+        ``"texture_kind"``
+            another texture among :data:`TEXTURES` (a new texture gets a
+            frequency and orientation drawn from the generator's ranges);
+        ``"texture_orientation"``
+            the texture rotated by 60 to 100 % of its half symmetry period
+            (54 to 90 degrees for stripes, 27 to 45 degrees for checkers and
+            dot grids); textured objects only;
+        ``"texture_frequency"``
+            the texture frequency times or divided by 1.4 to 1.7 (towards the
+            middle of the generator's range); textured objects only;
+        ``"position"``
+            the object moved, staying inside the image (the farthest of 16
+            candidate centres drawn like the generator's);
+        ``"edge_sharpness"``
+            the first image has the normal anti-aliased boundary, the second a
+            soft one (coverage ramp ``clip(0.5 - sdf / w, 0, 1)`` of width
+            ``w = soft_edge_width * size / 32`` px).
+    seed : int
+        Non-negative seed; the first images are those of
+        ``generate(n, seed=seed, size=size, n_objects=1, background=background)``
+        (restricted to textured objects for the two texture factors).
+    size : int, optional
+        Height and width in pixels (at least 16).
+    background : float, optional
+        A flat grey background level in ``[0, 1]`` instead of the random
+        low-contrast backgrounds.
+    soft_edge_width : float, optional
+        Width of the soft boundary at the 32 px reference size, in pixels
+        (more than 1); it scales with ``size``.
+
+    Returns
+    -------
+    (DiffShapesBatch, DiffShapesBatch)
+        ``(a, b)``: ``b[i]`` is ``a[i]`` with ``factor`` changed; everything
+        else (background, the other parameters, the texture's phase) is identical.
+
+    Raises
+    ------
+    ValueError
+        For an unknown factor (the message lists them), or invalid ``n``,
+        ``seed``, ``size``, ``background`` or ``soft_edge_width``.
+
+    Notes
+    -----
+    Both images are drawn by :func:`render` from the same
+    :class:`DiffShapesObjects`, one field edited with
+    :func:`dataclasses.replace`.  The changed values are drawn from a stream
+    seeded by ``(seed, factor)``, so pairs are reproducible.
+    """
+    if factor not in FACTORS:
+        raise ValueError(f"unknown factor {factor!r}; valid factors are {', '.join(FACTORS)}")
+    if not (np.isfinite(soft_edge_width) and soft_edge_width > 1.0):
+        raise ValueError(f"soft_edge_width must be a finite number of pixels above 1, got {soft_edge_width}")
+    textured = factor in ("texture_orientation", "texture_frequency")
+    a = generate(n, seed=seed, size=size, n_objects=1, background=background,
+                 textures=TEXTURES[1:] if textured else None)
+    o = a.objects
+    rng = np.random.default_rng([seed, FACTORS.index(factor), 7919])
+    scale = size / _REFERENCE_SIZE
+    # The background of a one-object image is the image where the object's coverage is 0;
+    # rebuild it exactly from the generator's draw.
+    if background is None:
+        uniforms = np.stack([np.random.default_rng([seed, i]).random(_N_UNIFORMS) for i in range(n)]) \
+            if n else np.zeros((0, _N_UNIFORMS))
+        ground = _background(uniforms, size)
+    else:
+        ground = np.full((n, 3, size, size), background, dtype=np.float32)
+
+    def column(field: np.ndarray, values: np.ndarray) -> np.ndarray:
+        out = field.copy()
+        out[:, 0] = values
+        return out
+
+    if factor == "shape":
+        edited = replace(o, shape=column(o.shape, _other(o.shape[:, 0], len(SHAPES), rng)))
+    elif factor == "color":
+        edited = replace(o, color=column(o.color, _other(o.color[:, 0], len(COLORS), rng)))
+    elif factor == "texture_kind":
+        kind = _other(o.texture[:, 0], len(TEXTURES), rng)
+        frequency = _texture_frequency(kind, rng.random(n), scale)
+        orientation = np.where(kind == 1, np.pi, 0.5 * np.pi) * rng.random(n) * (kind > 0)
+        # A kind that keeps being textured keeps its frequency and orientation where both are textured.
+        both = (kind > 0) & (o.texture[:, 0] > 0)
+        frequency = np.where(both, o.texture_frequency[:, 0], frequency)
+        orientation = np.where(both, o.texture_orientation[:, 0], orientation)
+        edited = replace(o, texture=column(o.texture, kind), texture_frequency=column(o.texture_frequency, frequency),
+                         texture_orientation=column(o.texture_orientation, orientation))
+    elif factor == "texture_orientation":
+        period = np.where(o.texture[:, 0] == 1, np.pi, 0.5 * np.pi)
+        turn = 0.5 * period * rng.uniform(0.6, 1.0, n) * rng.choice([-1.0, 1.0], n)
+        edited = replace(o, texture_orientation=column(o.texture_orientation,
+                                                       np.mod(o.texture_orientation[:, 0] + turn, period)))
+    elif factor == "texture_frequency":
+        f = o.texture_frequency[:, 0]
+        middle = np.sqrt(_texture_frequency(o.texture[:, 0], np.zeros(n), scale)
+                         * _texture_frequency(o.texture[:, 0], np.ones(n), scale))
+        ratio = rng.uniform(1.4, 1.7, n)
+        edited = replace(o, texture_frequency=column(o.texture_frequency, np.where(f < middle, f * ratio, f / ratio)))
+    elif factor == "position":
+        margin = o.radius[:, 0] + 0.5
+        candidates = margin[:, None, None] + rng.random((n, 16, 2)) * (size - 1 - 2 * margin)[:, None, None]
+        far = np.argmax(np.linalg.norm(candidates - o.center[:, None, 0], axis=-1), axis=1)
+        center = o.center.copy()
+        center[:, 0] = candidates[np.arange(n), far]
+        edited = replace(o, center=center)
+    else:  # edge_sharpness
+        edited = replace(o, edge_width=column(o.edge_width, np.full(n, soft_edge_width * scale)))
+    return render(o, background=ground), render(edited, background=ground)

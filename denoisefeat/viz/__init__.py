@@ -11,7 +11,8 @@ options as keywords, among them ``size`` (``"screen"``, or ``"column"``/``"page"
 
 Modules: :mod:`~denoisefeat.viz.trajectory` (x̂0 over steps, band-pass images, spectra),
 :mod:`~denoisefeat.viz.profiles` (feature emergence, runs compared), :mod:`~denoisefeat.viz.attribution`
-(layer × step heatmaps, probe selectivity, correlations), :mod:`~denoisefeat.viz.activations`,
+(layer × step heatmaps, probe selectivity, correlations), :mod:`~denoisefeat.viz.selectivity`
+(the metric × factor selectivity matrix), :mod:`~denoisefeat.viz.activations`,
 :mod:`~denoisefeat.viz.report`, :mod:`~denoisefeat.viz.export` (PNG/SVG/PDF via kaleido) and
 :mod:`~denoisefeat.viz.style`.
 """
@@ -21,6 +22,7 @@ from denoisefeat.viz.attribution import attribution_heatmap, correlation_heatmap
 from denoisefeat.viz.export import StaticExportError, write_static
 from denoisefeat.viz.profiles import compare_runs, emergence_curves
 from denoisefeat.viz.report import build_report
+from denoisefeat.viz.selectivity import selectivity_heatmap
 from denoisefeat.viz.style import apply_style
 from denoisefeat.viz.trajectory import band_pass_grid, rapsd_curves, rapsd_heatmap, step_image_grid, wavelet_heatmap
 
@@ -37,6 +39,7 @@ __all__ = [
     "emergence_curves",
     "rapsd_curves",
     "rapsd_heatmap",
+    "selectivity_heatmap",
     "selectivity_map",
     "step_image_grid",
     "wavelet_heatmap",
