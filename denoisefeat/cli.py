@@ -58,7 +58,7 @@ def _friendly(func):
 @app.command()
 @_friendly
 def extract(
-    model: str = typer.Argument(..., help="Built-in name ('toy', 'tiny-sd', …), a save_pretrained folder, or a Hub id."),
+    model: str = typer.Argument(..., help="Built-in name ('toy', 'planted', 'tiny-sd', …), a save_pretrained folder, or a Hub id."),
     out: Path = typer.Option(..., "--out", "-o", help="The zarr store to write (e.g. run.zarr)."),
     samples: int = typer.Option(None, "--samples", "-n", help="Number of samples (default: one per prompt/label)."),
     steps: int = typer.Option(50, "--steps", "-s", help="Inference steps."),
@@ -293,7 +293,7 @@ def _run_options(label, prompt, samples, seed, steps, scheduler, guidance, batch
 
 
 # Options shared by `attribute scan` and `attribute trace` (typer reuses an option object safely).
-_MODEL = typer.Argument(None, help="toy, tiny-*, a save_pretrained folder or a hub id (or model in --spec).")
+_MODEL = typer.Argument(None, help="toy, planted, tiny-*, a save_pretrained folder or a hub id (or model in --spec).")
 _WINDOWS = typer.Option("5", "--windows", help="Number of step windows, or start:stop pairs (0:5,5:20).")
 _FEATURES = typer.Option("edges,texture,shape,color", "--features", help="Feature groups or metric names.")
 _SAMPLES = typer.Option(None, "--samples", "-n", help="Samples (default: one per label/prompt, or 8).")

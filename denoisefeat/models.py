@@ -2,8 +2,10 @@
 
 ``load_pipeline`` accepts three kinds of source:
 
-* a built-in name: ``"toy"`` (the trained DiffShapes model shipped in the package) or one of
-  the tiny random-initialised pipelines of :mod:`denoisefeat.tiny`;
+* a built-in name: ``"toy"`` (the trained DiffShapes model shipped in the package), ``"planted"``
+  (the planted-ground-truth model of :mod:`denoisefeat.toy.planted`: the exact posterior mean of a
+  finite DiffShapes data set, split into a low-band and a high-band module) or one of the tiny
+  random-initialised pipelines of :mod:`denoisefeat.tiny`;
 * a local folder written by ``pipeline.save_pretrained`` (it holds a ``model_index.json``);
 * a Hugging Face Hub id (``"stable-diffusion-v1-5/stable-diffusion-v1-5"``), loaded with diffusers'
   own ``from_pretrained``.  Without network access this fails with a message that names the id
@@ -141,9 +143,9 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=images)
 
 
-#: Names ``load_pipeline`` accepts without a folder or a network: the trained toy model and the
-#: tiny random-initialised pipelines of :mod:`denoisefeat.tiny`.
-BUILTIN_MODELS = ("toy", "tiny-unet", "tiny-class-unet", "tiny-sd", "tiny-sdxl", "tiny-dit")
+#: Names ``load_pipeline`` accepts without a folder or a network: the trained toy model, the
+#: planted-ground-truth model and the tiny random-initialised pipelines of :mod:`denoisefeat.tiny`.
+BUILTIN_MODELS = ("toy", "planted", "tiny-unet", "tiny-class-unet", "tiny-sd", "tiny-sdxl", "tiny-dit")
 
 
 def load_pipeline(source: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
@@ -152,7 +154,10 @@ def load_pipeline(source: str | Path, *, device: str | torch.device = "cpu", dty
     Parameters
     ----------
     source : str or path
-        ``"toy"`` (the trained DiffShapes model, offline), a tiny built-in (``"tiny-unet"``,
+        ``"toy"`` (the trained DiffShapes model, offline), ``"planted"`` (a ``DDIMPipeline`` whose
+        denoiser is the exact posterior mean of 64 DiffShapes images, its modules ``layout`` and
+        ``detail`` the low and high band: :func:`denoisefeat.toy.planted.planted_pipeline` with its
+        defaults; call that function for other data sets), a tiny built-in (``"tiny-unet"``,
         ``"tiny-class-unet"``, ``"tiny-sd"``, ``"tiny-sdxl"``, ``"tiny-dit"``), a folder written by
         ``save_pretrained``, or a Hub id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``.
     device : str or torch.device
@@ -187,6 +192,10 @@ def _load(source, *, dtype):
     text = str(source)
     if text == "toy":
         return _load_toy(dtype=dtype)
+    if text == "planted":
+        from denoisefeat.toy.planted import planted_pipeline
+
+        return planted_pipeline()
     if text in TINY_BUILDERS:
         return TINY_BUILDERS[text]()
     path = Path(text).expanduser()
