@@ -19,13 +19,17 @@ import pandas as pd
 
 __all__ = ["DEMO_FEATURES", "DemoSettings", "DemoSummary", "QUICK", "FULL", "run_demo", "summarize"]
 
-#: What the ablation scan measures: one headline metric per feature family.
-DEMO_FEATURES: dict[str, str] = {
-    "edges": "edge_f1",
-    "texture": "lbp_distance",
-    "shape": "mask_iou",
-    "color": "delta_e2000",
-}
+def _headline_metrics() -> dict[str, str]:
+    from denoisefeat.metrics import FEATURE_GROUPS
+
+    return {family: names[0] for family, names in FEATURE_GROUPS.items()}
+
+
+#: What the ablation scan measures: the first (selective) metric of each feature group,
+#: :data:`denoisefeat.metrics.FEATURE_GROUPS`.
+DEMO_FEATURES: dict[str, str] = _headline_metrics()
+#: Feature families the known facts call fine (made late) and coarse (made early).
+_FINE, _COARSE = ("texture", "edges"), ("shape", "color")
 _BLOCKS = ("down_blocks.*", "mid_block", "up_blocks.*")
 
 
@@ -79,11 +83,19 @@ class DemoSummary:
     report : Path
         The HTML report.
     drivers : pandas.DataFrame
-        Per feature family: the block and step window whose ablation moved its metric most (among
-        those whose CI excludes 0, if any), with the effect, its CI and adjusted p.
+        Per feature family: the block and step window whose ablation moved its metric most
+        (:func:`~denoisefeat.analyses.table.rank` by the standardised effect: significant rows
+        first), with the effect, its standardised value, specificity, CI and adjusted p.
+    specific : pandas.DataFrame
+        Per feature family: the most *specific* block and step window (``rank(by="specificity")``):
+        the cell that moves this feature most relative to how much it moves the whole image.
     windows : pandas.DataFrame
         Per feature family: the step window whose ablation moves its metric most across blocks
-        (largest median over blocks of ``|effect|``): when the feature is made, whichever block.
+        (largest median over blocks of ``|effect_std|``): when the feature is made, whichever block.
+    facts : pandas.DataFrame
+        Per feature family: the median over blocks of ``|effect_std|`` in the last window over that
+        in the first (``late_over_early``); the known fact is that texture and edges have larger
+        ratios than shape and colour (``DemoSummary.fine_made_late``).
     bands : pandas.DataFrame
         Median emergence and stabilisation step of the low, mid and high frequency bands.
     probes : pandas.DataFrame
@@ -95,26 +107,43 @@ class DemoSummary:
     store: Path
     report: Path
     drivers: pd.DataFrame
+    specific: pd.DataFrame
     windows: pd.DataFrame
+    facts: pd.DataFrame
     bands: pd.DataFrame
     probes: pd.DataFrame
     seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fine_made_late(self) -> bool:
+        """Whether late windows move texture and edges relatively more than shape and colour."""
+        ratio = self.facts.set_index("family")["late_over_early"]
+        fine = [ratio[f] for f in _FINE if f in ratio]
+        coarse = [ratio[f] for f in _COARSE if f in ratio]
+        return bool(fine and coarse and min(fine) > max(coarse))
 
     def text(self) -> str:
         """The summary as plain text: one line per finding, numbers included."""
         lines = ["Frequency bands of x̂0 (median step over samples; emergence → stabilisation):"]
         for row in self.bands.itertuples():
             lines.append(f"  {row.band:<5} emerges at step {row.emergence:g}, stabilises at step {row.stabilisation:g}")
-        lines.append("Which block and steps drive each feature (ablation scan, mean change of the final image):")
+        lines.append("Which block and steps move each feature most (ablation scan, mean change of the final image; "
+                     "std: in between-sample units):")
         for row in self.drivers.itertuples():
-            sig = "" if row.significant else " (CI includes 0)"
-            lines.append(f"  {row.family:<7} {row.feature}: {row.layer} at steps {row.step_start}-{row.step_stop} "
-                         f"changes it by {row.effect:+.3g} [{row.ci_low:+.3g}, {row.ci_high:+.3g}], "
-                         f"p_adj={row.p_adj:.2g}{sig}")
+            lines.append(_driver_line(row))
+        lines.append("Which block and steps drive each feature most specifically (its std. change over the whole "
+                     "image's):")
+        for row in self.specific.itertuples():
+            lines.append(_driver_line(row))
         lines.append("When each feature is made (the step window whose ablation matters most, median over blocks):")
         for row in self.windows.itertuples():
             lines.append(f"  {row.family:<7} {row.feature}: steps {row.step_start}-{row.step_stop} "
-                         f"(median |change| {row.median_abs_effect:.3g} vs {row.other_windows:.3g} in the other windows)")
+                         f"(median |std. change| {row.median_abs_effect:.3g} vs {row.other_windows:.3g} in the other "
+                         "windows)")
+        ratios = ", ".join(f"{row.family} {row.late_over_early:.2g}" for row in self.facts.itertuples())
+        verdict = "yes" if self.fine_made_late else "no"
+        lines.append(f"Known fact, late steps make texture and edges: {verdict} (last-window over first-window "
+                     f"median |std. change|: {ratios})")
         if len(self.probes):
             lines.append("Where a linear probe reads each target best (selectivity over the x_t control):")
             for row in self.probes.itertuples():
@@ -123,6 +152,13 @@ class DemoSummary:
         lines.append(f"Store: {self.store}")
         lines.append(f"Report: {self.report}")
         return "\n".join(lines)
+
+
+def _driver_line(row) -> str:
+    sig = "" if row.significant else " (not significant)"
+    return (f"  {row.family:<7} {row.feature}: {row.layer} at steps {row.step_start}-{row.step_stop} "
+            f"changes it by {row.effect:+.3g} [{row.ci_low:+.3g}, {row.ci_high:+.3g}] (std {row.effect_std:+.2g}, "
+            f"specificity {row.specificity:.2g}), p_adj={row.p_adj:.2g}{sig}")
 
 
 def summarize(store, *, report: Path | None = None) -> DemoSummary:
@@ -145,24 +181,32 @@ def summarize(store, *, report: Path | None = None) -> DemoSummary:
 
     store = Path(store)
     ablation = read_attribution(store, "ablation")
-    rows = []
-    for family, feature in DEMO_FEATURES.items():
-        best = rank(ablation, feature=feature, top=1).iloc[0]
-        rows.append({"family": family, "feature": feature, "layer": best["layer"],
-                     "step_start": int(best["step_start"]), "step_stop": int(best["step_stop"]),
-                     "effect": float(best["effect"]), "ci_low": float(best["ci_low"]),
-                     "ci_high": float(best["ci_high"]), "p_adj": float(best["p_adj"]),
-                     "significant": bool(best["significant"])})
-    drivers = pd.DataFrame(rows)
-    timing = []
-    for family, feature in DEMO_FEATURES.items():
+    features = {family: feature for family, feature in DEMO_FEATURES.items()
+                if feature in set(ablation["feature"])}
+
+    def top(by):
+        rows = []
+        for family, feature in features.items():
+            best = rank(ablation, feature=feature, by=by, top=1).iloc[0]
+            rows.append({"family": family, "feature": feature, "layer": best["layer"],
+                         "step_start": int(best["step_start"]), "step_stop": int(best["step_stop"]),
+                         **{k: float(best[k]) for k in ("effect", "effect_std", "specificity", "disruption",
+                                                         "ci_low", "ci_high", "p_adj")},
+                         "significant": bool(best["significant"])})
+        return pd.DataFrame(rows)
+
+    timing, facts = [], []
+    for family, feature in features.items():
         rows_ = ablation[ablation["feature"] == feature]
-        per_window = rows_["effect"].abs().groupby([rows_["step_start"], rows_["step_stop"]]).median()
+        per_window = rows_["effect_std"].abs().groupby([rows_["step_start"], rows_["step_stop"]]).median()
         (start, stop), best = per_window.idxmax(), float(per_window.max())
         timing.append({"family": family, "feature": feature, "step_start": int(start), "step_stop": int(stop),
                        "median_abs_effect": best,
                        "other_windows": float(per_window.drop((start, stop)).median()) if len(per_window) > 1
                        else float("nan")})
+        first, last = float(per_window.iloc[0]), float(per_window.iloc[-1])  # windows sorted by step
+        facts.append({"family": family, "feature": feature, "early": first, "late": last,
+                      "late_over_early": last / first if first > 0 else float("inf")})
     windows = pd.DataFrame(timing)
 
     feats = load_features(store)
@@ -177,12 +221,14 @@ def summarize(store, *, report: Path | None = None) -> DemoSummary:
     probe_rows = []
     if probe is not None:
         for feature in sorted(probe["feature"].unique()):
-            best = probe[probe["feature"] == feature].sort_values("effect", ascending=False).iloc[0]
+            best = rank(probe, feature=feature, method="probe", top=1).iloc[0]
             probe_rows.append({"feature": feature, "layer": best["layer"], "step_start": int(best["step_start"]),
                                "step_stop": int(best["step_stop"]), "effect": float(best["effect"]),
-                               "ci_low": float(best["ci_low"]), "ci_high": float(best["ci_high"])})
+                               "ci_low": float(best["ci_low"]), "ci_high": float(best["ci_high"]),
+                               "significant": bool(best["significant"])})
     return DemoSummary(store=store, report=report if report is not None else store.parent / "report.html",
-                       drivers=drivers, windows=windows, bands=bands, probes=pd.DataFrame(probe_rows))
+                       drivers=top("effect"), specific=top("specificity"), windows=windows,
+                       facts=pd.DataFrame(facts), bands=bands, probes=pd.DataFrame(probe_rows))
 
 
 def run_demo(out, *, quick: bool = False, overwrite: bool = False,

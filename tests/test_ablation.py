@@ -9,7 +9,7 @@ from denoisefeat.analyses import rank, read_attribution
 from denoisefeat.analyses.ablation import ablation_scan, causal_trace, resolve_features, step_windows
 from denoisefeat.hooks import Edit
 from denoisefeat.hooks.layers import UnknownLayerError
-from denoisefeat.metrics import METRICS
+from denoisefeat.metrics import FEATURE_GROUPS, METRICS
 from denoisefeat.store import RunExistsError, open_run
 
 PLANTED = "up_blocks.1.resnets.1.conv2"
@@ -66,17 +66,18 @@ class CallCounter:
 
 
 def test_planted_layer_ranks_first_for_colour(planted_pipe):
-    frame = ablation_scan(planted_pipe, layers=[NOOP, PLANTED], windows=1, features=["color", "band_error:low"],
-                          samples=4, class_labels=[0, 1, 2, 3], steps=3)
-    assert set(frame["feature"]) == {"delta_e2000", "colorfulness", "band_error:low"}
-    assert len(frame) == 2 * 3 and (frame["n"] == 4).all()
+    frame = ablation_scan(planted_pipe, layers=[NOOP, PLANTED], windows=1,
+                          features=["color", "delta_e2000", "band_error:low"], samples=4, class_labels=[0, 1, 2, 3],
+                          steps=3)
+    assert set(frame["feature"]) == {*FEATURE_GROUPS["color"], "delta_e2000", "band_error:low"}
+    assert len(frame) == 2 * len(set(frame["feature"])) and (frame["n"] == 4).all()
     assert list(frame["layer"].unique()) == [NOOP, PLANTED]  # network order
     top = rank(frame, feature="delta_e2000", top=2)
     assert top.loc[0, "layer"] == PLANTED and top.loc[0, "significant"]
     assert top.loc[0, "ci_low"] > 1.0  # a large colour change, CI well away from 0
-    noop = frame[frame["layer"] == NOOP]
-    np.testing.assert_allclose(noop[["effect", "ci_low", "ci_high"]].to_numpy(), 0.0, atol=1e-9)
-    assert (noop["p"] == 1.0).all()
+    noop = frame[frame["layer"] == NOOP]  # bit-identical images: exactly zero, never significant
+    assert (noop[["effect", "ci_low", "ci_high", "effect_std", "disruption", "specificity"]].to_numpy() == 0).all()
+    assert (noop["p"] == 1.0).all() and (noop["p_adj"] == 1.0).all()
     planted_band = frame[(frame.layer == PLANTED) & (frame.feature == "band_error:low")]["effect"].item()
     assert planted_band > 0.01
 
@@ -86,8 +87,8 @@ def test_prefix_cache_equals_naive_and_trace(noop_pipe, scheduler):
     pipe = noop_pipe
     windows, methods = [(0, 2), (2, 4), (1, 4)], ["zero", "mean"]
     kw = dict(layers=["down_blocks.1.resnets.0", "up_blocks.0"], windows=windows, method=methods,
-              features=["color", "band_error:mid"], samples=3, class_labels=[0, 1, 2], steps=4, batch_size=2,
-              guidance_scale=2.0, scheduler=scheduler)
+              features=["color", "delta_e2000", "band_error:mid"], samples=3, class_labels=[0, 1, 2], steps=4,
+              batch_size=2, guidance_scale=2.0, scheduler=scheduler)
     with CallCounter(pipe) as cached_calls:
         cached = ablation_scan(pipe, **kw)
     with CallCounter(pipe) as naive_calls:
@@ -217,5 +218,5 @@ def test_bad_inputs(noop_pipe):
     with pytest.raises(ValueError, match="corrupt='noise'"):
         causal_trace(pipe, layers=[NOOP], windows=1, corrupt_seed=5, class_labels=[0, 1], samples=2, steps=2)
     assert step_windows(3, 7) == [(0, 3), (3, 5), (5, 7)]
-    assert resolve_features(["color", "delta_e2000"]) == ["delta_e2000", "colorfulness"]
+    assert resolve_features(["color", "delta_e2000", "object_color_distance"]) == [*FEATURE_GROUPS["color"], "delta_e2000"]
     assert resolve_features("bands") == ["band_error:low", "band_error:mid", "band_error:high"]

@@ -17,8 +17,9 @@ from denoisefeat.store import open_run
 pytestmark = pytest.mark.skipif(not (TOY_WEIGHTS / "model_index.json").is_file(),
                                 reason="the toy model's weights are not in this checkout")
 
-_DRIVER = re.compile(r"^\s+(\w+)\s+(\w+): (\S+) at steps (\d+)-(\d+) changes it by ([-+][\d.e+-]+) "
-                     r"\[([-+][\d.e+-]+), ([-+][\d.e+-]+)\], p_adj=([\d.e+-]+|nan)")
+_NUMBER = r"([-+]?[\d.e+-]+|nan|inf)"
+_DRIVER = re.compile(rf"^\s+(\w+)\s+(\w+): (\S+) at steps (\d+)-(\d+) changes it by {_NUMBER} "
+                     rf"\[{_NUMBER}, {_NUMBER}\] \(std {_NUMBER}, specificity {_NUMBER}\), p_adj={_NUMBER}")
 
 
 @pytest.fixture(scope="module")
@@ -48,24 +49,35 @@ def test_summary_claims_match_the_stored_table(demo):
     out, output = demo
     ablation = read_attribution(out / "demo.zarr", "ablation")
     claims = [m for m in map(_DRIVER.match, output.splitlines()) if m]
-    assert [m.group(1) for m in claims] == list(DEMO_FEATURES)
-    for m in claims:
+    # first the largest standardised effect of each family, then the most specific cell
+    assert [m.group(1) for m in claims] == [*DEMO_FEATURES, *DEMO_FEATURES]
+    for i, m in enumerate(claims):
         family, feature, layer, start, stop = m.group(1), m.group(2), m.group(3), int(m.group(4)), int(m.group(5))
         assert DEMO_FEATURES[family] == feature
-        best = rank(ablation, feature=feature, top=1).iloc[0]
+        best = rank(ablation, feature=feature, by="effect" if i < len(DEMO_FEATURES) else "specificity", top=1).iloc[0]
         assert (best["layer"], best["step_start"], best["step_stop"]) == (layer, start, stop)
-        assert float(m.group(6)) == pytest.approx(best["effect"], rel=2e-3, abs=1e-12)
-        assert float(m.group(7)) == pytest.approx(best["ci_low"], rel=2e-2, abs=1e-12)
-        assert float(m.group(8)) == pytest.approx(best["ci_high"], rel=2e-2, abs=1e-12)
-    timing = re.findall(r"^\s+(\w+)\s+(\w+): steps (\d+)-(\d+) \(median \|change\| ([\d.e+-]+) vs ([\d.e+-]+|nan) "
-                        r"in the other windows\)", output, re.M)
+        for group, column, rel in ((6, "effect", 2e-3), (7, "ci_low", 2e-2), (8, "ci_high", 2e-2),
+                                   (9, "effect_std", 2e-2), (10, "specificity", 2e-2), (11, "p_adj", 2e-2)):
+            assert float(m.group(group)) == pytest.approx(best[column], rel=rel, abs=1e-12), column
+    timing = re.findall(r"^\s+(\w+)\s+(\w+): steps (\d+)-(\d+) \(median \|std\. change\| ([\d.e+-]+) vs "
+                        r"([\d.e+-]+|nan) in the other windows\)", output, re.M)
     assert [t[0] for t in timing] == list(DEMO_FEATURES)
+    ratios = {}
     for family, feature, start, stop, value, others in timing:
         rows = ablation[ablation["feature"] == feature]
-        per_window = rows["effect"].abs().groupby([rows["step_start"], rows["step_stop"]]).median()
+        per_window = rows["effect_std"].abs().groupby([rows["step_start"], rows["step_stop"]]).median()
+        ratios[family] = per_window.iloc[-1] / per_window.iloc[0]
         assert per_window.idxmax() == (int(start), int(stop))
         assert float(value) == pytest.approx(per_window.max(), rel=2e-3)
         assert float(others) == pytest.approx(per_window.drop((int(start), int(stop))).median(), rel=2e-3)
+    fact = re.search(r"^Known fact, late steps make texture and edges: (yes|no) \(last-window over first-window "
+                     r"median \|std\. change\|: (.*)\)$", output, re.M)
+    printed = dict(item.rsplit(" ", 1) for item in fact.group(2).split(", "))
+    assert list(printed) == list(DEMO_FEATURES)
+    for family, value in printed.items():
+        assert float(value) == pytest.approx(ratios[family], rel=5e-2)
+    fine_late = min(ratios["texture"], ratios["edges"]) > max(ratios["shape"], ratios["color"])
+    assert fact.group(1) == ("yes" if fine_late else "no")
     bands = re.findall(r"^\s+(low|mid|high)\s+emerges at step ([\d.]+), stabilises at step ([\d.]+)", output, re.M)
     assert [b[0] for b in bands] == ["low", "mid", "high"]
     assert all(np.isfinite(float(b[2])) for b in bands)

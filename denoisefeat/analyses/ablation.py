@@ -64,7 +64,7 @@ from denoisefeat.analyses.table import benjamini_hochberg, validate, write_attri
 from denoisefeat.frequency import DEFAULT_BANDS, band_energy
 from denoisefeat.hooks import Edit, intervene, resolve_layers
 from denoisefeat.hooks.layers import probe_layers
-from denoisefeat.metrics import METRICS, compute_metrics
+from denoisefeat.metrics import FEATURE_GROUPS, METRICS, compute_metrics
 from denoisefeat.models import denoiser_of
 from denoisefeat.trajectory import _FAMILIES, StepClock, _progress, _step_kwargs, make_request, trace
 
@@ -77,15 +77,6 @@ __all__ = [
     "resolve_features",
     "step_windows",
 ]
-
-#: Representative metrics of each feature group (names in :data:`denoisefeat.metrics.METRICS`):
-#: a property of the image and a comparison with the clean final image for each.
-FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
-    "edges": ("edge_density", "edge_f1"),
-    "texture": ("glcm_contrast", "lbp_distance"),
-    "shape": ("mask_iou", "hu_moment_distance"),
-    "color": ("delta_e2000", "colorfulness"),
-}
 
 #: Ablation methods of :func:`ablation_scan` (methods of :class:`denoisefeat.hooks.Edit` that need no
 #: extra input): ``zero`` sets the output to 0, ``mean`` to its mean over the batch's samples,
@@ -414,7 +405,8 @@ def _ablation_rows(edited: np.ndarray, ref: _Reference, names: Sequence[str], *,
         change = floor_changes(values[name] - ref.features[name], resolution=ref.resolution[name], unchanged=unchanged)
         (change,), n = _finite(change)
         result = t_inference(change, alpha=alpha)
-        effect_std = result.estimate / ref.scale[name]
+        scale = ref.scale[name]  # > 0 after check_scales(); 0/0 (nothing varies, nothing changed) is 0
+        effect_std = result.estimate / scale if scale > 0 else (0.0 if result.estimate == 0 else np.nan)
         yield name, dict(effect=result.estimate, ci_low=result.ci_low, ci_high=result.ci_high, p=result.p, n=n,
                          effect_std=effect_std, disruption=disruption,
                          specificity=abs(effect_std) / disruption if disruption > 0 else 0.0 * effect_std)

@@ -91,13 +91,23 @@ def _load_features(run) -> xr.Dataset | None:
     return load_features(run)
 
 
-def _load_attribution(run) -> pd.DataFrame | None:
+def _load_attribution(run, notes: list[str]) -> pd.DataFrame | None:
+    """Every current attribution table of the store; tables of an older format are named in ``notes``."""
     if not _holds(run, "attribution"):
         return None
-    from denoisefeat.analyses.table import read_attribution
+    from denoisefeat.analyses.table import StaleTableError, attribution_names, read_attribution
 
-    table = read_attribution(run.path if run.path is not None else run.store.group)
-    if "table" in table.columns and table["table"].nunique() > 1:
+    source = run.path if run.path is not None else run.store.group
+    frames = []
+    for name in attribution_names(source):
+        try:
+            frames.append(read_attribution(source, name).assign(table=name))
+        except StaleTableError as error:
+            notes.append(str(error))
+    if not frames:
+        return None
+    table = pd.concat(frames, ignore_index=True)
+    if table["table"].nunique() > 1:
         table = table.assign(method=table["method"].astype(str) + " · " + table["table"].astype(str))
     return table
 
@@ -262,16 +272,32 @@ def _feature_section(features: xr.Dataset) -> _Section:
 def _attribution_section(table: pd.DataFrame, *, layers, images, clean) -> _Section:
     section = _Section("attribution", "Attribution",
                        "Which layers and denoising steps drive each feature. Cells marked * are significant after "
-                       "Benjamini–Hochberg correction (p_adj < 0.05); dotted lines separate resolution levels.")
+                       "Benjamini–Hochberg correction (p_adj < 0.05); dotted lines separate resolution levels. "
+                       "Standardised effects are in units of the feature's difference between two clean samples, "
+                       "so features compare; the specificity divides it by how much the whole image changed "
+                       "(docs/reading-attribution-tables.md).")
     probe = table["method"].astype(str).str.startswith("probe")
     if (~probe).any():
-        figure = attribution_heatmap(table[~probe], layers=layers, images=images, clean=clean)
+        figure = attribution_heatmap(table[~probe], layers=layers, images=images, clean=clean, value="effect_std")
         section.figures.append(_Figure(
             figure, "attribution",
-            "Effect of each layer (rows, network order) in each step window (columns) on the feature chosen in "
-            "the first menu, by the method chosen in the second. Hover a cell for the effect, its CI, p and n."
-            + (" Click a cell to see the clean and intervened images." if images else ""),
+            "Standardised effect of each layer (rows, network order) in each step window (columns) on the feature "
+            "chosen in the first menu, by the method chosen in the second. Hover a cell for the effect, its CI, p "
+            "and n." + (" Click a cell to see the clean and intervened images." if images else ""),
             kind="attribution"))
+    specific = ~probe & table["specificity"].notna()
+    if specific.any():
+        section.figures.append(_Figure(
+            attribution_heatmap(table[specific], layers=layers, value="specificity"), "specificity",
+            "Specificity of each cell: how much more it moves the chosen feature than the final image as a whole "
+            "(1: as much as the image; ablating an output block moves everything and is not specific)."))
+    selective = _metric_selectivity(table)
+    if selective is not None:
+        section.figures.append(_Figure(
+            selective, "metric_selectivity",
+            "What the feature metrics respond to: the median change of each metric (rows) when DiffShapes images "
+            "differ in exactly one factor (columns), normalised per row (32 pairs per factor, 32 px). A metric "
+            "earns its name when its own factor dominates its row."))
     if probe.any():
         for method in dict.fromkeys(table.loc[probe, "method"].astype(str)):
             section.figures.append(_Figure(
@@ -279,6 +305,19 @@ def _attribution_section(table: pd.DataFrame, *, layers, images, clean) -> _Sect
                 f"Selectivity of linear probes ({escape(method)}): probe score minus its control, per layer and "
                 "step, for the feature chosen in the menu."))
     return section
+
+
+def _metric_selectivity(table: pd.DataFrame):
+    """The selectivity heatmap of the table's grouped feature metrics, or None when it has none."""
+    from denoisefeat.metrics import FEATURE_GROUPS
+    from denoisefeat.toy.selectivity import metric_selectivity
+    from denoisefeat.viz.selectivity import selectivity_heatmap
+
+    grouped = [name for names in FEATURE_GROUPS.values() for name in names]
+    shown = [name for name in grouped if name in set(table["feature"].astype(str))]
+    if not shown:
+        return None
+    return selectivity_heatmap(metric_selectivity(metrics=shown, n_pairs=32, size=32))
 
 
 def _activation_section(run, *, layers) -> _Section:
@@ -450,7 +489,7 @@ def build_report(run, out, *, title: str | None = None, static_dir=None, static_
     else:
         notes.append("No per-step features in the store (run `denoisefeat analyze` on it): no feature profiles.")
     if attribution is None:
-        attribution = _load_attribution(run)
+        attribution = _load_attribution(run, notes)
     if attribution is not None:
         clean = None
         if attribution_images:
