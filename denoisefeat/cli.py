@@ -267,7 +267,7 @@ def _refuse_existing_table(store: Path, name: str, *, overwrite: bool) -> None:
         raise ValueError(f"{store} already holds attribution/{name}; pass --overwrite to replace it.")
 
 
-def _print_top(frame, *, title: str, top: int, by: str = "effect") -> None:
+def _print_top(frame, *, title: str, top: int, by: str | None = None) -> None:
     """The top rows of every feature by :func:`~denoisefeat.analyses.table.rank`; dim: not significant."""
     from rich.markup import escape
 
@@ -281,7 +281,8 @@ def _print_top(frame, *, title: str, top: int, by: str = "effect") -> None:
     for feature in sorted(frame["feature"].unique()):
         for row in rank(frame, feature=feature, by=by, top=top).itertuples():
             table.add_row(escape(row.feature), escape(row.layer), f"{row.step_start}-{row.step_stop}",
-                          escape(row.method), f"{row.effect:+.4g}", f"{row.effect_std:+.3g}", f"{row.specificity:.3g}",
+                          escape(row.method), f"{row.effect:+.4g}", f"{row.effect_std:+.3g}",
+                          "—" if row.specificity != row.specificity else f"{row.specificity:.3g}",  # NaN: no intervention
                           f"[{row.ci_low:+.3g}, {row.ci_high:+.3g}]", f"{row.p_adj:.2g}",
                           style=None if row.significant else "dim")
     Console().print(table)
@@ -305,7 +306,7 @@ _SCHEDULER = typer.Option(None, "--scheduler", help="ddim, ddpm, euler, heun, dp
 _GUIDANCE = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the pipeline's).")
 _BATCH_SIZE = typer.Option(8, "--batch-size", help="Samples per denoiser call.")
 _N_BOOT = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the CIs and p-values.")
-_RANK_BY = typer.Option("effect", "--rank-by", help="Order of the printed rows: effect (standardised) or specificity.")
+_RANK_BY = typer.Option(None, "--rank-by", help="Order of the printed rows: specificity (default) or effect (standardised).")
 _DEVICE = typer.Option("cpu", "--device", help="cpu, cuda, mps …")
 _FP16 = typer.Option(False, "--fp16", help="Run the model in float16.")
 _OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing denoisefeat store.")

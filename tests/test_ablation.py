@@ -131,7 +131,7 @@ def test_causal_trace_planted_recovery(noop_pipe):
                                    atol=1e-9)
         for window in ((0, 1), (0, 3)):  # a layer whose output is always 0
             np.testing.assert_allclose(cell.loc[(NOOP, *window, feature), "effect"], 0.0, atol=1e-9)
-    top = rank(frame, feature="delta_e2000", method="causal_tracing", top=1)
+    top = rank(frame, feature="delta_e2000", method="causal_tracing", by="effect", top=1)
     assert (top.loc[0, "layer"], top.loc[0, "step_stop"]) == ("conv_out", 3)
 
     # the same patch through trace's own machinery gives the same recovery

@@ -80,8 +80,9 @@ __all__ = [
 
 #: Ablation methods of :func:`ablation_scan` (methods of :class:`denoisefeat.hooks.Edit` that need no
 #: extra input): ``zero`` sets the output to 0, ``mean`` to its mean over the batch's samples,
-#: ``resample`` to another sample's output.
-ABLATION_METHODS = ("zero", "mean", "resample")
+#: ``resample`` to another sample's output; ``identity`` leaves it as it is — the null control: every
+#: row of an identity scan must be exactly 0 with p = 1.
+ABLATION_METHODS = ("zero", "mean", "resample", "identity")
 
 #: Corruptions of :func:`causal_trace`.
 CORRUPTIONS = ("condition", "noise")

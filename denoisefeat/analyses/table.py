@@ -48,6 +48,7 @@ __all__ = [
     "COLUMNS",
     "method_family",
     "DIRECTIONS",
+    "INTERVENTIONS",
     "RANK_BY",
     "TABLE_FORMAT",
     "StaleTableError",
@@ -96,6 +97,9 @@ DIRECTIONS: dict[str, str] = {
     "ols": "magnitude",
     "mixedlm": "magnitude",
 }
+
+#: Method families that intervene on the model: their rows carry a disruption and a specificity.
+INTERVENTIONS = ("ablation", "causal_tracing")
 
 #: What :func:`rank` can order by: the standardised effect or the specificity.
 RANK_BY: dict[str, str] = {"effect": "effect_std", "specificity": "specificity"}
@@ -417,7 +421,7 @@ def rank(
     *,
     feature: str,
     method: str | None = None,
-    by: str = "effect",
+    by: str | None = None,
     alpha: float = 0.05,
     top: int = 10,
 ) -> pd.DataFrame:
@@ -439,10 +443,12 @@ def rank(
     method : str, optional
         Keep only this method.  Without it, the feature's rows must belong to one method family
         (e.g. ``ablation:zero`` and ``ablation:mean``), whose effects share a direction and a scale.
-    by : {"effect", "specificity"}
+    by : {"effect", "specificity"}, optional
         ``"effect"``: the standardised effect ``effect_std`` (within one feature and table the same
         order as the raw ``effect``); ``"specificity"``: how much more the cell moves this feature
-        than the whole image (intervention methods only).
+        than the whole image (intervention methods only).  Default: ``"specificity"`` for methods
+        that intervene (ablation, causal tracing: the most specific cause, not the cell that breaks
+        everything, such as an output block), ``"effect"`` for the others.
     alpha : float
         Significance level of ``p_adj``.
     top : int
@@ -462,7 +468,7 @@ def rank(
     validate(frame)
     if top < 1:
         raise ValueError(f"top must be >= 1, got {top}.")
-    if by not in RANK_BY:
+    if by is not None and by not in RANK_BY:
         raise ValueError(f"Unknown ranking criterion {by!r}; valid: {', '.join(map(repr, RANK_BY))}.")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}.")
@@ -486,6 +492,8 @@ def rank(
     family = families[0]
     if family not in DIRECTIONS:
         raise ValueError(f"No ranking direction is known for method {family!r}; known: {', '.join(DIRECTIONS)}.")
+    if by is None:
+        by = "specificity" if family in INTERVENTIONS else "effect"
     values = rows[RANK_BY[by]].to_numpy(dtype=float)
     if by == "specificity" and np.isnan(values).all():
         raise ValueError(

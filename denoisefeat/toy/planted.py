@@ -227,6 +227,12 @@ class PlantedDenoiser(ModelMixin, ConfigMixin):
         One DiffShapes condition label per image (fixes shape, colour and texture of each).
     n_objects : int
         Objects per image (1 to 3; 1: one object, whose ground truth DiffShapes returns).
+    pairs : str, optional
+        A factor of :data:`~denoisefeat.toy.diffshapes.FACTORS`: the data set is then
+        ``n_images / 2`` counterfactual pairs (:func:`~denoisefeat.toy.diffshapes.counterfactual_pairs`)
+        that differ in exactly that factor — image ``i`` and image ``i + N/2`` are one pair — so that
+        a run ending on one image and a run ending on its partner differ in that factor alone (a
+        minimal-pair corruption for causal tracing).  Excludes ``labels`` and ``n_objects > 1``.
     background : float, optional
         A flat grey background level in [0, 1] instead of DiffShapes' random low-contrast ones.
     band_cutoff : (float, float)
@@ -259,6 +265,7 @@ class PlantedDenoiser(ModelMixin, ConfigMixin):
         background: float | None = None,
         band_cutoff: tuple[float, float] = (1.5, 3.0),
         prediction_type: str = "epsilon",
+        pairs: str | None = None,
         num_train_timesteps: int = 1000,
         beta_start: float = 0.0001,
         beta_end: float = 0.02,
@@ -267,7 +274,7 @@ class PlantedDenoiser(ModelMixin, ConfigMixin):
         super().__init__()
         from diffusers import DDIMScheduler
 
-        from denoisefeat.toy.diffshapes import generate
+        from denoisefeat.toy.diffshapes import FACTORS, counterfactual_pairs, generate
 
         if in_channels != 3:
             raise ValueError(f"PlantedDenoiser makes RGB DiffShapes images: in_channels must be 3, got {in_channels}.")
@@ -282,11 +289,21 @@ class PlantedDenoiser(ModelMixin, ConfigMixin):
         # registered first: ModelMixin.dtype (what pipelines draw noise in) is the first floating
         # buffer's dtype, float32 as the scheduler's own alphas_cumprod
         self.register_buffer("alphas_cumprod", schedule.alphas_cumprod.to(torch.float32).clone())
-        batch = generate(n_images, seed=seed, size=sample_size, labels=labels, n_objects=n_objects,
-                         background=background)
-        images = torch.from_numpy(batch.images).double() * 2 - 1  # pixel [0, 1] -> model space [-1, 1]
+        if pairs is None:
+            batch = generate(n_images, seed=seed, size=sample_size, labels=labels, n_objects=n_objects,
+                             background=background)
+            pixels, dataset_labels = batch.images, batch.label
+        else:
+            if pairs not in FACTORS:
+                raise ValueError(f"pairs must be one of {', '.join(FACTORS)}, got {pairs!r}.")
+            if n_images % 2 or labels is not None or n_objects != 1:
+                raise ValueError("pairs needs an even n_images, no labels and n_objects=1.")
+            a, b = counterfactual_pairs(n_images // 2, factor=pairs, seed=seed, size=sample_size,
+                                        background=background)
+            pixels, dataset_labels = np.concatenate([a.images, b.images]), np.concatenate([a.label, b.label])
+        images = torch.from_numpy(pixels).double() * 2 - 1  # pixel [0, 1] -> model space [-1, 1]
         low, high = _split_bands(images, band_masks(sample_size, cutoff=tuple(band_cutoff))[0])
-        self.register_buffer("dataset_labels", torch.from_numpy(batch.label.astype(np.int64)))
+        self.register_buffer("dataset_labels", torch.from_numpy(dataset_labels.astype(np.int64)))
         # float64 data (3 × N × 3 × H × W numbers): L(x_i) + H(x_i) = x_i to float64 rounding
         self.posterior = PosteriorWeights(images)
         self.layout = BandMean(low)
@@ -379,12 +396,13 @@ def planted_pipeline(
     background: float | None = None,
     band_cutoff: tuple[float, float] = (1.5, 3.0),
     prediction_type: str = "epsilon",
+    pairs: str | None = None,
 ):
     """A ``DDIMPipeline`` around a :class:`PlantedDenoiser` (the built-in model ``"planted"``).
 
     Parameters
     ----------
-    n_images, seed, labels, n_objects, background, band_cutoff, prediction_type
+    n_images, seed, labels, n_objects, background, band_cutoff, prediction_type, pairs
         As for :class:`PlantedDenoiser`.
     size : int
         Image size (``sample_size``).
@@ -400,7 +418,8 @@ def planted_pipeline(
     denoiser = PlantedDenoiser(n_images=n_images, sample_size=size, seed=seed,
                                labels=None if labels is None else [int(v) for v in labels],
                                n_objects=n_objects, background=background,
-                               band_cutoff=[float(c) for c in band_cutoff], prediction_type=prediction_type)
+                               band_cutoff=[float(c) for c in band_cutoff], prediction_type=prediction_type,
+                               pairs=pairs)
     c = denoiser.config
     scheduler = DDIMScheduler(num_train_timesteps=c.num_train_timesteps, beta_start=c.beta_start,
                               beta_end=c.beta_end, beta_schedule=c.beta_schedule, clip_sample=False,
