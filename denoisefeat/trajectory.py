@@ -31,7 +31,7 @@ import torch
 
 from denoisefeat import schedulers as _schedulers
 from denoisefeat.models import denoiser_of, pipeline_family
-from denoisefeat.store import Run, RunMismatchError, RunStore, StepWriter
+from denoisefeat.store import Run, RunMismatchError, RunStore, StepWriter, StoreError
 
 __all__ = ["StepClock", "TraceRequest", "trace"]
 
@@ -640,6 +640,8 @@ def _store_lock(path):
     from denoisefeat.jobs.state import TaskLock
 
     path = Path(path).expanduser().resolve()
+    if not path.parent.is_dir():
+        raise StoreError(f"Cannot create {str(path)!r}: the folder {str(path.parent)!r} does not exist.")
     return TaskLock(path.with_name(f".{path.name}.lock"), what=f"The store {str(path)!r}")
 
 
