@@ -82,7 +82,7 @@ def _friendly(func):
         except (ValueError, KeyError, TypeError, FileNotFoundError, OSError, TaskLockedError) as error:
             if _DEBUG["on"]:
                 raise
-            damage = None if isinstance(error, TaskLockedError) else _damage_of(kwargs)
+            damage = _damage_of(kwargs) if isinstance(error, KeyError) else None  # a missing array, say
             message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
             _error(damage or message)
             raise typer.Exit(code=2) from None

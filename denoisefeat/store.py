@@ -49,6 +49,7 @@ import numpy as np
 import zarr
 
 __all__ = [
+    "COMPRESSORS",
     "SCHEMA_VERSION",
     "Damage",
     "DamagedStoreError",
@@ -68,7 +69,8 @@ __all__ = [
 SCHEMA_VERSION = 1
 _MARKER = "denoisefeat"
 _TARGET_CHUNK_BYTES = 2**21  # 2 MiB: "chunks ≥ 1 MB" while keeping the step buffer small
-_COMPRESSORS = (zarr.codecs.ZstdCodec(level=0, checksum=True),)  # a flipped byte fails to decode
+#: Compression of every array of a store: zstd with its content checksum, so a flipped byte fails to decode.
+COMPRESSORS = (zarr.codecs.ZstdCodec(level=0, checksum=True),)
 
 # A chunk that holds only fill values is written too: a missing chunk file is then damage, not NaN.
 zarr.config.set({"array.write_empty_chunks": True})
@@ -112,7 +114,7 @@ class Damage:
         Path of the array inside the store (``x0``, ``features/edge_density``, ``acts/mid_block/full``).
     samples : tuple of int or None
         ``(start, stop)`` of the samples the chunk holds; ``None`` for arrays without a sample axis.
-    problem : {"missing", "undecodable"}
+    problem : {"missing", "undecodable", "missing metadata"}
     file : str
         The chunk file, relative to the store.
     """
@@ -182,7 +184,8 @@ def describe_damage(store: RunStore, damage: Sequence[Damage], *, limit: int = 4
         mask = by_array.setdefault((d.array, d.problem), np.zeros(store.n_samples, dtype=bool))
         mask[slice(*d.samples)] = True
     parts = [f"{array} ({problem} chunks, samples {_ranges(mask)})" for (array, problem), mask in by_array.items()]
-    parts += [f"{array} ({count} {problem} chunk{'s' if count > 1 else ''})" for (array, problem), count in other.items()]
+    parts += [f"{array} (its zarr.json is missing)" if problem == "missing metadata" else
+              f"{array} ({count} {problem} chunk{'s' if count > 1 else ''})" for (array, problem), count in other.items()]
     shown = "; ".join(parts[:limit]) + (f"; and {len(parts) - limit} more" if len(parts) > limit else "")
     where = str(store.path or "the run")
     return (f"{where!r} is damaged: {shown}. `denoisefeat check {where}` lists every damaged chunk; "
@@ -398,6 +401,14 @@ class RunStore:
                     continue
             yield coords, region, samples
 
+    def _consolidated(self) -> dict:
+        """The consolidated metadata of the store's members (empty if there is none)."""
+        try:
+            root = json.loads(_head(self.path / "zarr.json", 2**26) or b"{}")
+        except ValueError:
+            return {}
+        return (root.get("consolidated_metadata") or {}).get("metadata") or {}
+
     def damage(self, *, decode: bool = False) -> list[Damage]:
         """The store's damaged chunks: missing where they hold data and, with ``decode``, undecodable.
 
@@ -413,6 +424,11 @@ class RunStore:
             Empty for an undamaged store.  In-memory stores are only checked with ``decode``.
         """
         found = []
+        if self.path is not None:  # arrays the consolidated metadata lists must have their own metadata
+            listed = self._consolidated()
+            for name in sorted(listed):
+                if not (self.path / name / "zarr.json").is_file():
+                    found.append(Damage(name, None, "missing metadata", f"{name}/zarr.json"))
         for name, array in self._arrays():
             present = None
             if self.path is not None:
@@ -451,6 +467,13 @@ class RunStore:
         DamagedStoreError
             Damage a resumed trace cannot redo (a table without a sample axis).
         """
+        if self.path is not None:  # lost array metadata comes back from the consolidated copy
+            listed = self._consolidated()
+            for d in damage:
+                if d.problem == "missing metadata" and d.array in listed:
+                    (self.path / d.file).parent.mkdir(parents=True, exist_ok=True)
+                    (self.path / d.file).write_text(json.dumps(listed[d.array], indent=2))
+        damage = [d for d in damage if d.problem != "missing metadata"]
         fixed = [d for d in damage if d.samples is None and not _is_coordinate(d.array)]
         if fixed:
             raise DamagedStoreError(
@@ -546,7 +569,7 @@ class RunStore:
         try:
             array = self.group.create_array(
                 name, shape=shape, chunks=tuple(chunks), dtype=dtype, dimension_names=tuple(dims),
-                fill_value=fill_value, compressors=_COMPRESSORS,
+                fill_value=fill_value, compressors=COMPRESSORS,
             )
         except zarr.errors.ContainsArrayError:  # another writer created it first
             return self.ensure_array(name, shape=shape, dims=dims, dtype=dtype, chunks=chunks, fill_value=fill_value)
