@@ -114,7 +114,7 @@ class Damage:
         Path of the array inside the store (``x0``, ``features/edge_density``, ``acts/mid_block/full``).
     samples : tuple of int or None
         ``(start, stop)`` of the samples the chunk holds; ``None`` for arrays without a sample axis.
-    problem : {"missing", "undecodable", "missing metadata"}
+    problem : {"missing", "undecodable", "missing metadata", "inconsistent metadata"}
     file : str
         The chunk file, relative to the store.
     """
@@ -161,6 +161,22 @@ def _staging_path(path: Path, kind: str = "new") -> Path:
     return path.with_name(f".{path.name}.{kind}")
 
 
+def _same_metadata(own, listed) -> bool:
+    """An array's or group's zarr.json against its consolidated copy (groups list no members there)."""
+    if not isinstance(own, dict) or not isinstance(listed, dict):
+        return False
+    strip = lambda doc: {k: v for k, v in doc.items() if k != "consolidated_metadata"}  # noqa: E731
+    return strip(own) == strip(listed)
+
+
+def _run_digest(attrs) -> str:
+    """SHA-256 of what the store says it is (``run`` and ``layout``): a flipped byte there is damage."""
+    import hashlib
+
+    payload = json.dumps({"run": attrs.get("run"), "layout": attrs.get("layout")}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
 def _head(path: Path, n: int = 4096) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -184,7 +200,10 @@ def describe_damage(store: RunStore, damage: Sequence[Damage], *, limit: int = 4
         mask = by_array.setdefault((d.array, d.problem), np.zeros(store.n_samples, dtype=bool))
         mask[slice(*d.samples)] = True
     parts = [f"{array} ({problem} chunks, samples {_ranges(mask)})" for (array, problem), mask in by_array.items()]
-    parts += [f"{array} (its zarr.json is missing)" if problem == "missing metadata" else
+    said = {"missing metadata": "its zarr.json is missing",
+            "inconsistent metadata": "its zarr.json differs from the consolidated copy in the root zarr.json",
+            "damaged attributes": "the run attributes do not match their checksum"}
+    parts += [f"{array} ({said[problem]})" if problem in said else
               f"{array} ({count} {problem} chunk{'s' if count > 1 else ''})" for (array, problem), count in other.items()]
     shown = "; ".join(parts[:limit]) + (f"; and {len(parts) - limit} more" if len(parts) > limit else "")
     where = str(store.path or "the run")
@@ -283,6 +302,7 @@ class RunStore:
                            "every_chunk_written": True},
             }
         )
+        group.attrs[_MARKER] = {**group.attrs[_MARKER], "digest": _run_digest(group.attrs)}
         self = cls(group, resolved)
         self.replaces = replaces
         self.ensure_array("complete", shape=(n_samples,), dims=("sample",), dtype=bool, fill_value=False)
@@ -371,8 +391,15 @@ class RunStore:
         return sorted((name, obj) for name, obj in self.group.members(max_depth=None) if isinstance(obj, zarr.Array))
 
     def _expected_chunks(self, name: str, array: zarr.Array):
-        """``(chunk coords, region, samples)`` of every chunk that must exist (data, not fill)."""
-        if name == "complete" or name.endswith("/complete") or array.size == 0:
+        """``(chunk coords, region, samples, optional)`` of every chunk that must exist (data, not fill).
+
+        ``optional``: a completion marker's chunk, which may be absent (nothing done) but must decode.
+        """
+        if array.size == 0:
+            return
+        if name == "complete" or name.endswith("/complete"):  # a missing marker chunk just means "not done"
+            yield from ((c, r, None, True) for c, r in zip(array._iter_chunk_coords(), array._iter_chunk_regions(),
+                                                            strict=True))
             return
         every = bool(self.group.attrs["layout"].get("every_chunk_written", False))
         dims = tuple(array.metadata.dimension_names or ())
@@ -382,7 +409,10 @@ class RunStore:
         done = None
         if per_sample:
             marker = "features/complete" if name.startswith("features/") else "complete"
-            done = np.asarray(self.group[marker][:], dtype=bool) if marker in self.group else np.zeros(0, bool)
+            try:
+                done = np.asarray(self.group[marker][:], dtype=bool) if marker in self.group else np.zeros(0, bool)
+            except Exception:  # noqa: BLE001  (an undecodable marker is listed as damage of the marker itself)
+                done = np.zeros(0, bool)
         recorded = None
         if name.startswith("acts/") and "step" in dims:
             steps = (self.run_attrs.get("extra") or {}).get("record_steps")
@@ -399,7 +429,7 @@ class RunStore:
                 steps_ = region[step_axis]
                 if not ((recorded >= steps_.start) & (recorded < steps_.stop)).any():
                     continue
-            yield coords, region, samples
+            yield coords, region, samples, False
 
     def _consolidated(self) -> dict:
         """The consolidated metadata of the store's members (empty if there is none)."""
@@ -427,20 +457,31 @@ class RunStore:
         if self.path is not None:  # arrays the consolidated metadata lists must have their own metadata
             listed = self._consolidated()
             for name in sorted(listed):
-                if not (self.path / name / "zarr.json").is_file():
+                own = self.path / name / "zarr.json"
+                if not own.is_file():
                     found.append(Damage(name, None, "missing metadata", f"{name}/zarr.json"))
+                    continue
+                try:
+                    doc = json.loads(own.read_bytes())
+                except ValueError:
+                    doc = None
+                if not _same_metadata(doc, listed[name]):  # a flipped byte in one of the two copies
+                    found.append(Damage(name, None, "inconsistent metadata", f"{name}/zarr.json"))
+            if _run_digest(self.group.attrs) != self.group.attrs[_MARKER].get("digest", _run_digest(self.group.attrs)):
+                found.append(Damage("zarr.json", None, "damaged attributes", "zarr.json"))
         for name, array in self._arrays():
             present = None
             if self.path is not None:
                 folder = self.path / name
                 present = {str(Path(root, f).relative_to(folder)) for root, _, files in os.walk(folder)
                            for f in files if f != "zarr.json"}
-            for coords, region, samples in self._expected_chunks(name, array):
+            for coords, region, samples, optional in self._expected_chunks(name, array):
                 key = array.metadata.encode_chunk_key(coords)
                 if present is not None and key not in present:
-                    found.append(Damage(name, samples, "missing", f"{name}/{key}"))
+                    if not optional:
+                        found.append(Damage(name, samples, "missing", f"{name}/{key}"))
                     continue
-                if decode:
+                if decode or optional:
                     try:
                         array[region]
                     except Exception:
