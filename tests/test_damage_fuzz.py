@@ -85,7 +85,12 @@ def test_damaged_stores_refuse_or_match_the_undamaged_results(base, tmp_path):
         context = f"{name} after {what}:\n{result.output}"
         assert result.exception is None or isinstance(result.exception, SystemExit), context
         if result.exit_code == 0:
-            assert _normal(result.output, str(store)) == reference[name], context
+            got, want = _normal(result.output, str(store)), reference[name]
+            if name == "info" and what.startswith("delete complete/"):
+                # a lost completion marker reads "not done" (never data): info says fewer samples are
+                # complete, every reader refuses them, and --resume recomputes them
+                got, want = (re.sub(r"\d+ \(\d+ complete\)", "N", text) for text in (got, want))
+            assert got == want, context
         else:
             assert result.exit_code == 2, context
             lines = [line for line in result.output.splitlines() if line.strip()]
