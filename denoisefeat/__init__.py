@@ -20,7 +20,7 @@ _LAZY = {
 }
 _SUBMODULES = (
     "models", "trajectory", "store", "schedulers", "frequency", "metrics", "features", "temporal",
-    "probes", "analyses", "viz", "jobs", "tiny", "toy",
+    "hooks", "probes", "analyses", "viz", "jobs", "tiny", "toy",
 )
 
 __all__ = ["__version__", *_LAZY, *_SUBMODULES]

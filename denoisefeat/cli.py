@@ -12,6 +12,7 @@ from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no notes about optional image backends
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -38,18 +39,60 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     _DEBUG["on"] = debug or bool(os.environ.get("DENOISEFEAT_DEBUG"))
 
 
+def _error(message: str) -> None:
+    """One line on stderr; the message is text (a prompt or a path may hold rich markup)."""
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
+def _damage_of(kwargs) -> str | None:
+    """When a command failed on a store: the store's damage, read chunk by chunk (None if undamaged)."""
+    from denoisefeat.store import RunStore, StoreError, describe_damage
+
+    for key in ("store", "out"):
+        path = kwargs.get(key)
+        if isinstance(path, Path) and (path / "zarr.json").is_file():
+            try:
+                store = RunStore.open(path, mode="r", verify=False)
+                damage = store.damage(decode=True)
+            except StoreError as error:
+                return str(error)
+            except Exception:  # noqa: BLE001  (the original error is the one to show)
+                return None
+            if damage:
+                return describe_damage(store, damage)
+    return None
+
+
 def _friendly(func):
-    """Turn the errors a user can fix into one line on stderr and exit status 2."""
+    """Turn the errors a user can fix into one line on stderr and exit status 2.
+
+    An unexpected error on a store that turns out to be damaged (a chunk that does not decode)
+    is reported as the damage it is.
+    """
+    from denoisefeat.jobs.state import TaskLockedError
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except (ValueError, KeyError, TypeError, FileNotFoundError, OSError) as error:
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+            raise
+        except (ValueError, KeyError, TypeError, FileNotFoundError, OSError, TaskLockedError) as error:
             if _DEBUG["on"]:
                 raise
+            damage = _damage_of(kwargs) if isinstance(error, KeyError) else None  # a missing array, say
             message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-            console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            _error(damage or message)
+            raise typer.Exit(code=2) from None
+        except Exception:
+            if _DEBUG["on"]:
+                raise
+            damage = _damage_of(kwargs)
+            if damage is None:
+                raise
+            _error(damage)
             raise typer.Exit(code=2) from None
 
     return wrapper
@@ -71,7 +114,10 @@ def extract(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps …"),
     fp16: bool = typer.Option(False, "--fp16", help="Run the model in float16."),
     resume: bool = typer.Option(False, "--resume", help="Complete a half-written store made with the same settings."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing denoisefeat store."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing denoisefeat store (the old one stays until the new one is complete)."),
+    repair: bool = typer.Option(
+        False, "--repair", help="With --resume: recompute the samples whose chunks are missing or damaged (see `check`)."),
     record: list[str] = typer.Option(
         None, "--record", "-r",
         help="LAYER=REDUCER[,REDUCER] to record (repeatable; globs allowed), e.g. 'mid_block=channel_mean'.",
@@ -89,8 +135,9 @@ def extract(
         pipe, samples=samples, prompts=prompt or None, class_labels=label or None, seed=seed, steps=steps,
         scheduler=scheduler, guidance_scale=guidance, batch_size=batch_size, store=out, resume=resume,
         overwrite=overwrite, model_id=model, progress=True, record=parse_record(record), backend=backend,
+        repair=repair,
     )
-    console.print(f"wrote {run.path}")
+    console.print(f"wrote {run.path}", markup=False, highlight=False)
     _print_info(run)
 
 
@@ -116,10 +163,34 @@ def info(store: Path = typer.Argument(..., help="A denoisefeat zarr store.")) ->
     _print_info(open_run(store, allow_incomplete=True))
 
 
+@app.command()
+@_friendly
+def check(store: Path = typer.Argument(..., help="A denoisefeat zarr store.")) -> None:
+    """Read every chunk of STORE and list what is missing or damaged (exit 1 if anything is)."""
+    from rich.markup import escape
+
+    from denoisefeat.store import RunStore, describe_damage
+
+    run_store = RunStore.open(store, mode="r", verify=False)
+    with console.status("reading every chunk"):
+        damage = run_store.damage(decode=True)
+    out = Console()
+    if not damage:
+        out.print(f"{escape(str(run_store.path))}: every chunk is present and decodes", highlight=False)
+        return
+    for d in damage:
+        samples = "" if d.samples is None else f" samples {d.samples[0]}–{d.samples[1] - 1}"
+        out.print(f"{d.problem:11s} {escape(d.file)}{samples}", highlight=False)
+    _error(describe_damage(run_store, damage))
+    raise typer.Exit(code=1)
+
+
 def _print_info(run) -> None:
-    attrs = run.attrs
+    from rich.markup import escape
+
+    attrs = {k: escape(str(v)) if isinstance(v, str) else v for k, v in run.attrs.items()}
     done = run.store.completed()
-    table = Table(title=str(run.path or "in-memory run"), show_header=False, title_justify="left")
+    table = Table(title=escape(str(run.path or "in-memory run")), show_header=False, title_justify="left")
     table.add_row("model", f"{attrs['model_id']} ({attrs['pipeline_class']}, {attrs['denoiser_class']})")
     table.add_row("scheduler", f"{attrs['scheduler_class']}, prediction {attrs['prediction_type']}")
     table.add_row("samples", f"{run.store.n_samples} ({int(done.sum())} complete)")
@@ -128,7 +199,7 @@ def _print_info(run) -> None:
     conditions = attrs.get("prompts") or attrs.get("class_labels")
     if conditions:
         shown = ", ".join(map(str, conditions[:4])) + (" …" if len(conditions) > 4 else "")
-        table.add_row("conditions", shown)
+        table.add_row("conditions", escape(shown))
     group = run.store.group
     for name in ("xt", "x0", "images", "final"):
         if name in group:
@@ -136,7 +207,7 @@ def _print_info(run) -> None:
             dims = ", ".join(f"{d}={s}" for d, s in zip(array.metadata.dimension_names, array.shape, strict=True))
             table.add_row(name, f"({dims}) {array.dtype}")
     for layer in run.layers():
-        table.add_row("acts", layer)
+        table.add_row("acts", escape(layer))
     Console().print(table)
 
 
@@ -158,7 +229,7 @@ def analyze(
     feats = features(store, metrics=names, samples=_sample_range(samples), overwrite=overwrite, progress=True)
     prof = profiles(feats)
     n_steps = feats.sizes["step"]
-    table = Table(title=f"feature emergence: {store} ({feats.sizes['sample']} samples × {n_steps} steps; "
+    table = Table(title=f"feature emergence: {escape(str(store))} ({feats.sizes['sample']} samples × {n_steps} steps; "
                         f"median over samples [{prof.attrs['ci']:.0%} CI])", title_justify="left")
     for column in ("profile", "emergence step", "t/T", "stabilisation step", "t/T"):
         table.add_column(column, justify="left" if column == "profile" else "right")
@@ -274,7 +345,7 @@ def _print_top(frame, *, title: str, top: int, by: str | None = None) -> None:
     from denoisefeat.analyses.table import rank
 
     level = f"{100 * (1 - frame.attrs.get('alpha', 0.05)):g}% CI"
-    table = Table(title=title, title_justify="left")
+    table = Table(title=escape(title), title_justify="left")
     numeric = ("effect", "std. effect", "specificity", level, "p_adj")
     for column in ("feature", "layer", "steps", "method", *numeric):
         table.add_column(column, justify="right" if column in numeric else "left")
@@ -525,9 +596,9 @@ def toy_train(
     if iterations is not None:
         config = dataclasses.replace(config, iterations=iterations)
     checkpoint = train(config, out, resume=not no_resume, progress=True, until=until)
-    console.print(f"checkpoint: {checkpoint}")
+    console.print(f"checkpoint: {checkpoint}", markup=False)
     if export_to is not None:
-        console.print(f"exported: {export(out, export_to)}")
+        console.print(f"exported: {export(out, export_to)}", markup=False)
 
 
 @toy_app.command("evaluate")
@@ -578,7 +649,9 @@ def toy_evaluate(
     with console.status(f"sampling {len(labels)} images × {steps} steps"):
         images = sample_toy(unet, scheduler, labels, steps=steps, guidance_scale=guidance, eta=eta, seed=seed)
     scores = evaluate_samples(images, labels, load_classifier())
-    table = Table(title=f"toy model quality gate: {source}", title_justify="left")
+    from rich.markup import escape
+
+    table = Table(title=f"toy model quality gate: {escape(str(source))}", title_justify="left")
     for column in ("attribute", "accuracy", "target", ""):
         table.add_column(column)
     for name, target in GATE.items():
@@ -588,7 +661,7 @@ def toy_evaluate(
     Console().print(table)
     if grid is not None:
         save_grid(images[::per_condition], grid, columns=24)
-        console.print(f"grid: {grid}")
+        console.print(f"grid: {grid}", markup=False)
     if json_out is not None:
         record = {"source": source, "samples": len(labels), "steps": steps, "guidance_scale": guidance, "eta": eta,
                   "seed": seed, **scores}
@@ -612,5 +685,5 @@ def report(
     with console.status("building the report"):
         path = build_report(store, out, title=title, static_dir=static,
                             static_formats=tuple(f.strip() for f in formats.split(",") if f.strip()))
-    console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
+    console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)", markup=False, highlight=False)
 

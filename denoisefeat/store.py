@@ -21,12 +21,25 @@ per-sample array is chunked along ``sample`` by ``chunk_samples``, so two writer
 same chunk file.  ``complete`` is written last, after a chunk's data: a sample chunk is either
 marked complete and whole, or redone.  Nothing is ever overwritten unless the caller asks for it,
 and a folder that is not a denoisefeat store is never deleted.
+
+Replacing a store (``overwrite=True``) writes the new one beside it (``.<name>.new``) and swaps
+the two only in :meth:`RunStore.finalize`, after the last sample is written: a run that fails or
+is killed leaves the old store as it was.
+
+Damage: every chunk of every array is written, even one that holds only fill values (zarr's
+``array.write_empty_chunks``, switched on when this module is imported), and chunks carry a zstd
+checksum, so a chunk file that is missing where its samples are marked complete, or that does not
+decode, is damage, never data.  Readers (``open_run``, ``RunStore.open(mode="r")``) refuse a store
+with missing chunks (a directory listing, cheap); :meth:`RunStore.damage` with ``decode=True``
+reads every chunk (``denoisefeat check``), and :meth:`RunStore.repair` marks damaged samples
+incomplete so that a resumed trace recomputes exactly those (``extract --resume --repair``).
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import os
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +49,10 @@ import numpy as np
 import zarr
 
 __all__ = [
+    "COMPRESSORS",
     "SCHEMA_VERSION",
+    "Damage",
+    "DamagedStoreError",
     "IncompleteRunError",
     "NotARunError",
     "Run",
@@ -46,12 +62,18 @@ __all__ = [
     "SchemaVersionError",
     "StepWriter",
     "StoreError",
+    "describe_damage",
     "open_run",
 ]
 
 SCHEMA_VERSION = 1
 _MARKER = "denoisefeat"
 _TARGET_CHUNK_BYTES = 2**21  # 2 MiB: "chunks ≥ 1 MB" while keeping the step buffer small
+#: Compression of every array of a store: zstd with its content checksum, so a flipped byte fails to decode.
+COMPRESSORS = (zarr.codecs.ZstdCodec(level=0, checksum=True),)
+
+# A chunk that holds only fill values is written too: a missing chunk file is then damage, not NaN.
+zarr.config.set({"array.write_empty_chunks": True})
 
 
 class StoreError(ValueError):
@@ -76,6 +98,31 @@ class RunExistsError(StoreError):
 
 class RunMismatchError(StoreError):
     """Resuming a store that was started with different settings."""
+
+
+class DamagedStoreError(StoreError):
+    """Chunk or metadata files of the store are missing or cannot be decoded (the message names them)."""
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One damaged chunk of a store.
+
+    Attributes
+    ----------
+    array : str
+        Path of the array inside the store (``x0``, ``features/edge_density``, ``acts/mid_block/full``).
+    samples : tuple of int or None
+        ``(start, stop)`` of the samples the chunk holds; ``None`` for arrays without a sample axis.
+    problem : {"missing", "undecodable", "missing metadata", "inconsistent metadata"}
+    file : str
+        The chunk file, relative to the store.
+    """
+
+    array: str
+    samples: tuple[int, int] | None
+    problem: str
+    file: str
 
 
 def _package_versions() -> dict[str, str]:
@@ -109,6 +156,61 @@ def _ranges(mask: np.ndarray) -> str:
     return ", ".join(f"{s}" if s == e else f"{s}–{e}" for s, e in parts)
 
 
+def _staging_path(path: Path, kind: str = "new") -> Path:
+    """Where a store that replaces ``path`` is written (``new``) or the old one waits (``old``)."""
+    return path.with_name(f".{path.name}.{kind}")
+
+
+def _same_metadata(own, listed) -> bool:
+    """An array's or group's zarr.json against its consolidated copy (groups list no members there)."""
+    if not isinstance(own, dict) or not isinstance(listed, dict):
+        return False
+    strip = lambda doc: {k: v for k, v in doc.items() if k != "consolidated_metadata"}  # noqa: E731
+    return strip(own) == strip(listed)
+
+
+def _run_digest(attrs) -> str:
+    """SHA-256 of what the store says it is (``run`` and ``layout``): a flipped byte there is damage."""
+    import hashlib
+
+    payload = json.dumps({"run": attrs.get("run"), "layout": attrs.get("layout")}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _head(path: Path, n: int = 4096) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def _is_coordinate(name: str) -> bool:
+    return "/" not in name and name in ("sample", "seed", "class_label", "step", "timestep", "sigma", "alpha_bar")
+
+
+def describe_damage(store: RunStore, damage: Sequence[Damage], *, limit: int = 4) -> str:
+    """One line that names the damaged arrays and samples, and what to do."""
+    by_array: dict[tuple[str, str], np.ndarray] = {}
+    other: dict[tuple[str, str], int] = {}
+    for d in damage:
+        if d.samples is None:
+            other[(d.array, d.problem)] = other.get((d.array, d.problem), 0) + 1
+            continue
+        mask = by_array.setdefault((d.array, d.problem), np.zeros(store.n_samples, dtype=bool))
+        mask[slice(*d.samples)] = True
+    parts = [f"{array} ({problem} chunks, samples {_ranges(mask)})" for (array, problem), mask in by_array.items()]
+    said = {"missing metadata": "its zarr.json is missing",
+            "inconsistent metadata": "its zarr.json differs from the consolidated copy in the root zarr.json",
+            "damaged attributes": "the run attributes do not match their checksum"}
+    parts += [f"{array} ({said[problem]})" if problem in said else
+              f"{array} ({count} {problem} chunk{'s' if count > 1 else ''})" for (array, problem), count in other.items()]
+    shown = "; ".join(parts[:limit]) + (f"; and {len(parts) - limit} more" if len(parts) > limit else "")
+    where = str(store.path or "the run")
+    return (f"{where!r} is damaged: {shown}. `denoisefeat check {where}` lists every damaged chunk; "
+            f"`denoisefeat extract ... --out {where} --resume --repair` recomputes the damaged samples.")
+
+
 def _is_run_group(path: Path) -> bool:
     try:
         group = zarr.open_group(str(path), mode="r")
@@ -127,6 +229,7 @@ class RunStore:
     def __init__(self, group: zarr.Group, path: Path | None):
         self.group = group
         self.path = path
+        self.replaces: Path | None = None  # the old store this one replaces at finalize()
 
     # -- creation and opening -------------------------------------------------------------
     @classmethod
@@ -159,6 +262,7 @@ class RunStore:
         -------
         RunStore
         """
+        replaces = None
         if path is None:
             store = zarr.storage.MemoryStore()
             resolved = None
@@ -175,7 +279,13 @@ class RunStore:
                         f"A denoisefeat store already exists at {str(resolved)!r}. Pass resume=True (CLI: --resume) "
                         "to complete it, or overwrite=True (--overwrite) to replace it."
                     )
-                shutil.rmtree(resolved)
+                # the new store is written beside the old one; finalize() swaps them at the end
+                replaces, resolved = resolved, _staging_path(resolved)
+                if resolved.exists():  # a replacement that failed earlier: never a finished store
+                    if not _is_run_group(resolved) and any(resolved.iterdir()):
+                        raise RunExistsError(f"{str(resolved)!r} is in the way of the replacement store and is not "
+                                             "a denoisefeat store; move it away.")
+                    shutil.rmtree(resolved)
             if not resolved.parent.is_dir():
                 raise StoreError(f"Cannot create {str(resolved)!r}: the folder {str(resolved.parent)!r} does not exist.")
             store = str(resolved)
@@ -188,41 +298,247 @@ class RunStore:
                     "package_versions": _package_versions(),
                 },
                 "run": _jsonable(dict(run_attrs)),
-                "layout": {"n_samples": n_samples, "n_steps": n_steps, "chunk_samples": chunk_samples},
+                "layout": {"n_samples": n_samples, "n_steps": n_steps, "chunk_samples": chunk_samples,
+                           "every_chunk_written": True},
             }
         )
+        group.attrs[_MARKER] = {**group.attrs[_MARKER], "digest": _run_digest(group.attrs)}
         self = cls(group, resolved)
+        self.replaces = replaces
         self.ensure_array("complete", shape=(n_samples,), dims=("sample",), dtype=bool, fill_value=False)
         self.write_coordinate("sample", np.arange(n_samples), dim="sample")
         return self
 
     @classmethod
-    def open(cls, path: str | Path | zarr.Group, *, mode: str = "r+") -> RunStore:
-        """Open an existing store, checking that it is a denoisefeat store this version can read."""
+    def open(cls, path: str | Path | zarr.Group, *, mode: str = "r+", verify: bool | None = None) -> RunStore:
+        """Open an existing store, checking that it is a denoisefeat store this version can read.
+
+        Parameters
+        ----------
+        path : str, path or zarr.Group
+        mode : {"r+", "r"}
+        verify : bool, optional
+            Refuse a store whose complete samples miss chunk files (:class:`DamagedStoreError`);
+            default: when opening for reading (``mode="r"``).
+
+        Returns
+        -------
+        RunStore
+        """
         if isinstance(path, zarr.Group):
             group, resolved = path, None
         else:
             resolved = Path(path).expanduser().resolve()
             if not resolved.exists():
                 raise NotARunError(f"No store at {str(resolved)!r}.")
+            root_meta = resolved / "zarr.json"
             try:
                 group = zarr.open_group(str(resolved), mode=mode)
             except Exception as error:
+                if root_meta.is_file() and _MARKER.encode() in _head(root_meta):
+                    raise DamagedStoreError(
+                        f"{str(resolved)!r} is a damaged denoisefeat store: its metadata file zarr.json cannot be "
+                        f"read ({type(error).__name__}). Restore it from a backup, or recompute the store."
+                    ) from None
                 raise NotARunError(
                     f"{str(resolved)!r} is not a zarr v3 group ({type(error).__name__}); it is not a denoisefeat store."
-                ) from error
+                ) from None
         meta = group.attrs.get(_MARKER)
         if not isinstance(meta, Mapping) or "schema_version" not in meta or "run" not in group.attrs:
             raise NotARunError(
                 f"{str(resolved or 'the group')!r} is a zarr group but not a denoisefeat store "
                 "(no denoisefeat attributes); denoisefeat will not read or modify it."
             )
-        if int(meta["schema_version"]) > SCHEMA_VERSION:
+        version = meta["schema_version"]
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise DamagedStoreError(
+                f"{str(resolved or 'the group')!r}: its schema version is {version!r}, not an integer; the store's "
+                "metadata (zarr.json) is damaged or was edited by hand."
+            )
+        if version > SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"{str(resolved)!r} has store schema {meta['schema_version']}, newer than this denoisefeat "
                 f"understands ({SCHEMA_VERSION}). Upgrade denoisefeat (pip install -U denoisefeat)."
             )
-        return cls(group, resolved)
+        self = cls(group, resolved)
+        self._check_layout()
+        if verify if verify is not None else mode == "r":
+            damage = self.damage()
+            if damage:
+                raise DamagedStoreError(describe_damage(self, damage))
+        return self
+
+    def _check_layout(self) -> None:
+        where = str(self.path or "the group")
+        layout = self.group.attrs.get("layout")
+        try:
+            n, c = int(layout["n_samples"]), int(layout["chunk_samples"])
+            int(layout["n_steps"])
+        except (TypeError, KeyError, ValueError):
+            raise DamagedStoreError(
+                f"{where!r}: its layout attributes ({layout!r}) are missing or damaged; the store cannot be read."
+            ) from None
+        if "complete" not in self.group:
+            raise DamagedStoreError(
+                f"{where!r} is damaged: its array 'complete' (which samples are finished) is missing. "
+                "Recompute the store, or restore complete/zarr.json from a backup."
+            )
+        if tuple(self.group["complete"].shape) != (n,) or c < 1:
+            raise DamagedStoreError(f"{where!r} is damaged: its 'complete' array does not match its layout.")
+
+    # -- damage ---------------------------------------------------------------------------------
+    def _arrays(self) -> list[tuple[str, zarr.Array]]:
+        return sorted((name, obj) for name, obj in self.group.members(max_depth=None) if isinstance(obj, zarr.Array))
+
+    def _expected_chunks(self, name: str, array: zarr.Array):
+        """``(chunk coords, region, samples, optional)`` of every chunk that must exist (data, not fill).
+
+        ``optional``: a completion marker's chunk, which may be absent (nothing done) but must decode.
+        """
+        if array.size == 0:
+            return
+        if name == "complete" or name.endswith("/complete"):  # a missing marker chunk just means "not done"
+            yield from ((c, r, None, True) for c, r in zip(array._iter_chunk_coords(), array._iter_chunk_regions(),
+                                                            strict=True))
+            return
+        every = bool(self.group.attrs["layout"].get("every_chunk_written", False))
+        dims = tuple(array.metadata.dimension_names or ())
+        per_sample = bool(dims) and dims[0] == "sample" and array.shape[0] == self.n_samples
+        if not per_sample and not every:
+            return
+        done = None
+        if per_sample:
+            marker = "features/complete" if name.startswith("features/") else "complete"
+            try:
+                done = np.asarray(self.group[marker][:], dtype=bool) if marker in self.group else np.zeros(0, bool)
+            except Exception:  # noqa: BLE001  (an undecodable marker is listed as damage of the marker itself)
+                done = np.zeros(0, bool)
+        recorded = None
+        if name.startswith("acts/") and "step" in dims:
+            steps = (self.run_attrs.get("extra") or {}).get("record_steps")
+            recorded = None if steps is None else np.asarray(steps, dtype=np.int64)
+            step_axis = dims.index("step")
+        for coords, region in zip(array._iter_chunk_coords(), array._iter_chunk_regions(), strict=True):
+            samples = None
+            if per_sample:
+                rows = region[0]
+                if done.size != self.n_samples or not done[rows].all():
+                    continue
+                samples = (int(rows.start), int(rows.stop))
+            if recorded is not None:
+                steps_ = region[step_axis]
+                if not ((recorded >= steps_.start) & (recorded < steps_.stop)).any():
+                    continue
+            yield coords, region, samples, False
+
+    def _consolidated(self) -> dict:
+        """The consolidated metadata of the store's members (empty if there is none)."""
+        try:
+            root = json.loads(_head(self.path / "zarr.json", 2**26) or b"{}")
+        except ValueError:
+            return {}
+        return (root.get("consolidated_metadata") or {}).get("metadata") or {}
+
+    def damage(self, *, decode: bool = False) -> list[Damage]:
+        """The store's damaged chunks: missing where they hold data and, with ``decode``, undecodable.
+
+        Parameters
+        ----------
+        decode : bool
+            Read and decode every chunk (as slow as reading the whole store); without it only
+            the chunk files' presence is checked (a directory listing).
+
+        Returns
+        -------
+        list of Damage
+            Empty for an undamaged store.  In-memory stores are only checked with ``decode``.
+        """
+        found = []
+        if self.path is not None:  # arrays the consolidated metadata lists must have their own metadata
+            listed = self._consolidated()
+            for name in sorted(listed):
+                own = self.path / name / "zarr.json"
+                if not own.is_file():
+                    found.append(Damage(name, None, "missing metadata", f"{name}/zarr.json"))
+                    continue
+                try:
+                    doc = json.loads(own.read_bytes())
+                except ValueError:
+                    doc = None
+                if not _same_metadata(doc, listed[name]):  # a flipped byte in one of the two copies
+                    found.append(Damage(name, None, "inconsistent metadata", f"{name}/zarr.json"))
+            if _run_digest(self.group.attrs) != self.group.attrs[_MARKER].get("digest", _run_digest(self.group.attrs)):
+                found.append(Damage("zarr.json", None, "damaged attributes", "zarr.json"))
+        for name, array in self._arrays():
+            present = None
+            if self.path is not None:
+                folder = self.path / name
+                present = {str(Path(root, f).relative_to(folder)) for root, _, files in os.walk(folder)
+                           for f in files if f != "zarr.json"}
+            for coords, region, samples, optional in self._expected_chunks(name, array):
+                key = array.metadata.encode_chunk_key(coords)
+                if present is not None and key not in present:
+                    if not optional:
+                        found.append(Damage(name, samples, "missing", f"{name}/{key}"))
+                    continue
+                if decode or optional:
+                    try:
+                        array[region]
+                    except Exception:
+                        found.append(Damage(name, samples, "undecodable", f"{name}/{key}"))
+        return found
+
+    def repair(self, damage: Sequence[Damage]) -> list[slice]:
+        """Delete damaged chunk files and mark their samples incomplete, so that a resumed trace redoes them.
+
+        Features of those samples are marked incomplete too (``features`` recomputes them).
+
+        Parameters
+        ----------
+        damage : sequence of Damage
+            From :meth:`damage` (with ``decode=True``).
+
+        Returns
+        -------
+        list of slice
+            The sample chunks the trace must redo.
+
+        Raises
+        ------
+        DamagedStoreError
+            Damage a resumed trace cannot redo (a table without a sample axis).
+        """
+        if self.path is not None:  # lost array metadata comes back from the consolidated copy
+            listed = self._consolidated()
+            for d in damage:
+                if d.problem == "missing metadata" and d.array in listed:
+                    (self.path / d.file).parent.mkdir(parents=True, exist_ok=True)
+                    (self.path / d.file).write_text(json.dumps(listed[d.array], indent=2))
+        damage = [d for d in damage if d.problem != "missing metadata"]
+        fixed = [d for d in damage if d.samples is None and not _is_coordinate(d.array)]
+        if fixed:
+            raise DamagedStoreError(
+                f"{str(self.path)!r}: {', '.join(sorted({d.array for d in fixed}))} cannot be recomputed by resuming the "
+                "trace; recompute it (for an attribution table: the command that made it, with --overwrite)."
+            )
+        redo = np.zeros(self.n_samples, dtype=bool)
+        for d in damage:
+            if d.samples is not None and not d.array.startswith("features/"):
+                redo[slice(*d.samples)] = True
+        for d in damage:
+            if self.path is not None:
+                (self.path / d.file).unlink(missing_ok=True)
+        chunks = [c for c in self.sample_chunks() if redo[c].any()]
+        for chunk in chunks:
+            self.group["complete"][chunk] = False
+        if "features/complete" in self.group:
+            features_done = self.group["features/complete"]
+            for chunk in chunks:
+                features_done[chunk] = False
+            for d in damage:
+                if d.array.startswith("features/") and d.samples is not None:
+                    features_done[slice(*d.samples)] = False
+        return chunks
 
     # -- properties ---------------------------------------------------------------------------
     @property
@@ -294,7 +610,7 @@ class RunStore:
         try:
             array = self.group.create_array(
                 name, shape=shape, chunks=tuple(chunks), dtype=dtype, dimension_names=tuple(dims),
-                fill_value=fill_value,
+                fill_value=fill_value, compressors=COMPRESSORS,
             )
         except zarr.errors.ContainsArrayError:  # another writer created it first
             return self.ensure_array(name, shape=shape, dims=dims, dtype=dtype, chunks=chunks, fill_value=fill_value)
@@ -334,13 +650,26 @@ class RunStore:
         self.group["complete"][samples] = True
 
     def finalize(self) -> None:
-        """Consolidate metadata (after the last writer) so readers open the store in one read."""
+        """Consolidate metadata (after the last writer) so readers open the store in one read.
+
+        A store made to replace another (``create(..., overwrite=True)``) takes its place now: the
+        old store is moved aside, the new one renamed to the path, and only then the old one deleted.
+        """
         if self.path is not None:
             import warnings
 
             with warnings.catch_warnings():  # zarr says consolidated metadata is not in the v3 spec yet
                 warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
                 zarr.consolidate_metadata(str(self.path))
+        if self.replaces is not None:
+            target, old = self.replaces, _staging_path(self.replaces, "old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.rename(target, old)
+            os.rename(self.path, target)
+            shutil.rmtree(old)
+            self.path, self.replaces = target, None
+            self.group = zarr.open_group(str(target), mode="r+")
 
 
 class StepWriter:
@@ -547,8 +876,10 @@ def open_run(path: str | Path, *, allow_incomplete: bool = False) -> Run:
         Written by a newer denoisefeat.
     IncompleteRunError
         Some samples are not complete; the message lists them and how to resume.
+    DamagedStoreError
+        Chunk files of complete samples are missing, or the store's metadata is damaged.
     """
-    store = RunStore.open(path, mode="r")
+    store = RunStore.open(path, mode="r")  # refuses missing chunks of complete samples
     if not allow_incomplete:
         done = store.completed()
         if not done.all():

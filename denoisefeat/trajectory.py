@@ -31,7 +31,7 @@ import torch
 
 from denoisefeat import schedulers as _schedulers
 from denoisefeat.models import denoiser_of, pipeline_family
-from denoisefeat.store import Run, RunMismatchError, RunStore, StepWriter
+from denoisefeat.store import Run, RunMismatchError, RunStore, StepWriter, StoreError
 
 __all__ = ["StepClock", "TraceRequest", "trace"]
 
@@ -127,6 +127,24 @@ def _seeds(seed, n) -> tuple[int, ...]:
     return seeds
 
 
+def _labels(class_labels, *, n_classes: int | None, null_class: int | None) -> tuple[int, ...] | None:
+    """Class labels as ints, each checked against the model's number of classes."""
+    if class_labels is None:
+        return None
+    labels = []
+    for value in class_labels:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"Class labels must be integers; got {value!r} ({type(value).__name__}).")
+        labels.append(int(value))
+    if n_classes is not None:
+        bad = sorted({v for v in labels if not 0 <= v < n_classes})
+        if bad:
+            null = f"; {null_class} is the null (unconditional) class" if null_class is not None else ""
+            raise ValueError(f"Class label{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad[:5]))} out of range: "
+                             f"this model has {n_classes} classes, 0–{n_classes - 1}{null}.")
+    return tuple(labels)
+
+
 def _default_guidance(pipe) -> float:
     configured = getattr(getattr(pipe, "config", None), "default_guidance_scale", None)
     if configured is not None:
@@ -172,6 +190,15 @@ def make_request(
         raise ValueError(f"steps must be a positive integer, got {steps!r}.")
     if isinstance(prompts, str):
         prompts = [prompts]
+    if prompts is not None:
+        prompts = list(prompts)
+        bad = [p for p in prompts if not isinstance(p, str)]
+        if bad:
+            raise ValueError(f"Prompts must be strings; got {bad[0]!r} ({type(bad[0]).__name__}).")
+    if class_labels is not None:
+        class_labels = list(class_labels)
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, (int, np.integer))):
+        raise ValueError(f"samples must be a positive integer, got {samples!r}.")
     n = _count(samples, prompts, class_labels)
     prompts, class_labels = _repeat(prompts, n), _repeat(class_labels, n)
     if family in ("stable-diffusion", "stable-diffusion-xl") and prompts is None:
@@ -186,6 +213,13 @@ def make_request(
         class_labels = (pipe.null_class,) * n  # unconditional sampling of a class-conditional model
     if family == "pixel" and not conditional and class_labels is not None:
         raise ValueError(f"{type(denoiser).__name__} of this pipeline is not class-conditional; drop class_labels.")
+    if family == "pixel" and conditional:
+        n_classes, null_class = int(denoiser.config.num_class_embeds), getattr(pipe, "null_class", None)
+    elif family == "dit":  # labels 0 … num_embeds_ada_norm − 1; the pipeline adds the null class itself
+        n_classes, null_class = denoiser.config.get("num_embeds_ada_norm"), None
+    else:
+        n_classes = null_class = None
+    class_labels = _labels(class_labels, n_classes=n_classes, null_class=null_class)
     base = pipe.scheduler
     fresh = _schedulers.make_scheduler(base if scheduler is None else scheduler, base_config=base.config)
     _schedulers.sample_convention(fresh)  # refuse schedulers whose x̂0 we cannot get right
@@ -205,7 +239,7 @@ def make_request(
         seeds=_seeds(seed, n),
         prompts=prompts,
         negative_prompt=negative_prompt,
-        class_labels=None if class_labels is None else tuple(int(c) for c in class_labels),
+        class_labels=class_labels,
         guidance_scale=guidance,
         eta=float(eta),
         height=height,
@@ -468,6 +502,7 @@ def trace(
     backend: str = "torch",
     model_id: str | None = None,
     progress: bool = False,
+    repair: bool = False,
 ) -> Run:
     """Run the denoising loop and store every step of every sample.
 
@@ -506,7 +541,8 @@ def trace(
     store : str or path, optional
         Where to write the zarr store; ``None`` keeps it in memory (small notebook runs).
     overwrite : bool
-        Replace an existing denoisefeat store at ``store``.
+        Replace an existing denoisefeat store at ``store``.  The new store is written beside the
+        old one and takes its place only once complete: a failed or killed run leaves the old one.
     resume : bool
         Complete a half-written store made with the same settings (only missing sample chunks run,
         in the store's own sample chunks; ``batch_size`` is then taken from the store).
@@ -536,17 +572,44 @@ def trace(
         Name recorded in the store; default: where the pipeline was loaded from.
     progress : bool
         Show a progress bar.
+    repair : bool
+        With ``resume``: read every chunk first, and recompute the sample chunks whose chunk files
+        are missing or do not decode (:meth:`denoisefeat.store.RunStore.repair`).  The repaired
+        store equals an undamaged one bit for bit.
 
     Returns
     -------
     Run
         The store, opened for reading (``run.dataset``, ``run["x0"]``, ``run.acts(...)``).
+
+    Notes
+    -----
+    Every argument is checked (labels against the model's classes, prompts, layers, reducers,
+    edits, backend) before a store is created or opened.  A trace that writes a store on disk
+    (without ``only_samples``) holds its lock (``.<name>.lock`` beside it) until it returns: a second
+    live writer is refused with the holder's PID and host.
+
+    A sample's trajectory does not depend on its batch (its own generator), but the denoiser's
+    floating-point rounding does, by about 1e-6 of ε.  x̂0 = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t multiplies
+    that by √((1−ᾱ_t)/ᾱ_t): up to ~2·10⁴ at the first step of a schedule that ends at ᾱ ≈ 2·10⁻⁹,
+    so early-step x̂0 of one sample can differ by ~1e-2 between batch sizes, while the final image
+    (ᾱ → 1) agrees to 1e-4.  Compare early-step x̂0 across runs with the same ``batch_size``.
     """
     unknown = set(keep) - {"xt", "x0", "images"}
     if unknown:
         raise ValueError(f"keep: unknown arrays {sorted(unknown)}; choose from 'xt', 'x0', 'images'.")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if backend not in ("torch", "nnsight"):
+        raise ValueError(f"backend must be 'torch' or 'nnsight', got {backend!r}.")
+    if store_dtype not in ("float32", "float16"):
+        raise ValueError(f"store_dtype must be 'float32' or 'float16', got {store_dtype!r}.")
+    if overwrite and resume:
+        raise ValueError("Pass overwrite or resume, not both: overwrite starts the store again, resume completes it.")
+    if repair and not resume:
+        raise ValueError("repair completes an existing store: pass it with resume=True (CLI: --resume --repair).")
+    if overwrite and only_samples is not None:
+        raise ValueError("overwrite cannot be combined with only_samples (a task writes its share of a shared store).")
     request, scheduler_ = make_request(
         pipe, samples=samples, prompts=prompts, class_labels=class_labels, negative_prompt=negative_prompt,
         seed=seed, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale, eta=eta, height=height,
@@ -563,8 +626,33 @@ def trace(
                  "record_steps": None if recorder is None or recorder.steps is None else sorted(recorder.steps),
                  "interventions": None if editor is None else editor.describe()}
         request = replace(request, extra=extra)
+    with contextlib.ExitStack() as lock:
+        if store is not None and only_samples is None:  # a cluster task holds its own task lock instead
+            lock.enter_context(_store_lock(store))
+        return _trace_into(store, request, family, scheduler_, coords, clock, current, recorder, editor,
+                           batch_size=batch_size, overwrite=overwrite, resume=resume, repair=repair,
+                           only_samples=only_samples, keep=keep, store_dtype=store_dtype, backend=backend,
+                           progress=progress)
+
+
+def _store_lock(path):
+    """The lock of the store at ``path`` (a file beside it), as the jobs' task locks are made."""
+    from denoisefeat.jobs.state import TaskLock
+
+    path = Path(path).expanduser().resolve()
+    if not path.parent.is_dir():
+        raise StoreError(f"Cannot create {str(path)!r}: the folder {str(path.parent)!r} does not exist.")
+    return TaskLock(path.with_name(f".{path.name}.lock"), what=f"The store {str(path)!r}")
+
+
+def _trace_into(store, request, family, scheduler_, coords, clock, current, recorder, editor, *, batch_size,
+                overwrite, resume, repair, only_samples, keep, store_dtype, backend, progress) -> Run:
+    n_loop = len(coords["timestep"])
     run_store = _open_or_create(store, request, n_steps=n_loop, batch_size=batch_size, overwrite=overwrite,
                                 resume=resume)
+    if repair and run_store.path is not None:
+        run_store.repair(run_store.damage(decode=True))
+        _write_coordinates(run_store, request, coords, rewrite=True)
     chunks = run_store.incomplete_chunks()
     if only_samples is not None:  # a cluster task: compute only the sample chunks it owns
         start, stop, _ = only_samples.indices(run_store.n_samples)
@@ -579,8 +667,6 @@ def trace(
         acts = run_store.group.require_group("acts")
         if acts.attrs.get("layers") != recorder.layers:  # written once: concurrent tasks share this group
             acts.attrs["layers"] = recorder.layers
-    if backend not in ("torch", "nnsight"):
-        raise ValueError(f"backend must be 'torch' or 'nnsight', got {backend!r}.")
     managers = [m for m in (editor, recorder) if m is not None]  # edits first: recordings show the edited flow
     with contextlib.ExitStack() as hooks, _progress(progress, total=len(chunks) * n_loop) as advance:
         if backend == "torch":
@@ -655,8 +741,8 @@ _DIMS = {
 }
 
 
-def _write_coordinates(store: RunStore, request: TraceRequest, coords: dict) -> None:
-    if "timestep" in store.group:
+def _write_coordinates(store: RunStore, request: TraceRequest, coords: dict, *, rewrite: bool = False) -> None:
+    if "timestep" in store.group and not rewrite:
         return
     store.write_coordinate("step", np.arange(len(coords["timestep"])), dim="step")
     for name, values in coords.items():

@@ -122,8 +122,13 @@ def test_reruns_are_bit_identical_and_samples_independent_of_batch(tiny_pipes):
     for name in ("xt", "x0", "images", "final"):
         np.testing.assert_array_equal(a[name].values, b[name].values)
     # sample 1 alone, with its own seed (6), follows the same trajectory as inside the batch
+    # up to the denoiser's batch-dependent rounding of ε̂ (~1e-6), which x̂0 amplifies by √((1−ᾱ)/ᾱ)
     alone = trace(pipe, prompts=["b"], steps=4, seed=[6], batch_size=1).dataset
-    np.testing.assert_allclose(alone["x0"].values[0], a["x0"].values[1], atol=1e-5)
+    np.testing.assert_allclose(alone["final"].values[0], a["final"].values[1], atol=1e-4)
+    alpha_bar = a["alpha_bar"].values
+    for step, amplification in enumerate(np.sqrt((1 - alpha_bar) / alpha_bar)):
+        np.testing.assert_allclose(alone["x0"].values[0, step], a["x0"].values[1, step],
+                                   rtol=1e-5, atol=1e-5 * max(1.0, amplification), err_msg=f"step {step}")
 
 
 def test_classifier_free_guidance_run_has_guided_x0(tiny_pipes):

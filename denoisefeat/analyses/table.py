@@ -42,7 +42,7 @@ import xarray as xr
 import zarr
 from statsmodels.stats.multitest import multipletests
 
-from denoisefeat.store import Run, RunStore, StoreError
+from denoisefeat.store import COMPRESSORS, Run, RunStore, StoreError
 
 __all__ = [
     "COLUMNS",
@@ -233,13 +233,13 @@ def write_attribution(store_or_path, frame: pd.DataFrame, *, name: str = "defaul
             raise ValueError(f"Column names must be strings, got {column!r}.")
         if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
             data = values.to_numpy()
-            array = group.create_array(column, shape=data.shape, dtype=data.dtype)
+            array = group.create_array(column, shape=data.shape, dtype=data.dtype, compressors=COMPRESSORS)
             array[...] = data
             array.attrs["kind"] = "numeric"
         else:
             codes, categories = pd.factorize(values.astype(str))
             data = codes.astype(np.int32)
-            array = group.create_array(column, shape=data.shape, dtype=data.dtype)
+            array = group.create_array(column, shape=data.shape, dtype=data.dtype, compressors=COMPRESSORS)
             array[...] = data
             array.attrs.update({"kind": "str", "categories": [str(c) for c in categories]})
         columns.append(column)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from denoisefeat.hooks.layers import first_tensor, resolve_layers
+from denoisefeat.hooks.layers import first_tensor, layer_name, resolve_layers
 from denoisefeat.hooks.record import BRANCHES, steps_selection
 from denoisefeat.models import denoiser_of
 from denoisefeat.hooks._manager import HookManager
@@ -93,6 +93,7 @@ class Edit:
             raise ValueError("Edit 'patch' needs source= (a Run that recorded this layer with the 'full' reducer).")
         if self.branch not in (None, *BRANCHES):
             raise ValueError(f"branch must be 'cond', 'uncond' or None, got {self.branch!r}.")
+        object.__setattr__(self, "layer", layer_name(self.layer))  # a LayerInfo from list_layers works too
         if self.steps is not None:  # normalise once: a frozenset of non-negative step indices
             object.__setattr__(self, "steps", steps_selection(self.steps))
 

@@ -23,6 +23,7 @@ __all__ = [
     "UnknownLayerError",
     "dummy_inputs",
     "first_tensor",
+    "layer_name",
     "list_layers",
     "probe_layers",
     "resolve_layers",
@@ -82,14 +83,31 @@ def _module_names(denoiser: torch.nn.Module) -> list[str]:
     return [name for name, _ in denoiser.named_modules() if name]
 
 
+def layer_name(layer) -> str:
+    """A layer's module path: ``layer`` itself, or the ``name`` of a :class:`LayerInfo`.
+
+    Raises
+    ------
+    TypeError
+        Anything else (the message says what was given).
+    """
+    if isinstance(layer, LayerInfo):
+        return layer.name
+    if not isinstance(layer, str):
+        raise TypeError(f"A layer is a module path (str) or a LayerInfo from list_layers; got {layer!r} "
+                        f"({type(layer).__name__}).")
+    return layer
+
+
 def resolve_layers(pipe_or_denoiser, names: str | Iterable[str]) -> list[str]:
     """Expand names and globs into module paths, in network order, refusing unknown ones.
 
     Parameters
     ----------
     pipe_or_denoiser : diffusers pipeline or torch.nn.Module
-    names : str or iterable of str
-        Exact module paths or globs (``*`` one component, ``**`` any number).
+    names : str, LayerInfo or iterable of them
+        Exact module paths or globs (``*`` one component, ``**`` any number), or the
+        :class:`LayerInfo` entries of :func:`list_layers`.
 
     Returns
     -------
@@ -103,10 +121,11 @@ def resolve_layers(pipe_or_denoiser, names: str | Iterable[str]) -> list[str]:
     """
     denoiser = denoiser_of(pipe_or_denoiser)
     available = _module_names(denoiser)
-    if isinstance(names, str):
+    if isinstance(names, (str, LayerInfo)):
         names = [names]
     chosen: set[str] = set()
     for name in names:
+        name = layer_name(name)
         if "*" in name:
             regex = _glob_to_regex(name)
             matches = [a for a in available if regex.match(a)]

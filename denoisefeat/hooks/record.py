@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from denoisefeat.hooks.layers import first_tensor, resolve_layers
+from denoisefeat.hooks.layers import LayerInfo, first_tensor, resolve_layers
 from denoisefeat.hooks.reducers import Reducer, band_coords, get_reducer
 from denoisefeat.models import denoiser_of
 from denoisefeat.hooks._manager import HookManager
@@ -64,7 +64,7 @@ def steps_selection(steps, n_steps: int | None = None) -> frozenset[int] | None:
 
 
 def _layer_spec(denoiser, layers) -> list[tuple[str, Reducer]]:
-    if isinstance(layers, str):
+    if isinstance(layers, (str, LayerInfo)):
         layers = {layers: "full"}
     elif not isinstance(layers, Mapping):
         layers = {name: "full" for name in layers}

@@ -20,7 +20,9 @@ _ARRAY_VARS = ("SLURM_ARRAY_TASK_ID", "PBS_ARRAY_INDEX")
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape  # spec messages name [sections]: text, never markup
+
+    console.print(f"[bold red]error:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -56,6 +58,8 @@ def run(
     workers: int = typer.Option(1, "--workers", "-j", help="With --all: processes running tasks at once."),
 ) -> None:
     """Run one task of SPEC (what an array element calls), or every task with --all."""
+    from rich.markup import escape
+
     from .spec import SpecError
     from .state import TaskLockedError
 
@@ -69,7 +73,7 @@ def run(
             raise _fail(str(err), 2) from None
         typer.echo(f"ran {len(outcome.ran)}, already done {len(outcome.skipped)}, failed {len(outcome.failed)}")
         for task_id, error in outcome.failed.items():
-            console.print(f"[red]failed[/] {task_id}: {error}", highlight=False, soft_wrap=True)
+            console.print(f"[red]failed[/] {escape(task_id)}: {escape(str(error))}", highlight=False, soft_wrap=True)
         if outcome.failed:
             raise typer.Exit(1)
         return
@@ -108,9 +112,12 @@ def status(spec: Path = typer.Argument(..., help="TOML job spec.")) -> None:
     job = _load(spec, check_model=False)
     rows = states(job)
     colours = {"done": "green", "running": "cyan", "failed": "red", "missing": "yellow"}
+    from rich.markup import escape
+
     table = Table("index", "task", "state", "detail")
     for task, state in rows:
-        table.add_row(str(task.index), task.id, f"[{colours[state.state]}]{state.state}[/]", state.detail)
+        table.add_row(str(task.index), escape(task.id), f"[{colours[state.state]}]{state.state}[/]",
+                      escape(state.detail))
     out = Console(width=max(120, Console().width))
     out.print(table)
     counts = Counter(state.state for _, state in rows)
@@ -123,6 +130,8 @@ def merge(
     allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="Merge even if some tasks are not done."),
 ) -> None:
     """Merge ablation tables into the stores, consolidate every store, print a summary."""
+    from rich.markup import escape
+
     from .merge import IncompleteJobError
     from .merge import merge as merge_job
 
@@ -135,8 +144,8 @@ def merge(
     for entry in summary["stores"]:
         feats = "-" if entry["features_complete"] is None else f"{entry['features_complete']}/{entry['samples']}"
         rows = "-" if entry["attribution_rows"] is None else str(entry["attribution_rows"])
-        table.add_row(entry["configuration"], entry["store"], f"{entry['samples_complete']}/{entry['samples']}",
-                      feats, rows)
+        table.add_row(escape(str(entry["configuration"])), escape(str(entry["store"])),
+                      f"{entry['samples_complete']}/{entry['samples']}", feats, rows)
     Console(width=max(120, Console().width)).print(table)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 from .spec import JobSpec, Task, task_grid
@@ -44,11 +45,19 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_one(spec: JobSpec, index: int) -> bool:
-    return run_task(spec, index)
+_DIED = ("the worker process died while running it (killed by a signal, out of memory or a crash); "
+         "run the task alone to see why: denoisefeat jobs run SPEC --task {index}")
 
 
-def run_all(spec: JobSpec, *, workers: int = 1, progress: bool = False) -> Outcome:
+def _pool(workers: int, threads: int) -> ProcessPoolExecutor:
+    import multiprocessing
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(threads,))
+
+
+def run_all(spec: JobSpec, *, workers: int = 1, progress: bool = False,
+            task_runner: Callable[[JobSpec, int], bool] = run_task) -> Outcome:
     """Run every task that is not done, stage by stage (extraction and ablation, then features).
 
     Parameters
@@ -60,38 +69,75 @@ def run_all(spec: JobSpec, *, workers: int = 1, progress: bool = False) -> Outco
         number of threads: compare stores made with the same thread count).
     progress : bool
         Show a rich progress bar over tasks.
+    task_runner : callable
+        ``task_runner(spec, index) -> bool`` runs one task (default :func:`run_task`); with
+        ``workers > 1`` it must be picklable (a module-level function).
 
     Returns
     -------
     Outcome
         A task that raises does not stop the others; its error is in ``Outcome.failed`` (and in its
-        failure note, see :mod:`denoisefeat.jobs.state`).
+        failure note, see :mod:`denoisefeat.jobs.state`).  A worker process that dies (SIGKILL,
+        out of memory) breaks the pool: the tasks it was running with are rerun, each alone in a
+        fresh worker, so that the one that kills its worker is marked failed and the others
+        finish; the pool is then rebuilt for the remaining tasks.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}.")
     grid = task_grid(spec)
     outcome = Outcome()
     stages = [[t for t in grid if t.stage == stage] for stage in sorted({t.stage for t in grid})]
-    with _Bar(progress, total=len(grid)) as advance, contextlib.ExitStack() as stack:
-        pool = None
-        if workers > 1:
-            import multiprocessing
-
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            pool = stack.enter_context(ProcessPoolExecutor(
-                max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                initargs=(threads,)))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with _Bar(progress, total=len(grid)) as advance:
         for tasks in stages:  # a stage starts when the previous one is over
-            if pool is None:
+            if workers == 1:
                 for task in tasks:
-                    _record(outcome, task, lambda t=task: run_task(spec, t.index))
+                    _record(outcome, task, lambda t=task: task_runner(spec, t.index))
                     advance()
                 continue
-            futures = {pool.submit(_run_one, spec, task.index): task for task in tasks}
-            for future in as_completed(futures):
-                _record(outcome, futures[future], future.result)
-                advance()
+            queue = list(tasks)
+            while queue:
+                with _pool(workers, threads) as pool:
+                    suspects = _drain(pool, queue, spec, task_runner, outcome, advance, workers=workers)
+                for task in suspects:  # alone, so that a task that kills its worker takes nobody with it
+                    with _pool(1, threads) as solo:
+                        future = solo.submit(task_runner, spec, task.index)
+                        try:
+                            future.result()
+                        except BrokenProcessPool:
+                            outcome.failed[task.id] = _DIED.format(index=task.index)
+                        else:
+                            _record(outcome, task, future.result)
+                    advance()
     return outcome
+
+
+def _drain(pool, queue, spec, task_runner, outcome, advance, *, workers) -> list[Task]:
+    """Run ``queue``'s tasks on ``pool``, at most ``workers`` at a time; stop when the pool breaks.
+
+    Returns the tasks that were in flight when it broke (to rerun alone); ``queue`` keeps the
+    tasks never submitted.
+    """
+    in_flight = {}
+    while queue or in_flight:
+        while queue and len(in_flight) < workers:
+            task = queue.pop(0)
+            in_flight[pool.submit(task_runner, spec, task.index)] = task
+        done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+        if any(isinstance(f.exception(), BrokenProcessPool) for f in done):
+            wait(in_flight)  # the others end now too, finished or broken
+            suspects = []
+            for future, task in in_flight.items():
+                if isinstance(future.exception(), BrokenProcessPool):
+                    suspects.append(task)
+                else:
+                    _record(outcome, task, future.result)
+                    advance()
+            return suspects
+        for future in done:
+            _record(outcome, in_flight.pop(future), future.result)
+            advance()
+    return []
 
 
 def _record(outcome: Outcome, task: Task, result) -> None:

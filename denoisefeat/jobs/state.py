@@ -104,6 +104,8 @@ class TaskLock:
     ----------
     path : Path
         The lock file (created if needed, never deleted).
+    what : str, optional
+        What the lock protects, for the refusal message (default: the task named by the file).
 
     Raises
     ------
@@ -111,8 +113,9 @@ class TaskLock:
         On entry, when another live process holds the lock.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, what: str | None = None):
         self.path = Path(path)
+        self.what = what
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -130,9 +133,12 @@ class TaskLock:
         else:
             os.close(fd)
             owner = _read_json(self.path)
+            holder = f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')}, since {owner.get('started', '?')}"
+            if self.what is not None:
+                raise TaskLockedError(f"{self.what} is being written by another live process ({holder}); "
+                                      "refusing to write it twice. Wait for it to finish.") from None
             raise TaskLockedError(
-                f"Task {self.path.name.removesuffix('.lock')!r} is already running (pid {owner.get('pid', '?')} on "
-                f"host {owner.get('host', '?')}, since {owner.get('started', '?')}); refusing to run it twice."
+                f"Task {self.path.name.removesuffix('.lock')!r} is already running ({holder}); refusing to run it twice."
             ) from None
         payload = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": _now()}).encode()
         os.ftruncate(fd, 0)

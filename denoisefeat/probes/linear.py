@@ -311,6 +311,9 @@ def fit(
         raise ValueError(f"A ridge probe needs a numeric target; got dtype {values.dtype}. Use kind='logistic'.")
     else:
         values = values.astype(float)
+        if np.ptp(values) == 0:  # R² of a constant target is undefined: every score would be NaN
+            raise ValueError(f"The target is constant ({values.flat[0]:g} for every sample): a ridge probe has "
+                             "nothing to predict. Choose a target that varies across samples.")
     if control is not None:
         control = check_acts(control, name="control")
         if "branch" in control.dims:
