@@ -145,7 +145,7 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
 
 #: Names ``load_pipeline`` accepts without a folder or a network: the trained toy model, the
 #: planted-ground-truth model and the tiny random-initialised pipelines of :mod:`denoisefeat.tiny`.
-BUILTIN_MODELS = ("toy", "planted", "tiny-unet", "tiny-class-unet", "tiny-sd", "tiny-sdxl", "tiny-dit")
+BUILTIN_MODELS = ("toy", "planted", "planted-factorized", "tiny-unet", "tiny-class-unet", "tiny-sd", "tiny-sdxl", "tiny-dit")
 
 
 def load_pipeline(source: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
@@ -157,7 +157,9 @@ def load_pipeline(source: str | Path, *, device: str | torch.device = "cpu", dty
         ``"toy"`` (the trained DiffShapes model, offline), ``"planted"`` (a ``DDIMPipeline`` whose
         denoiser is the exact posterior mean of 64 DiffShapes images, its modules ``layout`` and
         ``detail`` the low and high band: :func:`denoisefeat.toy.planted.planted_pipeline` with its
-        defaults; call that function for other data sets), a tiny built-in (``"tiny-unet"``,
+        defaults; call that function for other data sets), ``"planted-factorized"`` (the same
+        with independent bands, whose ``layout`` and ``detail`` also carry different information:
+        :func:`denoisefeat.toy.planted.factorized_planted_pipeline`), a tiny built-in (``"tiny-unet"``,
         ``"tiny-class-unet"``, ``"tiny-sd"``, ``"tiny-sdxl"``, ``"tiny-dit"``), a folder written by
         ``save_pretrained``, or a Hub id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``.
     device : str or torch.device
@@ -196,6 +198,10 @@ def _load(source, *, dtype):
         from denoisefeat.toy.planted import planted_pipeline
 
         return planted_pipeline()
+    if text == "planted-factorized":
+        from denoisefeat.toy.planted import factorized_planted_pipeline
+
+        return factorized_planted_pipeline()
     if text in TINY_BUILDERS:
         return TINY_BUILDERS[text]()
     path = Path(text).expanduser()

@@ -11,7 +11,7 @@ from denoisefeat.tiny import TINY_BUILDERS
 
 
 def test_builtin_names_are_all_loadable():
-    assert set(BUILTIN_MODELS) == {"toy", "planted", *TINY_BUILDERS}
+    assert set(BUILTIN_MODELS) == {"toy", "planted", "planted-factorized", *TINY_BUILDERS}
 
 
 @pytest.mark.parametrize("name", list(TINY_BUILDERS))

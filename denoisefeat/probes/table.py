@@ -140,6 +140,9 @@ def probe_table(
                     "metric": result.attrs["metric"],
                 })
     table = pd.DataFrame(rows, columns=[*COLUMNS, "score", "baseline", "metric"])
-    table.attrs.update(alpha=1 - ci, ci_level=ci, n_boot=n_boot, inference="bootstrap")
+    from denoisefeat.analyses.inference import min_resamples
+
+    permuted = isinstance(control, str) and control == "shuffled" and n_shuffles >= min_resamples(1 - ci)
+    table.attrs.update(alpha=1 - ci, ci_level=ci, n_boot=n_boot, inference="permutation" if permuted else "bootstrap")
     table["p_adj"] = benjamini_hochberg(table["p"].to_numpy(dtype=float))
     return validate(table.astype({"step_start": int, "step_stop": int, "n": int}))

@@ -82,10 +82,12 @@ from diffusers.utils import BaseOutput
 __all__ = [
     "PLANTED_TRUTH",
     "BandMean",
+    "FactorizedPlantedDenoiser",
     "PlantedDenoiser",
     "PlantedDenoiserOutput",
     "PosteriorWeights",
     "band_masks",
+    "factorized_planted_pipeline",
     "planted_pipeline",
 ]
 
@@ -352,18 +354,7 @@ class PlantedDenoiser(ModelMixin, ConfigMixin):
         alpha_bar = self.alpha_bar(timestep, batch=sample.shape[0])  # ᾱ_t, (B,)
         weights = self.posterior(sample, alpha_bar)  # p(i | x_t), (B, N)
         x0 = self.layout(weights) + self.detail(weights)  # x̂_0 = E[x_0 | x_t]
-        a = alpha_bar.reshape(-1, 1, 1, 1)
-        xt, x0 = sample.double(), x0.double()
-        kind = self.config.prediction_type
-        if kind == "sample":
-            out = x0
-        else:
-            eps = (xt - a.sqrt() * x0) / (1 - a).sqrt()  # ε̂ = (x_t − √ᾱ x̂_0) / √(1 − ᾱ)
-            out = eps if kind == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0  # v = √ᾱ ε − √(1−ᾱ) x_0
-        out = out.to(sample.dtype)
-        if not return_dict:
-            return (out,)
-        return PlantedDenoiserOutput(sample=out)
+        return _prediction(sample, x0, alpha_bar, self.config.prediction_type, return_dict)
 
     def dataset_images(self) -> torch.Tensor:
         """The data set in pixel space, (N, 3, H, W) in [0, 1] (float32)."""
@@ -384,6 +375,160 @@ class PlantedDenoiser(ModelMixin, ConfigMixin):
         best = d2.argmin(1)
         rmse = (d2.gather(1, best[:, None])[:, 0].clamp(min=0) / x.shape[1]).sqrt()
         return best, rmse
+
+
+class FactorizedPlantedDenoiser(ModelMixin, ConfigMixin):
+    """The exact posterior-mean denoiser of a product data set whose two bands are independent.
+
+    The data set is every sum ``L(a_i) + H(b_j)`` of the low band of a *layout* image ``a_i`` (a
+    solid DiffShapes object: shape, colour, position) and the high band of a *detail* image ``b_j``
+    (a DiffShapes object drawn sharp or with a soft edge, textured or solid: texture and edge
+    sharpness), with ``L`` an ideal low-pass projector (a 0/1 radial Fourier mask, ``ρ <
+    band_cutoff`` cycles per image) and ``H = I − L``.  Because ``L`` and ``H`` are orthogonal
+    projectors and the noise is white, ``L x_t`` and ``H x_t`` are independent given ``(i, j)`` and
+    the posterior factorises:
+
+        E[x_0 | x_t] = Σ_i p(i | L x_t) L(a_i) + Σ_j p(j | H x_t) H(b_j) = layout + detail,
+
+    each term computed from its own band of ``x_t`` only.  So ``layout`` (with ``layout_posterior``)
+    carries the information about shape and colour and nothing else, ``detail`` (with
+    ``detail_posterior``) the texture and the edges and nothing else — unlike
+    :class:`PlantedDenoiser`, whose two bands are linear images of the same posterior weights and
+    hence carry the same information (a linear probe cannot tell them apart).  Ablating either module
+    never changes the other band of the trajectory: DDIM's update is linear, band by band.
+
+    Parameters
+    ----------
+    n_layouts : int
+        Layout images (solid objects), at least 1.
+    n_details : int
+        Detail images, an even number: ``n_details / 2`` objects drawn sharp and the same objects with a
+        soft edge (:func:`~denoisefeat.toy.diffshapes.counterfactual_pairs`, ``edge_sharpness``).
+    sample_size, in_channels, seed, background, prediction_type, num_train_timesteps, beta_start, beta_end, beta_schedule
+        As for :class:`PlantedDenoiser`.
+    band_cutoff : float
+        The ideal low-pass cutoff in cycles per image.
+
+    Attributes
+    ----------
+    layout_labels : torch.Tensor of int64, shape (n_layouts,)
+        Each layout's DiffShapes label (its shape and colour; texture solid).
+    detail_labels : torch.Tensor of int64, shape (n_details,)
+        Each detail's DiffShapes label (its texture).
+    detail_sharp : torch.Tensor of bool, shape (n_details,)
+        Whether the detail's edge is sharp.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        n_layouts: int = 12,
+        n_details: int = 12,
+        sample_size: int = 32,
+        in_channels: int = 3,
+        seed: int = 0,
+        background: float | None = None,
+        band_cutoff: float = 2.5,
+        prediction_type: str = "epsilon",
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+    ):
+        super().__init__()
+        from diffusers import DDIMScheduler
+
+        from denoisefeat.toy.diffshapes import counterfactual_pairs, generate
+
+        if in_channels != 3:
+            raise ValueError(f"The planted denoiser makes RGB images: in_channels must be 3, got {in_channels}.")
+        if n_layouts < 1 or n_details < 2 or n_details % 2:
+            raise ValueError(f"Need n_layouts >= 1 and an even n_details >= 2; got {n_layouts}, {n_details}.")
+        if prediction_type not in _PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {', '.join(_PREDICTION_TYPES)}, got {prediction_type!r}.")
+        if not band_cutoff > 0:
+            raise ValueError(f"band_cutoff must be a positive number of cycles per image, got {band_cutoff!r}.")
+        schedule = DDIMScheduler(num_train_timesteps=num_train_timesteps, beta_start=beta_start,
+                                 beta_end=beta_end, beta_schedule=beta_schedule)
+        self.register_buffer("alphas_cumprod", schedule.alphas_cumprod.to(torch.float32).clone())  # first: the dtype
+        f = torch.fft.fftfreq(sample_size, dtype=torch.float64) * sample_size
+        low_mask = (torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2) < band_cutoff).double()  # a projector: 0/1
+        self.register_buffer("low_mask", low_mask)
+        layouts = generate(n_layouts, seed=seed, size=sample_size, textures=["solid"], background=background)
+        sharp, soft = counterfactual_pairs(n_details // 2, factor="edge_sharpness", seed=seed + 1, size=sample_size,
+                                           background=background)
+        details = np.concatenate([sharp.images, soft.images])
+        low = self._low(torch.from_numpy(layouts.images).double() * 2 - 1)
+        images = torch.from_numpy(details).double() * 2 - 1
+        high = images - self._low(images)
+        self.register_buffer("layout_labels", torch.from_numpy(layouts.label.astype(np.int64)))
+        self.register_buffer("detail_labels", torch.from_numpy(np.concatenate([sharp.label, soft.label]).astype(np.int64)))
+        self.register_buffer("detail_sharp", torch.arange(n_details) < n_details // 2)
+        self.layout_posterior = PosteriorWeights(low)
+        self.layout = BandMean(low)
+        self.detail_posterior = PosteriorWeights(high)
+        self.detail = BandMean(high)
+
+    def _low(self, x: torch.Tensor) -> torch.Tensor:
+        """``L(x)``: the ideal low band of float64 images (n, c, h, w)."""
+        return torch.fft.ifft2(torch.fft.fft2(x.double()) * self.low_mask).real
+
+    alpha_bar = PlantedDenoiser.alpha_bar
+
+    def forward(self, sample: torch.Tensor, timestep, return_dict: bool = True):
+        """Predict from ``x_t`` at ``timestep``, like ``UNet2DModel.forward`` (see :class:`PlantedDenoiser`)."""
+        alpha_bar = self.alpha_bar(timestep, batch=sample.shape[0])  # ᾱ_t, (B,)
+        low = self._low(sample)  # L x_t
+        high = sample.double() - low  # H x_t
+        # p(i | L x_t) and p(j | H x_t): the posterior factorises over the two independent bands
+        x0 = self.layout(self.layout_posterior(low, alpha_bar)) + self.detail(self.detail_posterior(high, alpha_bar))
+        return _prediction(sample, x0, alpha_bar, self.config.prediction_type, return_dict)
+
+    def ends(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (layout, detail) indices each of ``images`` (pixel space, (B, 3, H, W)) is closest to."""
+        x = torch.as_tensor(images).double() * 2 - 1
+        low = self._low(x)
+        return (_nearest(low, self.layout.bands), _nearest(x - low, self.detail.bands))
+
+
+def _nearest(x: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
+    """Index of the row of ``data`` (N, ...) nearest to each of ``x`` (B, ...)."""
+    x, data = x.flatten(1), data.double().flatten(1).to(x.device)
+    return ((x * x).sum(1)[:, None] - 2 * x @ data.T + (data * data).sum(1)[None, :]).argmin(1)
+
+
+def _prediction(sample, x0, alpha_bar, kind: str, return_dict: bool):
+    """The ``kind`` prediction of x̂_0 at ᾱ_t, in the dtype of ``sample``."""
+    a = alpha_bar.reshape(-1, 1, 1, 1)
+    xt, x0 = sample.double(), x0.double()
+    if kind == "sample":
+        out = x0
+    else:
+        eps = (xt - a.sqrt() * x0) / (1 - a).sqrt()  # ε̂ = (x_t − √ᾱ x̂_0) / √(1 − ᾱ)
+        out = eps if kind == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0  # v = √ᾱ ε − √(1−ᾱ) x_0
+    out = out.to(sample.dtype)
+    return PlantedDenoiserOutput(sample=out) if return_dict else (out,)
+
+
+def factorized_planted_pipeline(*, n_layouts: int = 12, n_details: int = 12, size: int = 32, seed: int = 0,
+                                background: float | None = None, band_cutoff: float = 2.5):
+    """A ``DDIMPipeline`` around a :class:`FactorizedPlantedDenoiser` (the built-in ``"planted-factorized"``).
+
+    Parameters
+    ----------
+    n_layouts, n_details, seed, background, band_cutoff
+        As for :class:`FactorizedPlantedDenoiser`.
+    size : int
+        Image size (``sample_size``).
+
+    Returns
+    -------
+    diffusers.DDIMPipeline
+        As :func:`planted_pipeline`'s.
+    """
+    denoiser = FactorizedPlantedDenoiser(n_layouts=n_layouts, n_details=n_details, sample_size=size, seed=seed,
+                                         background=background, band_cutoff=float(band_cutoff))
+    return _ddim(denoiser, "epsilon")
 
 
 def planted_pipeline(
@@ -413,13 +558,18 @@ def planted_pipeline(
         Its ``unet`` is the planted denoiser; its ``DDIMScheduler`` has the denoiser's noise
         schedule, ``clip_sample=False`` and ``set_alpha_to_one=True`` (the last step lands on x̂_0).
     """
-    from diffusers import DDIMPipeline, DDIMScheduler
-
     denoiser = PlantedDenoiser(n_images=n_images, sample_size=size, seed=seed,
                                labels=None if labels is None else [int(v) for v in labels],
                                n_objects=n_objects, background=background,
                                band_cutoff=[float(c) for c in band_cutoff], prediction_type=prediction_type,
                                pairs=pairs)
+    return _ddim(denoiser, prediction_type)
+
+
+def _ddim(denoiser, prediction_type: str):
+    """A DDIMPipeline with the denoiser's own noise schedule, no clipping, ending on x̂_0."""
+    from diffusers import DDIMPipeline, DDIMScheduler
+
     c = denoiser.config
     scheduler = DDIMScheduler(num_train_timesteps=c.num_train_timesteps, beta_start=c.beta_start,
                               beta_end=c.beta_end, beta_schedule=c.beta_schedule, clip_sample=False,
