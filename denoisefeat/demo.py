@@ -157,8 +157,8 @@ class DemoSummary:
 def _driver_line(row) -> str:
     sig = "" if row.significant else " (not significant)"
     return (f"  {row.family:<7} {row.feature}: {row.layer} at steps {row.step_start}-{row.step_stop} "
-            f"changes it by {row.effect:+.3g} [{row.ci_low:+.3g}, {row.ci_high:+.3g}] (std {row.effect_std:+.2g}, "
-            f"specificity {row.specificity:.2g}), p_adj={row.p_adj:.2g}{sig}")
+            f"changes it by {row.effect:+.3g} [{row.ci_low:+.3g}, {row.ci_high:+.3g}] (std {row.effect_std:+.3g}, "
+            f"specificity {row.specificity:.3g}), p_adj={row.p_adj:.2g}{sig}")
 
 
 def summarize(store, *, report: Path | None = None) -> DemoSummary:

@@ -21,9 +21,9 @@ def make_frame():
     # planted: mid_block, window 5:10 is the strongest significant effect on colour; up_blocks.0 is
     # larger in |effect| but its CI spans 0, so it must rank after.
     i = (frame.feature == "delta_e2000") & (frame.layer == "mid_block") & (frame.step_start == 5)
-    frame.loc[i, ["effect", "effect_std", "ci_low", "ci_high", "p"]] = [3.0, 1.5, 2.0, 4.0, 1e-4]
+    frame.loc[i, ["effect", "effect_std", "specificity", "ci_low", "ci_high", "p"]] = [3.0, 1.5, 3.0, 2.0, 4.0, 1e-4]
     j = (frame.feature == "delta_e2000") & (frame.layer == "up_blocks.0") & (frame.step_start == 0)
-    frame.loc[j, ["effect", "effect_std", "ci_low", "ci_high"]] = [-9.0, -4.5, -20.0, 2.0]
+    frame.loc[j, ["effect", "effect_std", "specificity", "ci_low", "ci_high"]] = [-9.0, -4.5, 9.0, -20.0, 2.0]
     frame["p_adj"] = table.benjamini_hochberg(frame["p"])
     return frame
 

@@ -21,7 +21,7 @@ COMMANDS = {
     "info": lambda s: ["info", s],
     "analyze": lambda s: ["analyze", s, "--metrics", "edge_density,colorfulness"],
     "probe": lambda s: ["probe", s, "--targets", "labels", "--cv", "2", "--n-boot", "20", "--overwrite"],
-    "stats": lambda s: ["attribute", "stats", s, "--n-boot", "20", "--overwrite"],
+    "stats": lambda s: ["attribute", "stats", s, "--overwrite"],
     "report": lambda s: ["report", s, "-o", str(Path(s).parent / "r.html")],
 }
 

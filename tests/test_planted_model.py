@@ -150,3 +150,30 @@ def test_load_pipeline_and_save_pretrained_round_trip(tmp_path):
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(loaded.unet(x, 300).sample, pipe.unet(x, 300).sample, atol=0, rtol=0)
+
+
+def test_factorized_model_is_the_exact_posterior_mean_of_its_product_set():
+    """planted-factorized: x̂0 equals a brute-force posterior mean over every L(a_i) + H(b_j), and each band
+    of x̂0 depends on its own band of x_t only."""
+    from denoisefeat.toy.planted import FactorizedPlantedDenoiser
+
+    model = FactorizedPlantedDenoiser(n_layouts=3, n_details=4)
+    low, high = model.layout.bands, model.detail.bands
+    assert torch.allclose(model._low(low), low, atol=1e-12) and torch.allclose(model._low(high), 0 * high, atol=1e-12)
+    product = (low[:, None] + high[None, :]).reshape(-1, *low.shape[1:])  # (i, j) -> i * 4 + j
+    rng = torch.Generator().manual_seed(0)
+    for t in (999, 600, 200, 20):
+        ab = model.alphas_cumprod.double()[t]
+        x_t = ab.sqrt() * product[5] + (1 - ab).sqrt() * torch.randn(product[5].shape, generator=rng, dtype=torch.float64)
+        logits = -((x_t[None] - ab.sqrt() * product) ** 2).flatten(1).sum(1) / (2 * (1 - ab))
+        expected = torch.einsum("n,nchw->chw", torch.softmax(logits, 0), product)
+        eps = model(x_t[None].float(), t, return_dict=False)[0].double()[0]
+        got = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()  # x̂0 from the ε prediction
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=2e-4 / ab.sqrt().item())
+    # the detail's posterior ignores the low band of x_t entirely
+    x = torch.randn(2, 3, 32, 32, generator=rng)
+    moved = x + model._low(torch.randn(2, 3, 32, 32, generator=rng).double()).float()
+    ab = model.alphas_cumprod.double()[[300, 300]]
+    np.testing.assert_allclose(model.detail_posterior(x.double() - model._low(x), ab).numpy(),
+                               model.detail_posterior(moved.double() - model._low(moved), ab).numpy(), atol=1e-6)
+    assert load_pipeline("planted-factorized").unet.config.n_layouts == 12

@@ -517,10 +517,11 @@ def test_report_with_features_and_attribution(run, tmp_path):
     out = build_report(path, tmp_path / "r.html", attribution=table)
     text = out.read_text()
     assert 'id="profiles"' in text and 'id="attribution"' in text and 'id="activations"' not in text
-    # 5 trajectory views, 2 profile figures (metrics, bands), 1 attribution heatmap; with
-    # denoisefeat.temporal also the correlation of emergence steps (when they vary across samples)
+    # 5 trajectory views, 2 profile figures (metrics, bands), the attribution heatmaps of the standardised
+    # effect and of the specificity; with denoisefeat.temporal also the correlation of emergence steps
+    # (when they vary across samples)
     has_temporal = importlib.util.find_spec("denoisefeat.temporal") is not None
-    assert _figure_count(text) in ((8, 9) if has_temporal else (8,))
+    assert _figure_count(text) in ((9, 10) if has_temporal else (9,))
     assert XSS not in text
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from denoisefeat.metrics import shape as _shape
 from denoisefeat.metrics._common import (
     as_float_result,
     luminance,
@@ -213,12 +214,6 @@ def object_mask(images, *, channel_axis=-3):
     return (c > 0.5).reshape(a.shape[:-3] + a.shape[-2:])
 
 
-def _iou(m1: np.ndarray, m2: np.ndarray) -> np.ndarray:
-    inter = (m1 & m2).sum(axis=(-2, -1))
-    union = (m1 | m2).sum(axis=(-2, -1))
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-
-
 def object_mask_iou(images, reference, *, channel_axis=-3):
     """IoU of the fill-invariant foreground masks of images and their reference.
 
@@ -244,7 +239,7 @@ def object_mask_iou(images, reference, *, channel_axis=-3):
                                channels=(1, 3), unit_range=True)
     mx = _coverage(_flat(x, 3))[0].reshape(x.shape[:-3] + x.shape[-2:]) > 0.5
     my = _coverage(_flat(y, 3))[0].reshape(y.shape[:-3] + y.shape[-2:]) > 0.5
-    return as_float_result(np.broadcast_to(_iou(mx, my), shape))
+    return as_float_result(np.broadcast_to(_shape._iou(mx, my), shape))
 
 
 def _interior(mask: np.ndarray, scale: float) -> np.ndarray:

@@ -250,7 +250,7 @@ def _object_group(images, reference):
 
     cx = full(cov.reshape(lead + hw), hw)
     cy = full(cov_y.reshape(y.shape[:-3] + hw), hw)
-    iou = f._iou(cx > 0.5, cy > 0.5).reshape(shape)
+    iou = _shape._iou(cx > 0.5, cy > 0.5).reshape(shape)
     tex = f._texture_distance(full(a, a.shape[-3:]), full(y, y.shape[-3:]), cx, cy, scale,
                               region="common").reshape(shape)
     return np.stack([iou, np.broadcast_to(de, shape), tex, np.broadcast_to(width, shape)], axis=-1)

@@ -130,6 +130,15 @@ def _split_bands(images: torch.Tensor, low_mask: torch.Tensor) -> tuple[torch.Te
     return low, images - low
 
 
+def _alphas_cumprod(num_train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str) -> torch.Tensor:
+    """``ᾱ_t`` of diffusers' DDIMScheduler with this schedule, float32 (the scheduler's own dtype)."""
+    from diffusers import DDIMScheduler
+
+    schedule = DDIMScheduler(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+                             beta_schedule=beta_schedule)
+    return schedule.alphas_cumprod.to(torch.float32).clone()
+
+
 @dataclass
 class PlantedDenoiserOutput(BaseOutput):
     """Output of :class:`PlantedDenoiser`, as diffusers' ``UNet2DOutput``.
@@ -274,8 +283,6 @@ class PlantedDenoiser(ModelMixin, ConfigMixin):
         beta_schedule: str = "linear",
     ):
         super().__init__()
-        from diffusers import DDIMScheduler
-
         from denoisefeat.toy.diffshapes import FACTORS, counterfactual_pairs, generate
 
         if in_channels != 3:
@@ -286,11 +293,9 @@ class PlantedDenoiser(ModelMixin, ConfigMixin):
             raise ValueError(f"prediction_type must be one of {', '.join(_PREDICTION_TYPES)}, got {prediction_type!r}.")
         if labels is not None and len(labels) != n_images:
             raise ValueError(f"labels has {len(labels)} entries for n_images={n_images}: give one per image.")
-        schedule = DDIMScheduler(num_train_timesteps=num_train_timesteps, beta_start=beta_start,
-                                 beta_end=beta_end, beta_schedule=beta_schedule)
         # registered first: ModelMixin.dtype (what pipelines draw noise in) is the first floating
         # buffer's dtype, float32 as the scheduler's own alphas_cumprod
-        self.register_buffer("alphas_cumprod", schedule.alphas_cumprod.to(torch.float32).clone())
+        self.register_buffer("alphas_cumprod", _alphas_cumprod(num_train_timesteps, beta_start, beta_end, beta_schedule))
         if pairs is None:
             batch = generate(n_images, seed=seed, size=sample_size, labels=labels, n_objects=n_objects,
                              background=background)
@@ -436,8 +441,6 @@ class FactorizedPlantedDenoiser(ModelMixin, ConfigMixin):
         beta_schedule: str = "linear",
     ):
         super().__init__()
-        from diffusers import DDIMScheduler
-
         from denoisefeat.toy.diffshapes import counterfactual_pairs, generate
 
         if in_channels != 3:
@@ -448,9 +451,8 @@ class FactorizedPlantedDenoiser(ModelMixin, ConfigMixin):
             raise ValueError(f"prediction_type must be one of {', '.join(_PREDICTION_TYPES)}, got {prediction_type!r}.")
         if not band_cutoff > 0:
             raise ValueError(f"band_cutoff must be a positive number of cycles per image, got {band_cutoff!r}.")
-        schedule = DDIMScheduler(num_train_timesteps=num_train_timesteps, beta_start=beta_start,
-                                 beta_end=beta_end, beta_schedule=beta_schedule)
-        self.register_buffer("alphas_cumprod", schedule.alphas_cumprod.to(torch.float32).clone())  # first: the dtype
+        self.register_buffer("alphas_cumprod",  # first: ModelMixin.dtype is the first floating buffer's
+                             _alphas_cumprod(num_train_timesteps, beta_start, beta_end, beta_schedule))
         f = torch.fft.fftfreq(sample_size, dtype=torch.float64) * sample_size
         low_mask = (torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2) < band_cutoff).double()  # a projector: 0/1
         self.register_buffer("low_mask", low_mask)
