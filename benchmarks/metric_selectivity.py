@@ -16,7 +16,7 @@ import numpy as np
 
 from denoisefeat.metrics import FEATURE_GROUPS, compute_metrics
 from denoisefeat.toy.diffshapes import generate
-from denoisefeat.toy.selectivity import OWN_FACTORS, metric_selectivity, selectivity_ratio
+from denoisefeat.metrics.selectivity import OWN_FACTORS, metric_selectivity, selectivity_ratio
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _common import emit, machine  # noqa: E402

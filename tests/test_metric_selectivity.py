@@ -8,7 +8,7 @@ import xarray as xr
 
 from denoisefeat.metrics import FEATURE_GROUPS, METRICS
 from denoisefeat.toy.diffshapes import FACTORS
-from denoisefeat.toy.selectivity import OWN_FACTORS, metric_selectivity, selectivity_ratio
+from denoisefeat.metrics.selectivity import OWN_FACTORS, metric_selectivity, selectivity_ratio
 
 
 def test_feature_groups_are_registered_and_usable_by_scans():

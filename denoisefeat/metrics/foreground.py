@@ -2,7 +2,7 @@
 
 Each metric here measures one property of the image's foreground object and
 is built to ignore the others (the selectivity matrix of
-:mod:`denoisefeat.toy.selectivity` checks it on DiffShapes counterfactual pairs):
+:mod:`denoisefeat.metrics.selectivity` checks it on DiffShapes counterfactual pairs):
 
 * the **foreground** is found from *chromaticity* ``rgb / (r + g + b)``, the
   colour with its brightness divided out.  A texture that darkens and

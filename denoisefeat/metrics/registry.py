@@ -320,7 +320,7 @@ METRICS: Mapping[str, MetricSpec] = _build()
 #: The metrics that measure each feature group, chosen for selectivity: on DiffShapes
 #: counterfactual pairs (:func:`denoisefeat.toy.diffshapes.counterfactual_pairs`) each responds
 #: to its group's own factors at least 5 times more than to any other factor, at 32 and 64 px
-#: (the selectivity matrix of :func:`denoisefeat.toy.selectivity.metric_selectivity`, tested).
+#: (the selectivity matrix of :func:`denoisefeat.metrics.selectivity.metric_selectivity`, tested).
 #:
 #: ``shape``: IoU of the chromaticity-based (fill-invariant) foreground masks (outline and
 #: position); ``color``: CIEDE2000 between the brightness-normalised median object colours;

@@ -310,7 +310,7 @@ def _attribution_section(table: pd.DataFrame, *, layers, images, clean) -> _Sect
 def _metric_selectivity(table: pd.DataFrame):
     """The selectivity heatmap of the table's grouped feature metrics, or None when it has none."""
     from denoisefeat.metrics import FEATURE_GROUPS
-    from denoisefeat.toy.selectivity import metric_selectivity
+    from denoisefeat.metrics.selectivity import metric_selectivity
     from denoisefeat.viz.selectivity import selectivity_heatmap
 
     grouped = [name for names in FEATURE_GROUPS.values() for name in names]

@@ -1,4 +1,4 @@
-"""The metric selectivity matrix as a heatmap (see :mod:`denoisefeat.toy.selectivity`)."""
+"""The metric selectivity matrix as a heatmap (see :mod:`denoisefeat.metrics.selectivity`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def selectivity_heatmap(matrix: xr.DataArray, *, title: str = "Metric selectivit
     ----------
     matrix : xarray.DataArray
         Dimensions ``(metric, factor)``, e.g. the output of
-        :func:`denoisefeat.toy.selectivity.metric_selectivity`.
+        :func:`denoisefeat.metrics.selectivity.metric_selectivity`.
     title : str, optional
         Figure title (escaped).
     size : {"screen", "column", "page"}, optional

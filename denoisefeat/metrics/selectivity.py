@@ -24,7 +24,7 @@ from types import MappingProxyType
 import numpy as np
 import xarray as xr
 
-from denoisefeat.metrics import FEATURE_GROUPS, METRICS, compute_metrics
+from denoisefeat.metrics.registry import FEATURE_GROUPS, METRICS, compute_metrics
 from denoisefeat.toy.diffshapes import FACTORS, counterfactual_pairs
 
 __all__ = ["OWN_FACTORS", "metric_selectivity", "selectivity_ratio"]
