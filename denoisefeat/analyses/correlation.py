@@ -23,7 +23,6 @@ step effects and sample clustering, and ablation to test causes.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
