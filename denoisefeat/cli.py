@@ -391,7 +391,7 @@ def attribute_scan(
     out: Path = typer.Option(..., "--out", "-o", help="Store for the clean run and attribution/ablation."),
     layer: list[str] = typer.Option(..., "--layer", help="Module path or glob to ablate (repeat for several)."),
     windows: str = _WINDOWS,
-    method: list[str] = typer.Option(["zero"], "--method", help="zero, mean or resample (repeat for several)."),
+    method: list[str] = typer.Option(["zero"], "--method", help="zero, mean, resample, or identity (the null control; repeat for several)."),
     features: str = _FEATURES,
     samples: int = _SAMPLES,
     label: list[int] = _LABEL,

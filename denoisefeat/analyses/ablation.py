@@ -202,7 +202,7 @@ def _check_counts(n_samples: int, batch_size: int, alpha: float, *, n_boot: int 
     least = min_resamples(alpha)  # also validates alpha
     if n_boot is not None and (not isinstance(n_boot, (int, np.integer)) or n_boot < least):
         raise ValueError(
-            f"n_boot must be at least {min_resamples(alpha)} bootstrap resamples for alpha={alpha} "
+            f"n_boot must be at least {least} bootstrap resamples for alpha={alpha} "
             f"(1000 or more for stable intervals), got {n_boot!r}."
         )
     if batch_size <= 0:
