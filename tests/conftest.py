@@ -16,3 +16,15 @@ def tiny_pipes():
     from denoisefeat.models import load_pipeline
 
     return {name: load_pipeline(name) for name in ("tiny-unet", "tiny-class-unet", "tiny-sd", "tiny-sdxl", "tiny-dit")}
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: tiny models run ~10x slower on two threads of a busy 2-core machine.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``; the setting is restored after.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,13 +17,7 @@ NOOP = "mid_block.resnets.1.conv2"
 STATS = ["effect", "ci_low", "ci_high", "p", "p_adj"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """These tiny models run ~10x slower on two threads of a busy 2-core machine; restore the setting after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _noop(pipe):

@@ -25,12 +25,7 @@ SCAN = dict(layers=LAYERS, windows=4, samples=16, steps=20)
 CORRUPTION = {"texture": "texture_kind", "edges": "edge_sharpness", "shape": "position", "color": "color"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
