@@ -4,11 +4,16 @@
 
 Both sides compute the same metrics on the same synthetic DiffShapes trajectories (issue 4).
 """
-import json, sys, time
+import json
+import sys
+import time
+
 import numpy as np
 import pywt
 from scipy import ndimage as ndi
-from skimage import color, feature, filters, measure, metrics as skm
+from skimage import color, feature, filters, measure
+from skimage import metrics as skm
+
 import denoisefeat.metrics as M
 from denoisefeat.frequency import DEFAULT_BANDS, band_pass
 from denoisefeat.toy.diffshapes import generate
@@ -33,12 +38,12 @@ def naive_one(x, r):
     bx, br = band_pass(x), band_pass(r)  # (3, n_bands, H, W)
     for i, name in enumerate(DEFAULT_BANDS):
         out[f"band_{name}"] = skm.structural_similarity(bx[:, i], br[:, i], data_range=1, channel_axis=0)
-    gx = color.rgb2gray(np.moveaxis(x, 0, -1)); gr = color.rgb2gray(np.moveaxis(r, 0, -1))
+    gx, gr = color.rgb2gray(np.moveaxis(x, 0, -1)), color.rgb2gray(np.moveaxis(r, 0, -1))
     ex, er = feature.canny(gx), feature.canny(gr)
     out["edge_density"] = ex.mean()
     out["edge_sharpness"] = M.edge_sharpness(gx, channel_axis=None, edges=ex)
     dx, dr = ndi.binary_dilation(ex, np.ones((3, 3))), ndi.binary_dilation(er, np.ones((3, 3)))
-    p = (ex & dr).sum() / max(ex.sum(), 1); rc = (er & dx).sum() / max(er.sum(), 1)
+    p, rc = (ex & dr).sum() / max(ex.sum(), 1), (er & dx).sum() / max(er.sum(), 1)
     out["edge_f1"] = 2 * p * rc / max(p + rc, 1e-12)
     q = np.minimum((gx * 32).astype(np.uint8), 31)
     P = feature.graycomatrix(q, [1], [0, np.pi / 4, np.pi / 2, 3 * np.pi / 4], levels=32, symmetric=True, normed=True)
@@ -48,10 +53,11 @@ def naive_one(x, r):
     lr = feature.local_binary_pattern(np.round(gr * 255).astype(np.uint8), 8, 1, "uniform")
     hx = np.bincount(lx.astype(int).ravel(), minlength=10) / lx.size
     hr = np.bincount(lr.astype(int).ravel(), minlength=10) / lr.size
-    s = hx + hr; out["lbp"] = 0.5 * np.sum(np.where(s > 0, (hx - hr) ** 2 / np.where(s > 0, s, 1), 0))
+    s = hx + hr
+    out["lbp"] = 0.5 * np.sum(np.where(s > 0, (hx - hr) ** 2 / np.where(s > 0, s, 1), 0))
     c = pywt.wavedec2(gx - gx.mean(), "db2", mode="periodization")
     out["wavelet"] = sum((d ** 2).sum() for d in c[-2]) + sum((d ** 2).sum() for d in c[-3])
-    mx = gx > filters.threshold_otsu(gx); mr = gr > filters.threshold_otsu(gr)
+    mx, mr = gx > filters.threshold_otsu(gx), gr > filters.threshold_otsu(gr)
     out["iou"] = (mx & mr).sum() / max((mx | mr).sum(), 1)
     hu = [measure.moments_hu(measure.moments_normalized(measure.moments_central(m.astype(float), order=3), order=3))
           for m in (mx, mr)]
@@ -59,12 +65,12 @@ def naive_one(x, r):
     labx, labr = color.rgb2lab(np.moveaxis(x, 0, -1)), color.rgb2lab(np.moveaxis(r, 0, -1))
     out["lab"] = labx.mean((0, 1))
     out["de"] = color.deltaE_ciede2000(labx, labr).mean()
-    sp = [np.sqrt(((l[mr] - l[mr].mean(0)) ** 2).sum(-1)).mean() for l in (labx, labr)]
+    sp = [np.sqrt(((lab[mr] - lab[mr].mean(0)) ** 2).sum(-1)).mean() for lab in (labx, labr)]
     out["consistency"] = sp[0] - sp[1]
     hsx, hsr = color.rgb2hsv(np.moveaxis(x, 0, -1)), color.rgb2hsv(np.moveaxis(r, 0, -1))
     hh = [np.histogram(h[..., 0], 36, (0, 1), weights=h[..., 1] * h[..., 2])[0] for h in (hsx, hsr)]
     out["hue"] = hh
-    rg = x[0] - x[1]; yb = 0.5 * (x[0] + x[1]) - x[2]
+    rg, yb = x[0] - x[1], 0.5 * (x[0] + x[1]) - x[2]
     out["colorfulness"] = 255 * (np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
     return out
 
@@ -73,7 +79,9 @@ def best(f, repeat=3):
     f()
     ts = []
     for _ in range(repeat):
-        t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t)
     return min(ts)
 
 

@@ -15,8 +15,8 @@ import time
 import numpy as np
 
 from denoisefeat.metrics import FEATURE_GROUPS, compute_metrics
-from denoisefeat.toy.diffshapes import generate
 from denoisefeat.metrics.selectivity import OWN_FACTORS, metric_selectivity, selectivity_ratio
+from denoisefeat.toy.diffshapes import generate
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _common import emit, machine  # noqa: E402

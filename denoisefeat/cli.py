@@ -71,7 +71,7 @@ def _friendly(func):
     An unexpected error on a store that turns out to be damaged (a chunk that does not decode)
     is reported as the damage it is.
     """
-    from denoisefeat.jobs.state import TaskLockedError
+    from denoisefeat.locking import TaskLockedError
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -102,7 +102,8 @@ def _run_cli_options(*, steps: int, samples_help: str) -> list[tuple[str, str, o
     """The run options as typer options: ``(parameter, RunOptions field, annotation, option)``."""
     return [
         ("samples", "samples", int, typer.Option(None, "--samples", "-n", help=samples_help)),
-        ("label", "class_labels", list[int], typer.Option(None, "--label", "-l", help="Class label (repeat for several).")),
+        ("label", "class_labels", list[int],
+         typer.Option(None, "--label", "-l", help="Class label (repeat for several).")),
         ("prompt", "prompts", list[str], typer.Option(None, "--prompt", "-p", help="Prompt (repeat for several).")),
         ("negative_prompt", "negative_prompt", str,
          typer.Option(None, "--negative-prompt", help="Negative prompt for every sample under guidance.")),
@@ -152,15 +153,18 @@ def _with_run_options(*, steps: int, samples_help: str):
 @_friendly
 @_with_run_options(steps=50, samples_help="Number of samples (default: one per prompt/label).")
 def extract(
-    model: str = typer.Argument(..., help="Built-in name ('toy', 'planted', 'tiny-sd', …), a save_pretrained folder, or a Hub id."),
+    model: str = typer.Argument(
+        ..., help="Built-in name ('toy', 'planted', 'tiny-sd', …), a save_pretrained folder, or a Hub id."),
     out: Path = typer.Option(..., "--out", "-o", help="The zarr store to write (e.g. run.zarr)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps …"),
     fp16: bool = typer.Option(False, "--fp16", help="Run the model in float16."),
     resume: bool = typer.Option(False, "--resume", help="Complete a half-written store made with the same settings."),
     overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace an existing denoisefeat store (the old one stays until the new one is complete)."),
+        False, "--overwrite",
+        help="Replace an existing denoisefeat store (the old one stays until the new one is complete)."),
     repair: bool = typer.Option(
-        False, "--repair", help="With --resume: recompute the samples whose chunks are missing or damaged (see `check`)."),
+        False, "--repair",
+        help="With --resume: recompute the samples whose chunks are missing or damaged (see `check`)."),
     record: list[str] = typer.Option(
         None, "--record", "-r",
         help="LAYER=REDUCER[,REDUCER] to record (repeatable; globs allowed), e.g. 'mid_block=channel_mean'.",
@@ -258,7 +262,8 @@ def _print_info(run) -> None:
 def analyze(
     store: Path = typer.Argument(..., help="A denoisefeat zarr store (from `denoisefeat extract`)."),
     metrics: str = typer.Option(None, "--metrics", help="Metrics to compute, comma-separated (default: all)."),
-    samples: str = typer.Option(None, "--samples", help="A:B, only these samples (whole store chunks; a task's share)."),
+    samples: str = typer.Option(
+        None, "--samples", help="A:B, only these samples (whole store chunks; a task's share)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute features that are already stored."),
 ) -> None:
     """Compute per-step features into STORE's features/ group, then print when each feature emerges."""
@@ -279,7 +284,8 @@ def analyze(
     def cell(measure, name):
         low, mid, high = (float(prof[f"{measure}_summary"].sel(profile=name, stat=s)) for s in
                           ("median_low", "median", "median_high"))
-        return f"{mid:g} [{low:g}, {high:g}]", f"{float(prof[f'{measure}_t_summary'].sel(profile=name, stat='median')):.2f}"
+        t_median = float(prof[f"{measure}_t_summary"].sel(profile=name, stat="median"))
+        return f"{mid:g} [{low:g}, {high:g}]", f"{t_median:.2f}"
 
     for name in emergence_order(prof):
         table.add_row(escape(name), *cell("emergence", name), *cell("stabilisation", name))
@@ -358,7 +364,8 @@ def _spec_defaults(ctx: typer.Context, value: Path | None) -> Path | None:
 
 _SPEC_OPTION = typer.Option(
     None, "--spec", is_eager=True, callback=_spec_defaults,
-    help="TOML file of option values (e.g. layer = [\"mid_block\"], windows = \"5\", model = \"toy\"); flags override it.",
+    help="TOML file of option values (e.g. layer = [\"mid_block\"], windows = \"5\", model = \"toy\"); "
+         "flags override it.",
 )
 
 
@@ -395,7 +402,8 @@ def _print_top(frame, *, title: str, top: int, by: str | None = None) -> None:
         for row in rank(frame, feature=feature, by=by, top=top).itertuples():
             table.add_row(escape(row.feature), escape(row.layer), f"{row.step_start}-{row.step_stop}",
                           escape(row.method), f"{row.effect:+.4g}", f"{row.effect_std:+.3g}",
-                          "—" if row.specificity != row.specificity else f"{row.specificity:.3g}",  # NaN: no intervention
+                          # NaN specificity: not an intervention
+                          "—" if row.specificity != row.specificity else f"{row.specificity:.3g}",
                           f"[{row.ci_low:+.3g}, {row.ci_high:+.3g}]", f"{row.p_adj:.2g}",
                           style=None if row.significant else "dim")
     Console().print(table)
@@ -407,7 +415,8 @@ _WINDOWS = typer.Option("5", "--windows", help="Number of step windows, or start
 _FEATURES = typer.Option("edges,texture,shape,color", "--features", help="Feature groups or metric names.")
 _SCAN_RUN_OPTIONS = _with_run_options(steps=20, samples_help="Samples (default: one per label/prompt, or 8).")
 _N_BOOT = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the CIs and p-values.")
-_RANK_BY = typer.Option(None, "--rank-by", help="Order of the printed rows: specificity (default) or effect (standardised).")
+_RANK_BY = typer.Option(None, "--rank-by",
+                        help="Order of the printed rows: specificity (default) or effect (standardised).")
 _DEVICE = typer.Option("cpu", "--device", help="cpu, cuda, mps …")
 _FP16 = typer.Option(False, "--fp16", help="Run the model in float16.")
 _OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing denoisefeat store.")
@@ -455,10 +464,13 @@ def attribute_trace(
     out: Path = typer.Option(..., "--out", "-o", help="Store for the clean run and attribution/causal_tracing."),
     layer: list[str] = typer.Option(..., "--layer", help="Module path or glob to restore (repeat for several)."),
     windows: str = _WINDOWS,
-    corrupt: str = typer.Option("condition", "--corrupt", help="condition (other labels/prompts) or noise (other seeds)."),
-    corrupt_label: list[int] = typer.Option(None, "--corrupt-label", help="Corrupted class label (default: the null class)."),
+    corrupt: str = typer.Option(
+        "condition", "--corrupt", help="condition (other labels/prompts) or noise (other seeds)."),
+    corrupt_label: list[int] = typer.Option(
+        None, "--corrupt-label", help="Corrupted class label (default: the null class)."),
     corrupt_prompt: list[str] = typer.Option(None, "--corrupt-prompt", help="Corrupted prompt (default: empty)."),
-    corrupt_seed: int = typer.Option(None, "--corrupt-seed", help="First seed of the corrupted noise (--corrupt noise)."),
+    corrupt_seed: int = typer.Option(
+        None, "--corrupt-seed", help="First seed of the corrupted noise (--corrupt noise)."),
     features: str = _FEATURES,
     n_boot: int = _N_BOOT,
     device: str = _DEVICE,
@@ -487,12 +499,16 @@ def attribute_trace(
 @attribute_app.command("stats")
 @_friendly
 def attribute_stats(
-    store: Path = typer.Argument(..., help="A store with recorded activations (extract --record) and features (analyze)."),
-    method: str = typer.Option("correlation", "--method", help="correlation (Pearson/Spearman) or regression (statsmodels)."),
+    store: Path = typer.Argument(
+        ..., help="A store with recorded activations (extract --record) and features (analyze)."),
+    method: str = typer.Option(
+        "correlation", "--method", help="correlation (Pearson/Spearman) or regression (statsmodels)."),
     layers: str = typer.Option(None, "--layers", help="Recorded layers, comma-separated (default: all)."),
-    features: str = typer.Option(None, "--features", help="Feature variables of features/, comma-separated (default: the metrics)."),
+    features: str = typer.Option(
+        None, "--features", help="Feature variables of features/, comma-separated (default: the metrics)."),
     stat: str = typer.Option("norm", "--stat", help="Activity per (sample, step): norm, mean or rms."),
-    kind: str = typer.Option(None, "--kind", help="correlation: pearson (default) or spearman; regression: ols (default) or mixedlm."),
+    kind: str = typer.Option(
+        None, "--kind", help="correlation: pearson (default) or spearman; regression: ols (default) or mixedlm."),
     windows: str = typer.Option("5", "--windows", help="regression: number of step windows or start:stop pairs."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a stored table of the same method."),
     top: int = typer.Option(3, "--top", help="Rows per feature in the printed summary."),
@@ -510,7 +526,8 @@ def attribute_stats(
     _refuse_existing_table(store, method, overwrite=overwrite)
     names = _split(layers) or run.layers()
     if not names:
-        raise ValueError(f"{store} has no recorded activations: trace it with `denoisefeat extract ... --record LAYER`.")
+        raise ValueError(
+            f"{store} has no recorded activations: trace it with `denoisefeat extract ... --record LAYER`.")
     acts = {}
     for name in names:  # under classifier-free guidance: the conditional branch
         data = run.acts(name)
@@ -534,8 +551,10 @@ def attribute_stats(
 @_friendly
 def probe(
     store: Path = typer.Argument(..., help="A store with recorded activations (denoisefeat extract --record)."),
-    targets: str = typer.Option("all", "--targets", help="features (final-image metrics), labels (the conditioning) or all."),
-    metrics: str = typer.Option(None, "--metrics", help="Final-image metrics to probe, comma-separated (default: edges, texture, colour)."),
+    targets: str = typer.Option(
+        "all", "--targets", help="features (final-image metrics), labels (the conditioning) or all."),
+    metrics: str = typer.Option(
+        None, "--metrics", help="Final-image metrics to probe, comma-separated (default: edges, texture, colour)."),
     layers: str = typer.Option(None, "--layers", help="Recorded layers, comma-separated (default: all)."),
     control: str = typer.Option("xt", "--control", help="Selectivity baseline: xt (a probe on x_t) or shuffled."),
     windows: str = typer.Option(None, "--windows",
@@ -574,7 +593,8 @@ def probe(
 @_friendly
 def demo(
     out: Path = typer.Option(Path("denoisefeat-demo"), "--out", "-o", help="Folder for demo.zarr and report.html."),
-    quick: bool = typer.Option(False, "--quick", help="A smaller study: about 3 minutes on 2 CPU cores (default: about 5)."),
+    quick: bool = typer.Option(
+        False, "--quick", help="A smaller study: about 3 minutes on 2 CPU cores (default: about 5)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous demo in OUT."),
 ) -> None:
     """The whole study on the embedded toy model: trajectory, bands, features, probes, ablation, report."""
@@ -630,7 +650,8 @@ def toy_evaluate(
     checkpoint: Path = typer.Option(None, "--checkpoint", help="Evaluate a training run folder's latest checkpoint."),
     per_condition: int = typer.Option(2, "--samples-per-condition", help="Samples for each of the 120 conditions."),
     steps: int = typer.Option(50, "--steps", help="DDIM steps."),
-    guidance: float = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the model's, 1.5)."),
+    guidance: float = typer.Option(
+        None, "--guidance", help="Classifier-free guidance scale (default: the model's, 1.5)."),
     eta: float = typer.Option(0.0, "--eta", help="DDIM eta (0: deterministic DDIM, as the pipeline samples)."),
     seed: int = typer.Option(0, "--seed"),
     grid: Path = typer.Option(None, "--grid", help="Write a PNG grid of the first sample of every condition."),

@@ -293,7 +293,8 @@ def run_demo(out, *, quick: bool = False, overwrite: bool = False,
 
     def probes():
         targets = {**label_targets(run), **final_feature_targets(run, metrics=["edge_density"])}
-        # the ablation scan's step windows; one fixed penalty on standardised activations (no inner search): ~20x fewer fits, minutes -> seconds
+        # the ablation scan's step windows; one fixed penalty on standardised activations (no inner
+        # search): ~20x fewer fits, minutes -> seconds
         return probe_table(run, targets=targets, windows=settings.windows, cv=4, alphas=(100.0,),
                            n_boot=min(settings.n_boot, 200), seed=0)
 

@@ -263,15 +263,6 @@ def _attrs_of(name: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def _gray(images: np.ndarray) -> np.ndarray:
-    """(..., C, H, W) in [0, 1] → (..., H, W) luminance (rgb2gray for RGB, the channel for grey)."""
-    if images.shape[-3] == 1:
-        return images[..., 0, :, :]
-    from skimage.color import rgb2gray
-
-    return rgb2gray(np.moveaxis(images, -3, -1))
-
-
 def _image_features(images, reference, *, config, bands) -> dict[str, np.ndarray]:
     """Metrics and frequency features of a block: images (n, t, C, H, W), reference (n, 1, C, H, W)."""
     from denoisefeat.frequency import (
@@ -281,12 +272,12 @@ def _image_features(images, reference, *, config, bands) -> dict[str, np.ndarray
         radial_power_spectrum,
         wavelet_energy,
     )
-    from denoisefeat.metrics import compute_metrics
+    from denoisefeat.metrics import compute_metrics, luminance
 
     out = {}
     if config["metrics"]:
         out.update(compute_metrics(images, reference, names=config["metrics"]))
-    gray, gray_ref = _gray(images), _gray(reference)
+    gray, gray_ref = luminance(images), luminance(reference)
     out["band_energy"] = band_energy(gray, bands=bands)
     out["band_relative_error"] = band_relative_error(gray, gray_ref, bands=bands)
     out["band_correlation"] = band_correlation(gray, gray_ref, bands=bands)
@@ -561,7 +552,7 @@ def features(
     See the module docstring for the conventions (reference image, luminance, SNR, ground truth)
     and for resuming.  A call that finds everything done only reads.
     """
-    from denoisefeat.store import IncompleteRunError, Run, _ranges
+    from denoisefeat.store import IncompleteRunError, Run, index_ranges
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -575,8 +566,8 @@ def features(
     if not traced[owned].all():
         missing = owned & ~traced
         raise IncompleteRunError(
-            f"Samples {_ranges(missing)} of {str(store.path or 'the run')!r} are not complete in the run, so their "
-            "features cannot be computed yet: finish the trace first (resume=True, CLI --resume)"
+            f"Samples {index_ranges(missing)} of {str(store.path or 'the run')!r} are not complete in the run, so "
+            "their features cannot be computed yet: finish the trace first (resume=True, CLI --resume)"
             + (", or pass samples= for complete chunks." if samples is None else ".")
         )
     fgroup = _prepare_group(store, config, overwrite=overwrite, owns_everything=samples is None)
@@ -627,7 +618,7 @@ def load_features(run, *, allow_incomplete: bool = False):
     """
     import xarray as xr
 
-    from denoisefeat.store import IncompleteRunError, _ranges
+    from denoisefeat.store import IncompleteRunError, index_ranges
 
     store = _store_of(run, mode="r")
     fgroup = _features_group(store)
@@ -635,7 +626,7 @@ def load_features(run, *, allow_incomplete: bool = False):
     done = np.asarray(fgroup["complete"][...], dtype=bool)
     if not allow_incomplete and not done.all():
         raise IncompleteRunError(
-            f"Features of samples {_ranges(~done)} of {str(store.path or 'the run')!r} are not computed yet: run "
+            f"Features of samples {index_ranges(~done)} of {str(store.path or 'the run')!r} are not computed yet: run "
             "features(run) (CLI: `denoisefeat analyze`) to finish them, or load_features(..., allow_incomplete=True)."
         )
     root = store.group

@@ -37,13 +37,29 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 TOY_WEIGHTS = Path(__file__).parent / "toy" / "weights"
 
 
+def is_hub_id(text: str) -> bool:
+    """Whether ``text`` has the form of a Hugging Face Hub id (``owner/name``).
+
+    Parameters
+    ----------
+    text : str
+
+    Returns
+    -------
+    bool
+    """
+    return _HUB_ID.match(text) is not None
+
+
 class ModelSourceError(ValueError):
     """A model source that cannot be loaded: unknown name, missing folder, unreachable hub id."""
 
 
 #: Names ``load_pipeline`` accepts without a folder or a network: the trained toy model, the
 #: planted-ground-truth model and the tiny random-initialised pipelines of :mod:`denoisefeat.tiny`.
-BUILTIN_MODELS = ("toy", "planted", "planted-factorized", "tiny-unet", "tiny-class-unet", "tiny-sd", "tiny-sdxl", "tiny-dit")
+BUILTIN_MODELS = (
+    "toy", "planted", "planted-factorized", "tiny-unet", "tiny-class-unet", "tiny-sd", "tiny-sdxl", "tiny-dit",
+)
 
 
 def load_pipeline(source: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
@@ -107,7 +123,7 @@ def _load(source, *, dtype):
         return _load_folder(path, dtype=dtype)
     if text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text:
         raise ModelSourceError(f"Model folder {text!r} does not exist.")
-    if _HUB_ID.match(text):
+    if is_hub_id(text):
         return _load_hub(text, dtype=dtype)
     close = difflib.get_close_matches(text, BUILTIN_MODELS, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -146,9 +162,8 @@ def _dtype_kwargs(dtype) -> dict:
     """``from_pretrained``'s dtype argument: ``dtype`` from diffusers 0.42 on (``torch_dtype`` is deprecated there)."""
     if dtype is None:
         return {}
-    from packaging.version import Version
-
     import diffusers
+    from packaging.version import Version
 
     return {"dtype" if Version(diffusers.__version__).release >= (0, 42) else "torch_dtype": dtype}
 
@@ -198,6 +213,10 @@ def denoiser_of(pipe) -> torch.nn.Module:
 
 def pipeline_family(pipe) -> str:
     """Which denoising loop denoisefeat runs for ``pipe``.
+
+    Parameters
+    ----------
+    pipe : diffusers.DiffusionPipeline
 
     Returns
     -------

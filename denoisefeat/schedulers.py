@@ -139,18 +139,48 @@ def make_scheduler(name_or_scheduler, *, base_config=None):
 
 
 def scale_model_input(scheduler, sample: torch.Tensor, timestep) -> torch.Tensor:
-    """``scheduler.scale_model_input`` where the scheduler has one (flow matching has none: identity)."""
+    """``scheduler.scale_model_input`` where the scheduler has one (flow matching has none: identity).
+
+    Parameters
+    ----------
+    scheduler : diffusers scheduler
+    sample : torch.Tensor
+        x_t as the scheduler holds it.
+    timestep : int, float or torch.Tensor
+
+    Returns
+    -------
+    torch.Tensor
+        The denoiser's input.
+    """
     scale = getattr(scheduler, "scale_model_input", None)
     return sample if scale is None else scale(sample, timestep)
 
 
 def initial_noise_scale(scheduler) -> float:
-    """``scheduler.init_noise_sigma`` (1 for schedulers without one, such as flow matching)."""
+    """``scheduler.init_noise_sigma`` (1 for schedulers without one, such as flow matching).
+
+    Parameters
+    ----------
+    scheduler : diffusers scheduler
+
+    Returns
+    -------
+    float
+    """
     return float(getattr(scheduler, "init_noise_sigma", 1.0))
 
 
 def sample_convention(scheduler) -> str:
     """How ``scheduler`` holds ``x_t``: ``"vp"``, ``"ve"`` or ``"flow"`` (see the module docstring).
+
+    Parameters
+    ----------
+    scheduler : diffusers scheduler
+
+    Returns
+    -------
+    {"vp", "ve", "flow"}
 
     Raises
     ------
@@ -271,6 +301,8 @@ def predicted_original_sample(
 
     Parameters
     ----------
+    scheduler : diffusers scheduler
+        The scheduler whose ``step`` ran.
     step_output : diffusers.utils.BaseOutput
         What ``scheduler.step(model_output, timestep, sample)`` returned.
     model_output, sample, timestep, step_index

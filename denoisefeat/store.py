@@ -142,8 +142,19 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
 
 
-def _ranges(mask: np.ndarray) -> str:
-    """``[T, T, F, T]`` → ``"0–1, 3"``: the indices where ``mask`` is true, as ranges."""
+def index_ranges(mask: np.ndarray) -> str:
+    """The indices where ``mask`` is true, as ranges for a message: ``[T, T, F, T]`` → ``"0–1, 3"``.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray of bool
+        One value per sample (or per index).
+
+    Returns
+    -------
+    str
+        ``"none"`` when no value is true.
+    """
     idx = np.flatnonzero(mask)
     if idx.size == 0:
         return "none"
@@ -190,7 +201,20 @@ def _is_coordinate(name: str) -> bool:
 
 
 def describe_damage(store: RunStore, damage: Sequence[Damage], *, limit: int = 4) -> str:
-    """One line that names the damaged arrays and samples, and what to do."""
+    """One line that names the damaged arrays and samples, and what to do.
+
+    Parameters
+    ----------
+    store : RunStore
+    damage : sequence of Damage
+        What :meth:`RunStore.damage` found.
+    limit : int
+        Arrays named before "and N more".
+
+    Returns
+    -------
+    str
+    """
     by_array: dict[tuple[str, str], np.ndarray] = {}
     other: dict[tuple[str, str], int] = {}
     for d in damage:
@@ -199,12 +223,13 @@ def describe_damage(store: RunStore, damage: Sequence[Damage], *, limit: int = 4
             continue
         mask = by_array.setdefault((d.array, d.problem), np.zeros(store.n_samples, dtype=bool))
         mask[slice(*d.samples)] = True
-    parts = [f"{array} ({problem} chunks, samples {_ranges(mask)})" for (array, problem), mask in by_array.items()]
+    parts = [f"{array} ({problem} chunks, samples {index_ranges(mask)})" for (array, problem), mask in by_array.items()]
     said = {"missing metadata": "its zarr.json is missing",
             "inconsistent metadata": "its zarr.json differs from the consolidated copy in the root zarr.json",
             "damaged attributes": "the run attributes do not match their checksum"}
     parts += [f"{array} ({said[problem]})" if problem in said else
-              f"{array} ({count} {problem} chunk{'s' if count > 1 else ''})" for (array, problem), count in other.items()]
+              f"{array} ({count} {problem} chunk{'s' if count > 1 else ''})"
+              for (array, problem), count in other.items()]
     shown = "; ".join(parts[:limit]) + (f"; and {len(parts) - limit} more" if len(parts) > limit else "")
     where = str(store.path or "the run")
     return (f"{where!r} is damaged: {shown}. `denoisefeat check {where}` lists every damaged chunk; "
@@ -287,7 +312,8 @@ class RunStore:
                                              "a denoisefeat store; move it away.")
                     shutil.rmtree(resolved)
             if not resolved.parent.is_dir():
-                raise StoreError(f"Cannot create {str(resolved)!r}: the folder {str(resolved.parent)!r} does not exist.")
+                raise StoreError(
+                    f"Cannot create {str(resolved)!r}: the folder {str(resolved.parent)!r} does not exist.")
             store = str(resolved)
         group = zarr.open_group(store, mode="w-" if path is not None else "w", zarr_format=3)
         group.attrs.update(
@@ -518,8 +544,9 @@ class RunStore:
         fixed = [d for d in damage if d.samples is None and not _is_coordinate(d.array)]
         if fixed:
             raise DamagedStoreError(
-                f"{str(self.path)!r}: {', '.join(sorted({d.array for d in fixed}))} cannot be recomputed by resuming the "
-                "trace; recompute it (for an attribution table: the command that made it, with --overwrite)."
+                f"{str(self.path)!r}: {', '.join(sorted({d.array for d in fixed}))} cannot be recomputed by "
+                "resuming the trace; recompute it (for an attribution table: the command that made it, with "
+                "--overwrite)."
             )
         redo = np.zeros(self.n_samples, dtype=bool)
         for d in damage:
@@ -884,8 +911,9 @@ def open_run(path: str | Path, *, allow_incomplete: bool = False) -> Run:
         done = store.completed()
         if not done.all():
             raise IncompleteRunError(
-                f"{str(store.path)!r} is half-written: samples {_ranges(done)} of {store.n_samples} are complete, "
-                f"samples {_ranges(~done)} are not. Resume it with the same settings and resume=True "
-                "(CLI: `denoisefeat extract ... --resume`), or open_run(..., allow_incomplete=True) to read what is there."
+                f"{str(store.path)!r} is half-written: samples {index_ranges(done)} of {store.n_samples} are complete, "
+                f"samples {index_ranges(~done)} are not. Resume it with the same settings and resume=True "
+                "(CLI: `denoisefeat extract ... --resume`), or open_run(..., allow_incomplete=True) to read what "
+                "is there."
             )
     return Run(store)

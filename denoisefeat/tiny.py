@@ -152,6 +152,15 @@ def tiny_class_unet_pipeline(*, seed: int = 0, num_classes: int = 4, prediction_
 
     Class ``num_classes`` is the null class used for classifier-free guidance.
 
+    Parameters
+    ----------
+    seed : int
+        Seeds the random initialisation.
+    num_classes : int
+        Number of classes (labels ``0 … num_classes − 1``).
+    prediction_type : str
+        The scheduler's prediction type.
+
     Returns
     -------
     denoisefeat.models.ClassConditionalImagePipeline
@@ -179,6 +188,13 @@ def tiny_class_unet_pipeline(*, seed: int = 0, num_classes: int = 4, prediction_
 def tiny_sd_pipeline(*, seed: int = 0, prediction_type: str = "epsilon"):
     """A latent text-to-image ``StableDiffusionPipeline`` (``UNet2DConditionModel``, 32×32 images, 16×16 latents).
 
+    Parameters
+    ----------
+    seed : int
+        Seeds the random initialisation.
+    prediction_type : str
+        The scheduler's prediction type.
+
     Returns
     -------
     diffusers.StableDiffusionPipeline
@@ -201,6 +217,11 @@ def tiny_sd_pipeline(*, seed: int = 0, prediction_type: str = "epsilon"):
 
 def tiny_sdxl_pipeline(*, seed: int = 0):
     """A latent text-to-image ``StableDiffusionXLPipeline`` with two text encoders (32×32 images).
+
+    Parameters
+    ----------
+    seed : int
+        Seeds the random initialisation.
 
     Returns
     -------
@@ -236,6 +257,11 @@ def tiny_dit_pipeline(*, seed: int = 0):
 
     The transformer predicts noise and a learned variance (``out_channels = 2 × latent channels``),
     as the published DiT checkpoints do; labels are ImageNet-style 0…999 and ``1000`` is DiT's null class.
+
+    Parameters
+    ----------
+    seed : int
+        Seeds the random initialisation.
 
     Returns
     -------

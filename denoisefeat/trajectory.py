@@ -494,7 +494,7 @@ def _trace_chunk(loop: DenoisingLoop, run_store: RunStore, samples: slice, curre
 
 def _store_lock(path):
     """The lock of the store at ``path`` (a file beside it), as the jobs' task locks are made."""
-    from denoisefeat.jobs.state import TaskLock
+    from denoisefeat.locking import TaskLock
 
     path = Path(path).expanduser().resolve()
     if not path.parent.is_dir():

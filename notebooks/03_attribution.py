@@ -49,7 +49,8 @@ blocks
 # 7 blocks × 3 step windows (early / middle / late thirds of 12 steps) on 8 samples. The ablated
 # runs share the seeds of the clean run, so each sample's change is paired; `effect` is its mean
 # with a t-interval, `effect_std` the same in units of the feature's between-sample difference,
-# `specificity` how much more the cell moves the feature than the whole image. With `store=` the clean run and the table are written to a run store.
+# `specificity` how much more the cell moves the feature than the whole image. With `store=` the
+# clean run and the table are written to a run store.
 # Features: a colour and a shape metric (see `denoisefeat.analyses.FEATURE_GROUPS` for more).
 
 # %%

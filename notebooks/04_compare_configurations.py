@@ -25,7 +25,6 @@ import itertools
 import tempfile
 from pathlib import Path
 
-
 import denoisefeat as dft
 from denoisefeat import temporal
 from denoisefeat.metrics import compute_metrics

@@ -8,11 +8,11 @@ import denoisefeat as dft
 from denoisefeat.analyses import rank, read_attribution
 from denoisefeat.analyses.ablation import ablation_scan, causal_trace, resolve_features
 from denoisefeat.analyses.scan import EditScan, as_images
-from denoisefeat.steps import step_windows
 from denoisefeat.hooks import Edit
 from denoisefeat.hooks.layers import UnknownLayerError
 from denoisefeat.metrics import FEATURE_GROUPS, METRICS
 from denoisefeat.options import RunOptions
+from denoisefeat.steps import step_windows
 from denoisefeat.store import RunExistsError, open_run
 
 PLANTED = "up_blocks.1.resnets.1.conv2"
@@ -252,5 +252,6 @@ def test_bad_inputs(noop_pipe):
     with pytest.raises(ValueError, match="corrupt='noise'"):
         causal_trace(pipe, layers=[NOOP], windows=1, corrupt_seed=5, class_labels=[0, 1], samples=2, steps=2)
     assert step_windows(3, 7) == [(0, 3), (3, 5), (5, 7)]
-    assert resolve_features(["color", "delta_e2000", "object_color_distance"]) == [*FEATURE_GROUPS["color"], "delta_e2000"]
+    expanded = resolve_features(["color", "delta_e2000", "object_color_distance"])
+    assert expanded == [*FEATURE_GROUPS["color"], "delta_e2000"]
     assert resolve_features("bands") == ["band_error:low", "band_error:mid", "band_error:high"]

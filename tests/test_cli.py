@@ -39,7 +39,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
                                       "--out", str(tmp_path / "c.zarr")])
     assert "not a denoisefeat store" in _error(["info", str(tmp_path)])
     out = tmp_path / "d.zarr"
-    assert runner.invoke(app, ["extract", "tiny-unet", "--samples", "1", "--steps", "2", "--out", str(out)]).exit_code == 0
+    extract = ["extract", "tiny-unet", "--samples", "1", "--steps", "2", "--out", str(out)]
+    assert runner.invoke(app, extract).exit_code == 0
     assert "--resume" in _error(["extract", "tiny-unet", "--samples", "1", "--steps", "2", "--out", str(out)])
 
 

@@ -63,7 +63,8 @@ def test_features_equal_direct_calls(computed):
     np.testing.assert_allclose(ds["band_relative_error"].values,
                                frequency.band_relative_error(gray, gray_ref), rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(ds["band_relative_error"].isel(step=-1).values, 0.0)
-    np.testing.assert_allclose(ds["band_correlation"].sel(band=["mid", "high"]).isel(step=-1).values, 1.0, atol=1e-5)  # low = DC only at 16 px
+    # (low is DC only at 16 px)
+    np.testing.assert_allclose(ds["band_correlation"].sel(band=["mid", "high"]).isel(step=-1).values, 1.0, atol=1e-5)
     np.testing.assert_allclose(ds["rapsd"].values, frequency.radial_power_spectrum(gray).power, rtol=1e-5)
     np.testing.assert_allclose(ds["freq"].values, np.arange(9) / 16)
     # haar with periodization on 16x16 is orthogonal: the subband energies add up to the image energy

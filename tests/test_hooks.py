@@ -214,7 +214,8 @@ def test_bad_edit_definitions():
 )
 def test_nnsight_backend_gives_identical_tensors(tiny_pipes, name, kwargs, spec):
     pipe = tiny_pipes[name]
-    edits = [Edit("mid_block", "scale", value=0.5, steps=[1, 2]), Edit("down_blocks.0", "noise", value=0.3, samples=[1])]
+    edits = [Edit("mid_block", "scale", value=0.5, steps=[1, 2]),
+             Edit("down_blocks.0", "noise", value=0.3, samples=[1])]
     runs = [trace(pipe, steps=3, record=spec, intervene=edits, backend=backend, **kwargs)
             for backend in ("torch", "nnsight")]
     for array in ("x0", "final"):

@@ -8,7 +8,7 @@ import pytest
 import zarr
 
 from denoisefeat.jobs import merge, parse_spec, run_task, status, task_grid, task_state
-from denoisefeat.jobs.state import TaskLock, TaskLockedError
+from denoisefeat.locking import TaskLock, TaskLockedError
 from denoisefeat.store import IncompleteRunError, open_run
 from denoisefeat.trajectory import trace
 

@@ -7,8 +7,8 @@ import pytest
 import xarray as xr
 
 from denoisefeat.metrics import FEATURE_GROUPS, METRICS
-from denoisefeat.toy.diffshapes import FACTORS
 from denoisefeat.metrics.selectivity import OWN_FACTORS, metric_selectivity, selectivity_ratio
+from denoisefeat.toy.diffshapes import FACTORS
 
 
 def test_feature_groups_are_registered_and_usable_by_scans():

@@ -164,7 +164,8 @@ def test_factorized_model_is_the_exact_posterior_mean_of_its_product_set():
     rng = torch.Generator().manual_seed(0)
     for t in (999, 600, 200, 20):
         ab = model.alphas_cumprod.double()[t]
-        x_t = ab.sqrt() * product[5] + (1 - ab).sqrt() * torch.randn(product[5].shape, generator=rng, dtype=torch.float64)
+        noise = torch.randn(product[5].shape, generator=rng, dtype=torch.float64)
+        x_t = ab.sqrt() * product[5] + (1 - ab).sqrt() * noise
         logits = -((x_t[None] - ab.sqrt() * product) ** 2).flatten(1).sum(1) / (2 * (1 - ab))
         expected = torch.einsum("n,nchw->chw", torch.softmax(logits, 0), product)
         eps = model(x_t[None].float(), t, return_dict=False)[0].double()[0]

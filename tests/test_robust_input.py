@@ -175,7 +175,7 @@ def test_spec_errors_keep_their_section_names(tmp_path):
 
 # -- 7. one writer per store ------------------------------------------------------------------------
 def test_resume_refuses_a_second_live_writer(pipe, complete):
-    from denoisefeat.jobs.state import TaskLock, TaskLockedError
+    from denoisefeat.locking import TaskLock, TaskLockedError
 
     with TaskLock(complete.with_name(".S.zarr.lock")):
         with pytest.raises(TaskLockedError, match=rf"pid {os.getpid()} on host {socket.gethostname()}"):

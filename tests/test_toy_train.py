@@ -137,11 +137,13 @@ def test_min_snr_weighting_matches_its_formula():
     snr = alpha_bar / (1 - alpha_bar)
     per_sample = ((prediction - noise) ** 2).mean(dim=(1, 2, 3)).double()
     expected = (per_sample * torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / snr).mean()
-    assert float(_weighted_loss(config, scheduler, prediction, noise, timesteps)) == pytest.approx(float(expected), rel=1e-5)
+    loss = float(_weighted_loss(config, scheduler, prediction, noise, timesteps))
+    assert loss == pytest.approx(float(expected), rel=1e-5)
     # Nearly clean timesteps (SNR >> gamma) are down-weighted, noisy ones (SNR < gamma) are not.
     assert snr[0] > 5 and snr[2] < 5
     plain = TrainConfig(min_snr_gamma=None)
-    assert float(_weighted_loss(plain, scheduler, prediction, noise, timesteps)) == pytest.approx(float(per_sample.mean()), rel=1e-5)
+    plain_loss = float(_weighted_loss(plain, scheduler, prediction, noise, timesteps))
+    assert plain_loss == pytest.approx(float(per_sample.mean()), rel=1e-5)
 
 
 def test_command_line_parses_every_field():

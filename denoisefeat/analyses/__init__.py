@@ -3,8 +3,8 @@
 * :func:`ablation_scan` — ablate each layer in each step window, measure the feature change;
 * :func:`causal_trace` — restore clean activations in a corrupted run (activation patching);
 * :mod:`~denoisefeat.analyses.table` — the shared attribution table: :func:`validate`,
-  :func:`write_attribution` / :func:`read_attribution` / :func:`attribution_names` (run store), :func:`to_xarray`, :func:`rank`,
-  :func:`benjamini_hochberg`;
+  :func:`write_attribution` / :func:`read_attribution` / :func:`attribution_names` (run store),
+  :func:`to_xarray`, :func:`rank`, :func:`benjamini_hochberg`;
 * ``correlate``, ``feature_change`` (:mod:`~denoisefeat.analyses.correlation`) and ``regress``
   (:mod:`~denoisefeat.analyses.regression`), imported on first use.
 """

@@ -45,9 +45,9 @@ from denoisefeat.analyses.inference import (
     ratio_of_means,
     t_inference,
 )
+from denoisefeat.analyses.scan import EditScan, as_images
 from denoisefeat.analyses.table import benjamini_hochberg, validate, write_attribution
 from denoisefeat.frequency import DEFAULT_BANDS, band_energy
-from denoisefeat.analyses.scan import EditScan, as_images
 from denoisefeat.hooks import Edit, resolve_layers
 from denoisefeat.hooks.layers import probe_layers
 from denoisefeat.metrics import FEATURE_GROUPS, METRICS, compute_metrics
@@ -335,7 +335,8 @@ def ablation_scan(
         Start each ablated trajectory from the cached clean prefix (module notes); ``False`` runs
         every trajectory from step 0 (same results, more denoiser calls).
     store : str or path, optional
-        Write the clean trajectory there (every step, :func:`denoisefeat.trace`) and the table under ``attribution/ablation`` (:func:`~denoisefeat.analyses.table.write_attribution`).
+        Write the clean trajectory there (every step, :func:`denoisefeat.trace`) and the table
+        under ``attribution/ablation`` (:func:`~denoisefeat.analyses.table.write_attribution`).
     overwrite : bool
         Replace an existing ``store``.
     progress : bool

@@ -118,7 +118,18 @@ def feature_change(features, *, measured_on: str = "output") -> xr.Dataset:
 
 
 def as_features(features) -> xr.Dataset:
-    """A Dataset of (sample, step) features from a DataArray or Dataset; a clear error otherwise."""
+    """A Dataset of (sample, step) features from a DataArray or Dataset; a clear error otherwise.
+
+    Parameters
+    ----------
+    features : xarray.Dataset or xarray.DataArray
+        ``(sample, step)`` features.
+
+    Returns
+    -------
+    xarray.Dataset
+        One ``(sample, step)`` variable per feature.
+    """
     if isinstance(features, xr.DataArray):
         features = features.to_dataset(name=features.name or "feature")
     if not isinstance(features, xr.Dataset) or not features.data_vars:
@@ -130,7 +141,18 @@ def as_features(features) -> xr.Dataset:
 
 
 def as_activity(activity) -> xr.Dataset:
-    """A Dataset ``{layer: (sample, step)}`` from a mapping, Dataset or DataArray (with a ``layer`` dim)."""
+    """A Dataset ``{layer: (sample, step)}`` from a mapping, Dataset or DataArray (with a ``layer`` dim).
+
+    Parameters
+    ----------
+    activity : mapping, xarray.Dataset or xarray.DataArray
+        ``{layer: (sample, step)}``, a Dataset of such variables, or a DataArray with a ``layer`` dim.
+
+    Returns
+    -------
+    xarray.Dataset
+        One ``(sample, step)`` variable per layer.
+    """
     if isinstance(activity, xr.DataArray):
         if "layer" in activity.dims:
             activity = activity.to_dataset(dim="layer")
@@ -159,7 +181,20 @@ def _with_index(data: xr.Dataset) -> xr.Dataset:
 
 
 def aligned(activity, feature_change) -> tuple[xr.Dataset, xr.Dataset]:
-    """Both inputs as Datasets over their common samples and steps."""
+    """Both inputs as Datasets over their common samples and steps.
+
+    Parameters
+    ----------
+    activity : mapping, xarray.Dataset or xarray.DataArray
+        Layer activity, as for :func:`as_activity`.
+    feature_change : xarray.Dataset or xarray.DataArray
+        Per-step feature change, as for :func:`as_features`.
+
+    Returns
+    -------
+    (xarray.Dataset, xarray.Dataset)
+        The activity and the feature change, over the samples and steps both have.
+    """
     acts, changes = as_activity(activity), as_features(feature_change)
     acts, changes = xr.align(acts, changes, join="inner")
     if acts.sizes["sample"] == 0 or acts.sizes["step"] == 0:

@@ -73,7 +73,18 @@ class Inference:
 
 
 def min_resamples(alpha: float) -> int:
-    """The fewest bootstrap resamples with which a row can reach ``p < alpha`` (``(2·0 + 1)/(B + 1) < alpha``)."""
+    """The fewest bootstrap resamples with which a row can reach ``p < alpha`` (``(2·0 + 1)/(B + 1) < alpha``).
+
+    Parameters
+    ----------
+    alpha : float
+        The significance level, in (0, 1).
+
+    Returns
+    -------
+    int
+        The least number of bootstrap resamples.
+    """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}.")
     return math.floor(1.0 / alpha)
@@ -240,7 +251,20 @@ def fisher_z_inference(r: float, n: int, *, method: str = "pearson", alpha: floa
 
 
 def ratio_of_means(numerator: np.ndarray, denominator: np.ndarray, axis: int = -1) -> np.ndarray:
-    """``mean(numerator) / mean(denominator)`` along ``axis``; NaN where the denominator's mean is 0."""
+    """``mean(numerator) / mean(denominator)`` along ``axis``; NaN where the denominator's mean is 0.
+
+    Parameters
+    ----------
+    numerator, denominator : numpy.ndarray
+        Paired values, one per sample along ``axis``.
+    axis : int
+        The sample axis.
+
+    Returns
+    -------
+    numpy.ndarray
+        The ratio, with ``axis`` reduced.
+    """
     top, bottom = np.mean(numerator, axis=axis), np.mean(denominator, axis=axis)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(bottom != 0, top / np.where(bottom != 0, bottom, 1.0), np.nan)
@@ -255,6 +279,16 @@ def float_resolution(dtype) -> float:
     one block's output moves the toy-sized test pipeline's final images by ~1.7e-6 after three
     steps), so the floor sits well above the dtype's own resolution, yet below anything an image
     file can show.
+
+    Parameters
+    ----------
+    dtype : torch.dtype or numpy dtype
+        The denoiser's dtype.
+
+    Returns
+    -------
+    float
+        The resolution, in units of an image in [0, 1].
     """
     import torch
 

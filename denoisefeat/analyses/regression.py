@@ -107,7 +107,8 @@ def regress(
         ``ci_high`` (Wald interval) and ``p`` (the Wald test of β = 0 with the same standard error:
         the interval excludes 0 exactly when ``p < 1 − ci``), ``p_adj`` (Benjamini–Hochberg over
         all rows), ``n`` (samples), ``effect_std`` (β in SDs of the window's feature change: the
-        standardised coefficient); ``disruption`` and ``specificity`` are NaN (not an intervention).  Extra column ``n_obs``: the (sample, step) rows used.  A cell whose
+        standardised coefficient); ``disruption`` and ``specificity`` are NaN (not an
+        intervention).  Extra column ``n_obs``: the (sample, step) rows used.  A cell whose
         activity is constant, or with too few rows to fit (e.g. a window holding only the step
         that has no feature change), is NaN.
 

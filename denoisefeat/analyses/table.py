@@ -30,11 +30,10 @@ written before format :data:`TABLE_FORMAT` (denoisefeat 0.1) are refused on read
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
 import json
 import math
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -412,7 +411,18 @@ def to_xarray(frame: pd.DataFrame, *, layer_order=None) -> xr.Dataset:
 
 
 def method_family(method: str) -> str:
-    """The family of a method name: the part before ``":"`` (``"ablation:zero"`` → ``"ablation"``)."""
+    """The family of a method name: the part before ``":"`` (``"ablation:zero"`` → ``"ablation"``).
+
+    Parameters
+    ----------
+    method : str
+        A table's method name.
+
+    Returns
+    -------
+    str
+        Its family.
+    """
     return str(method).split(":", 1)[0]
 
 

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from denoisefeat.hooks._manager import HookManager
 from denoisefeat.hooks.layers import first_tensor, layer_name, resolve_layers
 from denoisefeat.models import denoiser_of
-from denoisefeat.hooks._manager import HookManager
 from denoisefeat.steps import BRANCHES, StepClock, steps_selection, uncond_cond
 
 __all__ = ["METHODS", "Edit", "intervene"]
@@ -85,7 +85,8 @@ class Edit:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"Unknown intervention method {self.method!r}.{hint} Known: {', '.join(METHODS)}.")
         if self.method in ("scale", "noise") and self.value is None:
-            raise ValueError(f"Edit {self.method!r} needs value= (the {'factor' if self.method == 'scale' else 'std'}).")
+            what = "factor" if self.method == "scale" else "std"
+            raise ValueError(f"Edit {self.method!r} needs value= (the {what}).")
         if self.method == "project_out" and self.direction is None:
             raise ValueError("Edit 'project_out' needs direction= (a vector over channels).")
         if self.method == "patch" and self.source is None:

@@ -86,6 +86,15 @@ def _module_names(denoiser: torch.nn.Module) -> list[str]:
 def layer_name(layer) -> str:
     """A layer's module path: ``layer`` itself, or the ``name`` of a :class:`LayerInfo`.
 
+    Parameters
+    ----------
+    layer : str or LayerInfo
+
+    Returns
+    -------
+    str
+        The module path.
+
     Raises
     ------
     TypeError
@@ -147,6 +156,15 @@ def top_level_layers(pipe_or_denoiser) -> list[str]:
 
     For UNets: ``conv_in``, each ``down_blocks.i``, ``mid_block``, each ``up_blocks.i``, ``conv_out``;
     for transformers: ``pos_embed``, each ``transformer_blocks.i`` and the output projection.
+
+    Parameters
+    ----------
+    pipe_or_denoiser : diffusers pipeline or torch.nn.Module
+
+    Returns
+    -------
+    list of str
+        Module paths, in network order.
     """
     denoiser = denoiser_of(pipe_or_denoiser)
     names = []
@@ -160,7 +178,22 @@ def top_level_layers(pipe_or_denoiser) -> list[str]:
 
 
 def dummy_inputs(denoiser: torch.nn.Module, *, batch: int = 1, size: int | None = None) -> dict:
-    """Keyword arguments for one forward pass of ``denoiser`` on random inputs (to learn shapes)."""
+    """Keyword arguments for one forward pass of ``denoiser`` on random inputs (to learn shapes).
+
+    Parameters
+    ----------
+    denoiser : torch.nn.Module
+        A UNet or transformer denoiser.
+    batch : int
+        Batch size of the inputs.
+    size : int, optional
+        Spatial size of the sample; default the denoiser's ``sample_size``.
+
+    Returns
+    -------
+    dict
+        Keyword arguments for ``denoiser(**inputs)``.
+    """
     config = denoiser.config
     device, dtype = denoiser.device, denoiser.dtype
     sample_size = config.get("sample_size") or 32
@@ -244,6 +277,16 @@ def first_tensor(output):
     diffusers blocks return tuples: down blocks return ``(hidden_states, skip_states)``, attention
     processors and transformer blocks return a tensor or ``(tensor,)``; ``BaseOutput``-style outputs
     expose ``.sample``.  The first tensor is the block's main output.
+
+    Parameters
+    ----------
+    output : object
+        What a module's forward returned.
+
+    Returns
+    -------
+    torch.Tensor or None
+        The main output tensor; ``None`` when there is none.
     """
     if torch.is_tensor(output):
         return output
@@ -256,7 +299,22 @@ def first_tensor(output):
 
 
 def probe_layers(denoiser, names: Sequence[str], *, size) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
-    """One forward pass on dummy inputs: each module's output shape and its execution order."""
+    """One forward pass on dummy inputs: each module's output shape and its execution order.
+
+    Parameters
+    ----------
+    denoiser : torch.nn.Module
+    names : sequence of str
+        Module paths whose output shapes to record.
+    size : int or None
+        Spatial size of the dummy sample (:func:`dummy_inputs`).
+
+    Returns
+    -------
+    (dict, dict)
+        ``{name: output shape}`` for ``names``, and ``{module path: execution index}`` for every
+        module that ran (the one layer order of denoisefeat).
+    """
     shapes: dict[str, tuple[int, ...]] = {}
     order: dict[str, int] = {}
     modules = dict(denoiser.named_modules())

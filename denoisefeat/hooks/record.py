@@ -27,10 +27,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from denoisefeat.hooks._manager import HookManager
 from denoisefeat.hooks.layers import LayerInfo, first_tensor, resolve_layers
 from denoisefeat.hooks.reducers import Reducer, band_coords, get_reducer
 from denoisefeat.models import denoiser_of
-from denoisefeat.hooks._manager import HookManager
 from denoisefeat.steps import BRANCHES, StepClock, steps_selection, uncond_cond
 
 __all__ = ["Recording", "record"]

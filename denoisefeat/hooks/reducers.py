@@ -106,6 +106,15 @@ _PROJECTION = re.compile(r"random_projection\((\d+)\)$|random_projection_(\d+)$"
 def get_reducer(spec: str | Reducer | Callable) -> Reducer:
     """A :class:`Reducer` from a name (``"channel_mean"``, ``"random_projection(16)"``), a Reducer, or a callable.
 
+    Parameters
+    ----------
+    spec : str, Reducer or callable
+        A reducer name (with arguments), a Reducer, or ``f(tensor) -> tensor``.
+
+    Returns
+    -------
+    Reducer
+
     Raises
     ------
     ValueError

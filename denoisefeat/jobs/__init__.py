@@ -11,6 +11,8 @@
 The command line is ``denoisefeat jobs validate|submit|run|status|merge SPEC``; see ``hpc/README.md``.
 """
 
+from denoisefeat.locking import TaskLockedError
+
 from .lazy import open_lazy
 from .merge import IncompleteJobError, merge
 from .runner import Outcome, run_all, status
@@ -27,7 +29,7 @@ from .spec import (
     parse_spec,
     task_grid,
 )
-from .state import TaskLockedError, TaskState, task_state
+from .state import TaskState, task_state
 from .submit import SubmitError, job_scripts, submit
 from .tasks import run_task
 

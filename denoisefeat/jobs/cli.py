@@ -60,8 +60,9 @@ def run(
     """Run one task of SPEC (what an array element calls), or every task with --all."""
     from rich.markup import escape
 
+    from denoisefeat.locking import TaskLockedError
+
     from .spec import SpecError
-    from .state import TaskLockedError
 
     job = _load(spec, check_model=False)
     if all_:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+from denoisefeat.locking import TaskLock
+
 from .spec import JobSpec, task_grid
-from .state import TaskLock, task_state, write_json_atomic
+from .state import task_state, write_json_atomic
 from .tasks import ablation_table_path
 
 __all__ = ["IncompleteJobError", "merge"]

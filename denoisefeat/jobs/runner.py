@@ -35,7 +35,16 @@ class Outcome:
 
 
 def status(spec: JobSpec) -> list[tuple[Task, TaskState]]:
-    """Every task of ``spec`` with its state (done, running, failed or missing), in grid order."""
+    """Every task of ``spec`` with its state (done, running, failed or missing), in grid order.
+
+    Parameters
+    ----------
+    spec : JobSpec
+
+    Returns
+    -------
+    list of (Task, TaskState)
+    """
     return [(task, task_state(spec.jobs_dir, task.id)) for task in task_grid(spec)]
 
 

@@ -299,11 +299,11 @@ def _slug(text: str) -> str:
 
 
 def _model_name_ok(model: str, base: Path) -> None:
-    from denoisefeat.models import _HUB_ID, BUILTIN_MODELS
+    from denoisefeat.models import BUILTIN_MODELS, is_hub_id
 
     if model in BUILTIN_MODELS or (base / model).expanduser().exists() or Path(model).expanduser().exists():
         return
-    if _HUB_ID.match(model) and not model.startswith((".", "/", "~")):
+    if is_hub_id(model) and not model.startswith((".", "/", "~")):
         return
     raise SpecError(f"[run].model: unknown model {model!r}: not a built-in, an existing folder or a hub id."
                     f"{_choices(model, BUILTIN_MODELS)}")
@@ -589,6 +589,17 @@ def check_spec(spec: JobSpec, pipe) -> None:
 def load_spec(path: str | Path, *, check_model: bool = True) -> JobSpec:
     """Read and validate a TOML job spec file (see :func:`parse_spec`).
 
+    Parameters
+    ----------
+    path : str or Path
+        The TOML file.
+    check_model : bool
+        Also load the model and check layers and conditions against it (:func:`check_against_model`).
+
+    Returns
+    -------
+    JobSpec
+
     Raises
     ------
     FileNotFoundError
@@ -613,6 +624,10 @@ def _chunked(n: int, chunk: int, per_task: int) -> list[tuple[int, int]]:
 
 def task_grid(spec: JobSpec) -> list[Task]:
     """Expand a spec into its tasks, in a deterministic order.
+
+    Parameters
+    ----------
+    spec : JobSpec
 
     Returns
     -------

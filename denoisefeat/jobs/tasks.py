@@ -28,14 +28,27 @@ import socket
 import time
 from pathlib import Path
 
+from denoisefeat.locking import TaskLock, flock
+
 from .spec import JobSpec, Task, task_grid
-from .state import TaskLock, flock, task_paths, write_json_atomic
+from .state import task_paths, write_json_atomic
 
 __all__ = ["ablation_table_path", "run_task"]
 
 
 def ablation_table_path(spec: JobSpec, task: Task) -> Path:
-    """Where an ablation task leaves its table (JSON: column name -> values, floats exact)."""
+    """Where an ablation task leaves its table (JSON: column name -> values, floats exact).
+
+    Parameters
+    ----------
+    spec : JobSpec
+    task : Task
+        An ablation task of ``spec``.
+
+    Returns
+    -------
+    Path
+    """
     return spec.jobs_dir / "ablation" / f"{task.id}.json"
 
 
@@ -198,7 +211,8 @@ def _ablation(spec: JobSpec, task: Task) -> None:
         pipe, layers=[task.layer], windows=[window], method=task.method, features=list(abl.features), samples=n,
         class_labels=None if spec.labels is None else list(spec.labels[:n]),
         prompts=None if spec.prompts is None else list(spec.prompts[:n]), negative_prompt=spec.negative_prompt,
-        seed=list(spec.seeds[:n]), steps=config.steps, scheduler=config.scheduler, guidance_scale=config.guidance, batch_size=abl.batch_size,
+        seed=list(spec.seeds[:n]), steps=config.steps, scheduler=config.scheduler, guidance_scale=config.guidance,
+        batch_size=abl.batch_size,
     )
     frame = frame.assign(configuration=config.name)
     write_json_atomic(ablation_table_path(spec, task), {"columns": list(frame.columns), "data": {
@@ -227,7 +241,7 @@ def run_task(spec: JobSpec, index: int) -> bool:
     ------
     IndexError
         ``index`` outside the grid.
-    denoisefeat.jobs.state.TaskLockedError
+    denoisefeat.locking.TaskLockedError
         Another live process runs the same task (the message names its PID and host).
     Exception
         Whatever the task raised; the error is also left in ``<jobs>/tasks/<id>.failed.json``.

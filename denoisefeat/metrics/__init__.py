@@ -23,6 +23,7 @@ Modules: :mod:`~denoisefeat.metrics.similarity`,
 :mod:`~denoisefeat.metrics.registry`.
 """
 
+from denoisefeat.metrics._common import luminance
 from denoisefeat.metrics.color import (
     color_consistency,
     color_spread,
@@ -76,6 +77,8 @@ from denoisefeat.metrics.texture import (
 )
 
 __all__ = [
+    # the luminance every metric, feature and figure uses
+    "luminance",
     # similarity
     "ssim",
     "ms_ssim",

@@ -165,10 +165,18 @@ def check_data_range(data_range, *, metric: str) -> float:
 
 
 def luminance(a: np.ndarray) -> np.ndarray:
-    """Luminance (..., H, W) of a prepared (..., C, H, W) batch.
+    """Luminance of an image batch: the one luminance of denoisefeat (metrics, features, figures).
 
-    Grey images (C = 1) are returned as they are; RGB images are converted with
-    :func:`skimage.color.rgb2gray` (ITU-R BT.709 weights 0.2125, 0.7154, 0.0721).
+    Parameters
+    ----------
+    a : numpy.ndarray, shape (..., C, H, W)
+        Grey (C = 1) or RGB images.
+
+    Returns
+    -------
+    numpy.ndarray, shape (..., H, W)
+        Grey images as they are; RGB images converted with :func:`skimage.color.rgb2gray`
+        (ITU-R BT.709 weights 0.2125, 0.7154, 0.0721).
     """
     if a.shape[-3] == 1:
         return a[..., 0, :, :]

@@ -14,6 +14,7 @@ import numpy as np
 from denoisefeat.metrics._common import (
     as_float_result,
     broadcast_leading,
+    luminance,
     prepare_images,
     prepare_map,
     prepare_pair,
@@ -34,7 +35,7 @@ __all__ = [
 _CHROMA_PRIOR = 1e-3
 
 
-def _lab(a):
+def lab_of(a):
     """CIELAB (..., H, W, 3) of a prepared RGB batch (..., 3, H, W)."""
     from skimage.color import rgb2lab
 
@@ -69,10 +70,10 @@ def mean_lab(images, *, channel_axis=-3):
     a = prepare_images(
         images, metric="mean_lab", channel_axis=channel_axis, channels=(3,), unit_range=True
     )
-    return as_float_result(_lab(a).mean(axis=(-3, -2)))
+    return as_float_result(lab_of(a).mean(axis=(-3, -2)))
 
 
-def _delta_e(lab1, lab2):
+def delta_e_of_lab(lab1, lab2):
     from skimage.color import deltaE_ciede2000
 
     lab1, lab2 = np.broadcast_arrays(lab1, lab2)
@@ -121,7 +122,7 @@ def delta_e2000(images, reference, *, channel_axis=-3):
         channels=(3,),
         unit_range=True,
     )
-    return as_float_result(_delta_e(_lab(x), _lab(y)).mean(axis=(-2, -1)))
+    return as_float_result(delta_e_of_lab(lab_of(x), lab_of(y)).mean(axis=(-2, -1)))
 
 
 def _hue_hist(a, bins):
@@ -289,7 +290,7 @@ def colorfulness(images, *, channel_axis=-3):
     return as_float_result(s + 0.3 * m)
 
 
-def _spread(lab, mask):
+def lab_spread(lab, mask):
     """Mean CIE76 distance of the masked pixels to their mean Lab colour.
 
     The whole image is used where the mask is empty.
@@ -349,7 +350,7 @@ def color_spread(images, *, mask=None, channel_axis=-3):
     else:
         m = prepare_map(mask, metric=metric, name="mask", shape_hw=a.shape[-2:])
         broadcast_leading(a.shape[:-3], m.shape[:-2], metric=metric, what="mask")
-    return as_float_result(_spread(_lab(a), m))
+    return as_float_result(lab_spread(lab_of(a), m))
 
 
 def color_consistency(images, reference, *, mask=None, method="otsu", channel_axis=-3):
@@ -399,19 +400,15 @@ def color_consistency(images, reference, *, mask=None, method="otsu", channel_ax
     .. [1] CIE 15:2004, "Colorimetry", 3rd edition, Commission
        Internationale de l'Eclairage (CIELAB and Delta E*ab).
     """
-    from denoisefeat.metrics.shape import _masks
+    from denoisefeat.metrics.shape import threshold_masks
 
     metric = "color_consistency"
     x, y, _ = prepare_pair(
         images, reference, metric=metric, channel_axis=channel_axis, channels=(3,), unit_range=True
     )
     if mask is None:
-        from skimage.color import rgb2gray
-
-        m, _ = _masks(
-            rgb2gray(np.moveaxis(y, -3, -1)), method=method, polarity="auto", metric=metric
-        )
+        m, _ = threshold_masks(luminance(y), method=method, polarity="auto", metric=metric)
     else:
         m = prepare_map(mask, metric=metric, name="mask", shape_hw=x.shape[-2:])
         broadcast_leading(x.shape[:-3], m.shape[:-2], metric=metric, what="mask")
-    return as_float_result(_spread(_lab(x), m) - _spread(_lab(y), m))
+    return as_float_result(lab_spread(lab_of(x), m) - lab_spread(lab_of(y), m))

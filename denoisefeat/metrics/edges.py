@@ -34,7 +34,7 @@ _CANNY_LOW, _CANNY_HIGH = 0.1, 0.2
 _SOBEL_SCALE = 8.0 * math.sqrt(2.0)
 
 
-def _edges_of_luminance(lum, *, method, sigma, low_threshold, high_threshold, metric):
+def edges_of_luminance(lum, *, method, sigma, low_threshold, high_threshold, metric):
     """Boolean edge maps (..., H, W) of luminance planes (..., H, W)."""
     if sigma < 0:
         raise ValueError(f"{metric}: sigma must be >= 0, got {sigma}")
@@ -109,7 +109,7 @@ def edge_map(
     """
     metric = "edge_map"
     a = prepare_images(images, metric=metric, channel_axis=channel_axis, unit_range=True)
-    return _edges_of_luminance(
+    return edges_of_luminance(
         luminance(a),
         method=method,
         sigma=sigma,
@@ -176,7 +176,7 @@ def _sobel_gradient(lum):
 def _resolve_edges(edges, a, lum, *, sigma, metric):
     """Own canny edges, or user edges broadcast to the batch."""
     if edges is None:
-        return _edges_of_luminance(
+        return edges_of_luminance(
             lum, method="canny", sigma=sigma, low_threshold=None, high_threshold=None, metric=metric
         )
     e = prepare_map(edges, metric=metric, name="edges", shape_hw=lum.shape[-2:])
@@ -196,7 +196,7 @@ def _percentiles_10_90(rows):
     return vals[:, 0], vals[:, 1]
 
 
-def _sharpness_from(lum, e, *, radius):
+def sharpness_from(lum, e, *, radius):
     """Mean contrast-normalised gradient at the edge pixels; 0 where there are none."""
     lead = e.shape[:-2]
     lum = np.broadcast_to(lum, e.shape)
@@ -287,7 +287,7 @@ def edge_sharpness(images, *, edges=None, sigma=1.0, radius=3, channel_axis=-3):
         raise ValueError(f"{metric}: radius must be a positive integer, got {radius!r}")
     lum = luminance(a)
     e = _resolve_edges(edges, a, lum, sigma=sigma, metric=metric)
-    return as_float_result(_sharpness_from(lum, e, radius=int(radius)))
+    return as_float_result(sharpness_from(lum, e, radius=int(radius)))
 
 
 def _width_from(lum, e, *, radius, step=0.25):
@@ -393,7 +393,7 @@ def _dilate(e, tolerance):
     return ndi.maximum_filter(e, size=(1,) * (e.ndim - 2) + (k, k), mode="constant", cval=False)
 
 
-def _prf_from(e, r, *, tolerance):
+def prf_from(e, r, *, tolerance):
     """Precision, recall, F1 (..., 3) of edge maps ``e`` against (broadcasting) maps ``r``."""
     e_d, r_d = _dilate(e, tolerance), _dilate(r, tolerance)
     n_e = e.sum(axis=(-2, -1))
@@ -464,7 +464,7 @@ def edge_prf(
     a = prepare_images(images, metric=metric, channel_axis=channel_axis, unit_range=True)
     r = prepare_map(reference_edges, metric=metric, name="reference_edges", shape_hw=a.shape[-2:])
     broadcast_leading(a.shape[:-3], r.shape[:-2], metric=metric, what="reference_edges")
-    e = _edges_of_luminance(
+    e = edges_of_luminance(
         luminance(a),
         method="canny",
         sigma=sigma,
@@ -472,4 +472,4 @@ def edge_prf(
         high_threshold=high_threshold,
         metric=metric,
     )
-    return as_float_result(_prf_from(e, r, tolerance=int(tolerance)))
+    return as_float_result(prf_from(e, r, tolerance=int(tolerance)))

@@ -239,7 +239,7 @@ def object_mask_iou(images, reference, *, channel_axis=-3):
                                channels=(1, 3), unit_range=True)
     mx = _coverage(_flat(x, 3))[0].reshape(x.shape[:-3] + x.shape[-2:]) > 0.5
     my = _coverage(_flat(y, 3))[0].reshape(y.shape[:-3] + y.shape[-2:]) > 0.5
-    return as_float_result(np.broadcast_to(_shape._iou(mx, my), shape))
+    return as_float_result(np.broadcast_to(_shape.iou_of_masks(mx, my), shape))
 
 
 def _interior(mask: np.ndarray, scale: float) -> np.ndarray:

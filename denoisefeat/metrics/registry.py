@@ -127,16 +127,16 @@ def _edge_group(images, reference):
     metric = "edge_density/edge_sharpness/edge_prf"
     a = prepare_images(images, metric=metric, unit_range=True)
     lum = luminance(a)
-    e = _edges._edges_of_luminance(
+    e = _edges.edges_of_luminance(
         lum, method="canny", sigma=1.0, low_threshold=None, high_threshold=None, metric=metric
     )
     density = e.mean(axis=(-2, -1))
-    sharp = _edges._sharpness_from(lum, e, radius=3)
+    sharp = _edges.sharpness_from(lum, e, radius=3)
     if reference is None:
         prf = _nan(e.shape[:-2], 3)
     else:
         _, y, _ = prepare_pair(images, reference, metric=metric, unit_range=True)
-        r = _edges._edges_of_luminance(
+        r = _edges.edges_of_luminance(
             luminance(y),
             method="canny",
             sigma=1.0,
@@ -144,7 +144,7 @@ def _edge_group(images, reference):
             high_threshold=None,
             metric=metric,
         )
-        prf = _edges._prf_from(e, r, tolerance=1)
+        prf = _edges.prf_from(e, r, tolerance=1)
         density, sharp = (
             np.broadcast_to(density, prf.shape[:-1]),
             np.broadcast_to(sharp, prf.shape[:-1]),
@@ -178,11 +178,11 @@ def _mask_group(images, reference):
     """[mask_iou, hu_moment_distance] from one thresholding pass per image."""
     metric = "mask_iou/hu_moment_distance"
     x, y, _ = prepare_pair(images, reference, metric=metric)
-    img_mask, ref_mask = _shape._pair_masks(x, y, method="otsu", metric=metric)
-    iou = _shape._iou(img_mask, ref_mask)
+    img_mask, ref_mask = _shape.pair_masks(x, y, method="otsu", metric=metric)
+    iou = _shape.iou_of_masks(img_mask, ref_mask)
     hu = np.abs(
-        _shape._log_hu(_shape._hu_of_masks(img_mask))
-        - _shape._log_hu(_shape._hu_of_masks(ref_mask))
+        _shape.log_hu(_shape.hu_of_masks(img_mask))
+        - _shape.log_hu(_shape.hu_of_masks(ref_mask))
     )
     return np.stack([iou, hu.sum(axis=-1)], axis=-1)
 
@@ -195,15 +195,15 @@ def _lab_group(images, reference):
     """[L, a, b, delta_e2000, color_consistency] from one CIELAB conversion per image."""
     metric = "mean_lab/delta_e2000/color_consistency"
     a = prepare_images(images, metric=metric, channels=(3,), unit_range=True)
-    lab = _color._lab(a)
+    lab = _color.lab_of(a)
     mean = lab.mean(axis=(-3, -2))
     if reference is None:
         return np.concatenate([mean, _nan(mean.shape[:-1], 2)], axis=-1)
     _, y, shape = prepare_pair(images, reference, metric=metric, channels=(3,), unit_range=True)
-    lab_y = _color._lab(y)
-    de = _color._delta_e(lab, lab_y).mean(axis=(-2, -1))
-    m, _ = _shape._masks(luminance(y), method="otsu", polarity="auto", metric=metric)
-    cons = _color._spread(lab, m) - _color._spread(lab_y, m)
+    lab_y = _color.lab_of(y)
+    de = _color.delta_e_of_lab(lab, lab_y).mean(axis=(-2, -1))
+    m, _ = _shape.threshold_masks(luminance(y), method="otsu", polarity="auto", metric=metric)
+    cons = _color.lab_spread(lab, m) - _color.lab_spread(lab_y, m)
     mean = np.broadcast_to(mean, shape + (3,))
     return np.concatenate([mean, de[..., None], cons[..., None]], axis=-1)
 
@@ -250,7 +250,7 @@ def _object_group(images, reference):
 
     cx = full(cov.reshape(lead + hw), hw)
     cy = full(cov_y.reshape(y.shape[:-3] + hw), hw)
-    iou = _shape._iou(cx > 0.5, cy > 0.5).reshape(shape)
+    iou = _shape.iou_of_masks(cx > 0.5, cy > 0.5).reshape(shape)
     tex = f._texture_distance(full(a, a.shape[-3:]), full(y, y.shape[-3:]), cx, cy, scale,
                               region="common").reshape(shape)
     return np.stack([iou, np.broadcast_to(de, shape), tex, np.broadcast_to(width, shape)], axis=-1)

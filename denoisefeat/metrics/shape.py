@@ -101,7 +101,7 @@ def _auto_polarity(bright):
     return _border_bright_fraction(bright) <= 0.5
 
 
-def _masks(lum, *, method, polarity, metric):
+def threshold_masks(lum, *, method, polarity, metric):
     """Foreground masks and the polarity used (True = bright object), per plane."""
     bright, dark = _split(lum, method, metric)
     if polarity == "auto":
@@ -154,10 +154,10 @@ def foreground_mask(images, *, method="otsu", polarity="auto", channel_axis=-3):
     """
     metric = "foreground_mask"
     a = prepare_images(images, metric=metric, channel_axis=channel_axis)
-    return _masks(luminance(a), method=method, polarity=polarity, metric=metric)[0]
+    return threshold_masks(luminance(a), method=method, polarity=polarity, metric=metric)[0]
 
 
-def _iou(a, b):
+def iou_of_masks(a, b):
     inter = (a & b).sum(axis=(-2, -1))
     union = (a | b).sum(axis=(-2, -1))
     out = np.ones(union.shape, dtype=np.float64)
@@ -165,9 +165,9 @@ def _iou(a, b):
     return out
 
 
-def _pair_masks(x, y, *, method, metric):
+def pair_masks(x, y, *, method, metric):
     """Masks of the images with the polarity of their reference, and the reference's masks."""
-    ref_mask, pol = _masks(luminance(y), method=method, polarity="auto", metric=metric)
+    ref_mask, pol = threshold_masks(luminance(y), method=method, polarity="auto", metric=metric)
     lum_x = luminance(x)
     bright, dark = _split(lum_x, method, metric)
     img_mask = np.where(pol[..., None, None], bright, dark)
@@ -213,8 +213,8 @@ def mask_iou(images, reference, *, method="otsu", channel_axis=-3):
     """
     metric = "mask_iou"
     x, y, _ = prepare_pair(images, reference, metric=metric, channel_axis=channel_axis)
-    img_mask, ref_mask = _pair_masks(x, y, method=method, metric=metric)
-    return as_float_result(_iou(img_mask, ref_mask))
+    img_mask, ref_mask = pair_masks(x, y, method=method, metric=metric)
+    return as_float_result(iou_of_masks(img_mask, ref_mask))
 
 
 def mask_iou_ground_truth(images, masks, *, method="otsu", channel_axis=-3):
@@ -265,10 +265,10 @@ def mask_iou_ground_truth(images, masks, *, method="otsu", channel_axis=-3):
     auto = np.broadcast_to(_auto_polarity(bright), shape)
     pol = np.where((n_in > 0) & (n_out > 0), mean_in >= mean_out, auto)
     img_mask = np.where(pol[..., None, None], bright, dark)
-    return as_float_result(_iou(img_mask, gt))
+    return as_float_result(iou_of_masks(img_mask, gt))
 
 
-def _hu_of_masks(masks):
+def hu_of_masks(masks):
     """Hu moments (..., 7) of boolean masks (..., H, W); zeros for empty masks.
 
     Central and normalised moments (up to order 3) are computed for the whole
@@ -299,7 +299,7 @@ def _hu_of_masks(masks):
     return out.reshape(lead + (7,))
 
 
-def _log_hu(hu):
+def log_hu(hu):
     return np.sign(hu) * np.log10(1.0 + np.abs(hu) / _HU_EPS)
 
 
@@ -335,8 +335,8 @@ def hu_moments(images, *, method="otsu", polarity="auto", channel_axis=-3):
     """
     metric = "hu_moments"
     a = prepare_images(images, metric=metric, channel_axis=channel_axis)
-    m, _ = _masks(luminance(a), method=method, polarity=polarity, metric=metric)
-    return as_float_result(_hu_of_masks(m))
+    m, _ = threshold_masks(luminance(a), method=method, polarity=polarity, metric=metric)
+    return as_float_result(hu_of_masks(m))
 
 
 def hu_moment_distance(images, reference, *, method="otsu", channel_axis=-3):
@@ -379,9 +379,9 @@ def hu_moment_distance(images, reference, *, method="otsu", channel_axis=-3):
     """
     metric = "hu_moment_distance"
     x, y, _ = prepare_pair(images, reference, metric=metric, channel_axis=channel_axis)
-    img_mask, ref_mask = _pair_masks(x, y, method=method, metric=metric)
+    img_mask, ref_mask = pair_masks(x, y, method=method, metric=metric)
     return as_float_result(
-        np.abs(_log_hu(_hu_of_masks(img_mask)) - _log_hu(_hu_of_masks(ref_mask))).sum(axis=-1)
+        np.abs(log_hu(hu_of_masks(img_mask)) - log_hu(hu_of_masks(ref_mask))).sum(axis=-1)
     )
 
 
@@ -433,18 +433,18 @@ def lowpass_ssim(
        see :func:`denoisefeat.metrics.ssim`.
     """
     from denoisefeat.frequency import DEFAULT_BANDS, band_pass
-    from denoisefeat.metrics.similarity import _check_extent, _resolve_window, _ssim_means
+    from denoisefeat.metrics.similarity import check_extent, resolve_window, ssim_means
 
     metric = "lowpass_ssim"
     x, y, _ = prepare_pair(images, reference, metric=metric, channel_axis=channel_axis)
     r = check_data_range(data_range, metric=metric)
-    w = _resolve_window(win_size, gaussian_weights, metric=metric)
-    _check_extent(x.shape[-2:], w, metric=metric)
+    w = resolve_window(win_size, gaussian_weights, metric=metric)
+    check_extent(x.shape[-2:], w, metric=metric)
     cutoff = DEFAULT_BANDS["low"][1] if cutoff is None else float(cutoff)
     if not 0 < cutoff < np.inf:
         raise ValueError(f"{metric}: cutoff must be positive and finite, got {cutoff!r}")
     bands = {"low": (0.0, cutoff), "rest": (cutoff, np.inf)}
     xl = np.asarray(band_pass(x, bands=bands), dtype=np.float64)[..., 0, :, :]
     yl = np.asarray(band_pass(y, bands=bands), dtype=np.float64)[..., 0, :, :]
-    s, _ = _ssim_means(xl, yl, data_range=r, win_size=w, gaussian_weights=gaussian_weights)
+    s, _ = ssim_means(xl, yl, data_range=r, win_size=w, gaussian_weights=gaussian_weights)
     return as_float_result(s.mean(axis=-1))

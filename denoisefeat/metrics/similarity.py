@@ -34,7 +34,7 @@ _K1, _K2 = 0.01, 0.03
 _SIGMA, _TRUNCATE = 1.5, 3.5
 
 
-def _resolve_window(win_size, gaussian_weights: bool, *, metric: str) -> int:
+def resolve_window(win_size, gaussian_weights: bool, *, metric: str) -> int:
     if win_size is None:
         return 2 * int(_TRUNCATE * _SIGMA + 0.5) + 1 if gaussian_weights else 7
     if isinstance(win_size, bool) or int(win_size) != win_size or win_size < 1 or win_size % 2 == 0:
@@ -42,7 +42,7 @@ def _resolve_window(win_size, gaussian_weights: bool, *, metric: str) -> int:
     return int(win_size)
 
 
-def _check_extent(shape_hw, win_size: int, *, metric: str) -> None:
+def check_extent(shape_hw, win_size: int, *, metric: str) -> None:
     if min(shape_hw) < win_size:
         raise ValueError(
             f"{metric}: win_size={win_size} exceeds the image extent {tuple(shape_hw)}; "
@@ -91,7 +91,7 @@ def _local_mean(a: np.ndarray, gaussian_weights: bool, win_size: int) -> np.ndar
     return out[..., pad : H - pad, pad : W - pad]
 
 
-def _ssim_means(x, y, *, data_range, win_size, gaussian_weights):
+def ssim_means(x, y, *, data_range, win_size, gaussian_weights):
     """Mean SSIM and mean contrast-structure term per plane.
 
     ``x`` (..., H, W) and ``y`` (..., H, W) broadcast; returns two arrays of the
@@ -175,9 +175,9 @@ def ssim(images, reference, *, data_range, channel_axis=-3, win_size=None, gauss
     metric = "ssim"
     x, y, _ = prepare_pair(images, reference, metric=metric, channel_axis=channel_axis)
     r = check_data_range(data_range, metric=metric)
-    w = _resolve_window(win_size, gaussian_weights, metric=metric)
-    _check_extent(x.shape[-2:], w, metric=metric)
-    s, _ = _ssim_means(x, y, data_range=r, win_size=w, gaussian_weights=gaussian_weights)
+    w = resolve_window(win_size, gaussian_weights, metric=metric)
+    check_extent(x.shape[-2:], w, metric=metric)
+    s, _ = ssim_means(x, y, data_range=r, win_size=w, gaussian_weights=gaussian_weights)
     return as_float_result(s.mean(axis=-1))
 
 
@@ -256,8 +256,8 @@ def ms_ssim(
     metric = "ms_ssim"
     x, y, _ = prepare_pair(images, reference, metric=metric, channel_axis=channel_axis)
     r = check_data_range(data_range, metric=metric)
-    w = _resolve_window(win_size, gaussian_weights, metric=metric)
-    _check_extent(x.shape[-2:], w, metric=metric)
+    w = resolve_window(win_size, gaussian_weights, metric=metric)
+    check_extent(x.shape[-2:], w, metric=metric)
     wts = np.asarray(weights, dtype=np.float64)
     if (
         wts.ndim != 1
@@ -276,7 +276,7 @@ def ms_ssim(
     wts = wts[:n] / wts[:n].sum()
     log_prod = 0.0
     for j in range(n):
-        s, cs = _ssim_means(x, y, data_range=r, win_size=w, gaussian_weights=gaussian_weights)
+        s, cs = ssim_means(x, y, data_range=r, win_size=w, gaussian_weights=gaussian_weights)
         term = s if j == n - 1 else cs
         with np.errstate(divide="ignore"):
             log_prod = log_prod + wts[j] * np.log(np.clip(term, 0.0, None))
@@ -388,11 +388,11 @@ def band_ssim(
     metric = "band_ssim"
     x, y, _ = prepare_pair(images, reference, metric=metric, channel_axis=channel_axis)
     r = check_data_range(data_range, metric=metric)
-    w = _resolve_window(win_size, gaussian_weights, metric=metric)
-    _check_extent(x.shape[-2:], w, metric=metric)
+    w = resolve_window(win_size, gaussian_weights, metric=metric)
+    check_extent(x.shape[-2:], w, metric=metric)
     bands = DEFAULT_BANDS if bands is None else bands
     # (..., C, n_bands, H, W) -> (..., n_bands, C, H, W)
     xb = np.moveaxis(np.asarray(band_pass(x, bands=bands), dtype=np.float64), -3, -4)
     yb = np.moveaxis(np.asarray(band_pass(y, bands=bands), dtype=np.float64), -3, -4)
-    s, _ = _ssim_means(xb, yb, data_range=r, win_size=w, gaussian_weights=gaussian_weights)
+    s, _ = ssim_means(xb, yb, data_range=r, win_size=w, gaussian_weights=gaussian_weights)
     return as_float_result(s.mean(axis=-1))

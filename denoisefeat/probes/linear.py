@@ -372,7 +372,8 @@ def fit(
             sums = _sums(kind, y, oof_predict(X, y, rows_group, fold, **fit_kw), rows_group, n_groups)
             shuffled_sums = []
             for perm in permutations:
-                y_perm = values[perm][rows_sample] if values.ndim == 1 else values[perm][rows_sample, positions[rows_step]]
+                permuted = values[perm]
+                y_perm = permuted[rows_sample] if values.ndim == 1 else permuted[rows_sample, positions[rows_step]]
                 yhat = oof_predict(X, y_perm, rows_group, fold, **fit_kw)
                 shuffled_sums.append(_sums(kind, y_perm, yhat, rows_group, n_groups))
             controls = shuffled_sums

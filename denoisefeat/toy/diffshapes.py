@@ -700,7 +700,8 @@ def render(objects: DiffShapesObjects, *, background) -> DiffShapesBatch:
         pixel_corners = np.arange(size + 1, dtype=np.float32) - 0.5
         corner_sdf = _shape_sdf(shape[:, 0], center[:, 0], radius[:, 0], rotation[:, 0], pixel_corners, pixel_corners)
         corner_inside = np.stack(
-            [corner_sdf[:, :-1, :-1], corner_sdf[:, :-1, 1:], corner_sdf[:, 1:, :-1], corner_sdf[:, 1:, 1:], primary_sdf]
+            [corner_sdf[:, :-1, :-1], corner_sdf[:, :-1, 1:], corner_sdf[:, 1:, :-1], corner_sdf[:, 1:, 1:],
+             primary_sdf]
         ) < 0
         # A boundary closer than 0.5 px to the centre lies inside the pixel too.
         edges = (corner_inside.any(axis=0) & ~corner_inside.all(axis=0)) | (np.abs(primary_sdf) < 0.5)

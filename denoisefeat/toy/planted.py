@@ -295,7 +295,8 @@ class PlantedDenoiser(ModelMixin, ConfigMixin):
             raise ValueError(f"labels has {len(labels)} entries for n_images={n_images}: give one per image.")
         # registered first: ModelMixin.dtype (what pipelines draw noise in) is the first floating
         # buffer's dtype, float32 as the scheduler's own alphas_cumprod
-        self.register_buffer("alphas_cumprod", _alphas_cumprod(num_train_timesteps, beta_start, beta_end, beta_schedule))
+        alphas_cumprod = _alphas_cumprod(num_train_timesteps, beta_start, beta_end, beta_schedule)
+        self.register_buffer("alphas_cumprod", alphas_cumprod)
         if pairs is None:
             batch = generate(n_images, seed=seed, size=sample_size, labels=labels, n_objects=n_objects,
                              background=background)
@@ -409,7 +410,9 @@ class FactorizedPlantedDenoiser(ModelMixin, ConfigMixin):
     n_details : int
         Detail images, an even number: ``n_details / 2`` objects drawn sharp and the same objects with a
         soft edge (:func:`~denoisefeat.toy.diffshapes.counterfactual_pairs`, ``edge_sharpness``).
-    sample_size, in_channels, seed, background, prediction_type, num_train_timesteps, beta_start, beta_end, beta_schedule
+    sample_size, in_channels, seed, background, prediction_type
+        As for :class:`PlantedDenoiser`.
+    num_train_timesteps, beta_start, beta_end, beta_schedule
         As for :class:`PlantedDenoiser`.
     band_cutoff : float
         The ideal low-pass cutoff in cycles per image.
@@ -464,7 +467,8 @@ class FactorizedPlantedDenoiser(ModelMixin, ConfigMixin):
         images = torch.from_numpy(details).double() * 2 - 1
         high = images - self._low(images)
         self.register_buffer("layout_labels", torch.from_numpy(layouts.label.astype(np.int64)))
-        self.register_buffer("detail_labels", torch.from_numpy(np.concatenate([sharp.label, soft.label]).astype(np.int64)))
+        detail_labels = np.concatenate([sharp.label, soft.label]).astype(np.int64)
+        self.register_buffer("detail_labels", torch.from_numpy(detail_labels))
         self.register_buffer("detail_sharp", torch.arange(n_details) < n_details // 2)
         self.layout_posterior = PosteriorWeights(low)
         self.layout = BandMean(low)

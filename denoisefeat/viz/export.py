@@ -20,7 +20,7 @@ class StaticExportError(RuntimeError):
     """Static export is impossible here: kaleido or a Chrome/Chromium browser is missing."""
 
 
-def _check_formats(formats) -> tuple[str, ...]:
+def check_formats(formats) -> tuple[str, ...]:
     if isinstance(formats, str):
         formats = (formats,)
     formats = tuple(str(f).lower().lstrip(".") for f in formats)
@@ -45,11 +45,6 @@ def write_static(figures: Sequence[go.Figure], directory, names: Sequence[str], 
     size : {"column", "page", "screen"}
         Width and font size given to figures whose width follows the page (their height is kept);
         see :data:`denoisefeat.viz.style.FIGURE_SIZES` (``"screen"``: 960 px).
-
-    Notes
-    -----
-    A still image shows a figure as it first appears (the last step of a step slider, the first
-    entry of each dropdown); sliders, buttons and menus are left out.
     dpi : int
         Resolution of raster formats: the scale is ``dpi / 96``.
 
@@ -62,8 +57,13 @@ def write_static(figures: Sequence[go.Figure], directory, names: Sequence[str], 
     ------
     StaticExportError
         kaleido is not installed (``pip install 'denoisefeat[static]'``) or finds no Chrome/Chromium.
+
+    Notes
+    -----
+    A still image shows a figure as it first appears (the last step of a step slider, the first
+    entry of each dropdown); sliders, buttons and menus are left out.
     """
-    formats = _check_formats(formats)
+    formats = check_formats(formats)
     if len(figures) != len(names):
         raise ValueError(f"{len(figures)} figures but {len(names)} names")
     if size not in FIGURE_SIZES:

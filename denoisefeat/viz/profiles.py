@@ -8,8 +8,9 @@ Curves show the *normalised progress* of a profile exactly as :func:`denoisefeat
 measures it (its ``progress`` variable, so the emergence and stabilisation markers sit on the
 curves): ``p(step) = (f(step) − f(first step)) / (f(last step) − f(first step))``, 0 at the first
 step and 1 at the final one whichever way the feature moves, with unbounded distances (ΔE, Hu
-moments) mapped through ``1/(1+d)`` first and a constant trajectory at ``p = 1``.  Time is the step index or the normalised time ``t/T = step / (T − 1)`` (0 at the
-first step, 1 at the last), which puts runs with different step counts on one axis.
+moments) mapped through ``1/(1+d)`` first and a constant trajectory at ``p = 1``.  Time is the step
+index or the normalised time ``t/T = step / (T − 1)`` (0 at the first step, 1 at the last), which
+puts runs with different step counts on one axis.
 """
 
 from __future__ import annotations

@@ -33,14 +33,14 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import xarray as xr
 
+from denoisefeat.metrics import luminance
+from denoisefeat.temporal import profile_names
 from denoisefeat.viz.activations import activation_change_heatmap
 from denoisefeat.viz.attribution import attribution_heatmap, correlation_heatmap, selectivity_map
 from denoisefeat.viz.export import write_static
-from denoisefeat.temporal import profile_names
 from denoisefeat.viz.profiles import emergence_curves
 from denoisefeat.viz.style import escape
 from denoisefeat.viz.trajectory import (
-    _gray,
     band_pass_grid,
     rapsd_curves,
     rapsd_heatmap,
@@ -128,7 +128,8 @@ def _run_spectra(run, *, n_bins=None, wavelet: str = "haar") -> xr.Dataset:
     images = run["images"]
     powers, approx, details, freq = [], [], [], None
     for chunk in run.store.sample_chunks():
-        gray = _gray(np.asarray(images.isel(sample=chunk).values, dtype=np.float64))  # (s, t, H, W)
+        rgb = np.clip(np.asarray(images.isel(sample=chunk).values, dtype=np.float64), 0.0, 1.0)
+        gray = luminance(rgb)  # (s, t, H, W)
         spectrum = radial_power_spectrum(gray, n_bins=n_bins)
         powers.append(spectrum.power)
         freq = spectrum.freq
@@ -472,9 +473,9 @@ def build_report(run, out, *, title: str | None = None, static_dir=None, static_
     if not out.parent.is_dir():
         raise FileNotFoundError(f"cannot write {str(out)!r}: the folder {str(out.parent)!r} does not exist")
     if static_dir is not None:
-        from denoisefeat.viz.export import _check_formats
+        from denoisefeat.viz.export import check_formats
 
-        static_formats = _check_formats(static_formats)
+        static_formats = check_formats(static_formats)
     title = title if title is not None else f"denoisefeat report: {run.attrs.get('model_id', 'run')}"
     notes: list[str] = []
     sections: list[_Section] = []

@@ -18,6 +18,7 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from denoisefeat.frequency import DEFAULT_BANDS, band_pass
+from denoisefeat.metrics import luminance
 from denoisefeat.viz._images import png_uri, to_uint8
 from denoisefeat.viz.style import DIVERGING, SEQUENTIAL, apply_style, axis_title, escape
 
@@ -153,13 +154,6 @@ def step_image_grid(run, *, samples=None, steps=None, ncols: int | None = None, 
     return fig
 
 
-def _gray(images: np.ndarray) -> np.ndarray:
-    """(..., 3, H, W) RGB in [0, 1] → (..., H, W) luminance (scikit-image's rgb2gray weights)."""
-    from skimage.color import rgb2gray
-
-    return rgb2gray(np.moveaxis(np.clip(images, 0.0, 1.0), -3, -1))
-
-
 def band_pass_grid(run, *, sample: int = 0, steps=None, bands: Mapping = DEFAULT_BANDS,
                    size: str = "screen") -> go.Figure:
     """One sample's x̂0 and its band-pass images, with a slider over the denoising steps.
@@ -194,7 +188,8 @@ def band_pass_grid(run, *, sample: int = 0, steps=None, bands: Mapping = DEFAULT
     (sample_idx,) = _indices([sample], images.sizes["sample"], name="samples")
     step_idx = _indices(steps, images.sizes["step"], name="steps")
     rgb = images.isel(sample=sample_idx, step=step_idx).values  # (t, 3, H, W)
-    parts = np.asarray(band_pass(_gray(rgb), bands=bands), dtype=np.float32)  # (t, n_bands, H, W)
+    gray = luminance(np.clip(rgb, 0.0, 1.0))
+    parts = np.asarray(band_pass(gray, bands=bands), dtype=np.float32)  # (t, n_bands, H, W)
     names = list(bands)
     step_values = [int(v) for v in images["step"].values[step_idx]]
     timesteps = _timesteps(run, step_idx)
