@@ -181,3 +181,21 @@ def test_public_function_has_numpydoc_sections(name):
 
     errors = [f"{code} {message}" for code, message in validate(name)["errors"] if code in SECTION_CHECKS]
     assert errors == [], name
+
+
+def test_readme_architecture_draws_the_contract_layers():
+    """The README's picture of the layers (one row per layer, highest first) is the contract's."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+    config = tomllib.loads((ROOT.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    (contract,) = config["tool"]["importlinter"]["contracts"]
+    layers = [sorted(name.strip().removeprefix("denoisefeat.") for name in layer.split("|"))
+              for layer in contract["layers"]]
+    readme = (ROOT.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Architecture", 1)[1].split("\n## ", 1)[0]
+    picture = section.split("```", 2)[1]
+    rows = [line.split("  ", 1)[0] for line in picture.splitlines()[1:] if line.strip()]
+    drawn = [sorted(name.strip() for name in row.split("│")) for row in rows if row]
+    assert drawn == layers
