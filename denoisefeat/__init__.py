@@ -15,12 +15,13 @@ from denoisefeat._version import __version__
 _LAZY = {
     "load_pipeline": "denoisefeat.models",
     "trace": "denoisefeat.trajectory",
+    "features": "denoisefeat.step_features",
     "open_run": "denoisefeat.store",
     "Run": "denoisefeat.store",
 }
 _SUBMODULES = (
-    "steps", "models", "pipelines", "trajectory", "store", "schedulers", "frequency", "metrics", "features", "temporal",
-    "hooks", "probes", "analyses", "viz", "jobs", "tiny", "toy",
+    "steps", "models", "pipelines", "trajectory", "store", "schedulers", "frequency", "metrics", "step_features",
+    "temporal", "hooks", "probes", "analyses", "viz", "jobs", "tiny", "toy",
 )
 
 __all__ = ["__version__", *_LAZY, *_SUBMODULES]

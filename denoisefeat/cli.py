@@ -269,7 +269,7 @@ def analyze(
     """Compute per-step features into STORE's features/ group, then print when each feature emerges."""
     from rich.markup import escape
 
-    from denoisefeat.features import features
+    from denoisefeat.step_features import features
     from denoisefeat.temporal import emergence_order, profiles
 
     names = None if metrics is None else [m.strip() for m in metrics.split(",") if m.strip()]
@@ -517,7 +517,7 @@ def attribute_stats(
     from denoisefeat.analyses.correlation import activity, correlate, feature_change
     from denoisefeat.analyses.regression import regress
     from denoisefeat.analyses.table import write_attribution
-    from denoisefeat.features import load_features
+    from denoisefeat.step_features import load_features
     from denoisefeat.store import open_run
 
     if method not in ("correlation", "regression"):

@@ -176,7 +176,7 @@ def summarize(store, *, report: Path | None = None) -> DemoSummary:
     DemoSummary
     """
     from denoisefeat.analyses.table import attribution_names, rank, read_attribution
-    from denoisefeat.features import load_features
+    from denoisefeat.step_features import load_features
     from denoisefeat.temporal import profiles
 
     store = Path(store)
@@ -259,10 +259,10 @@ def run_demo(out, *, quick: bool = False, overwrite: bool = False,
     """
     from denoisefeat.analyses.ablation import ablation_scan
     from denoisefeat.analyses.table import write_attribution
-    from denoisefeat.features import features
     from denoisefeat.hooks import list_layers
     from denoisefeat.models import load_pipeline
     from denoisefeat.probes import final_feature_targets, label_targets, probe_table
+    from denoisefeat.step_features import features
     from denoisefeat.store import StoreError, open_run
     from denoisefeat.trajectory import trace
     from denoisefeat.viz.report import build_report

@@ -584,6 +584,23 @@ class RunStore:
     def chunk_samples(self) -> int:
         return int(self.group.attrs["layout"]["chunk_samples"])
 
+    def holds(self, name: str) -> bool:
+        """Whether the store has the group or array ``name``, also one written after the metadata was
+        consolidated (the consolidated copy does not list it).
+
+        Parameters
+        ----------
+        name : str
+            A path inside the store, e.g. ``"features"`` or ``"attribution"``.
+
+        Returns
+        -------
+        bool
+        """
+        if name in self.group:
+            return True
+        return self.path is not None and (self.path / name / "zarr.json").is_file()
+
     def differing_attrs(self, run_attrs: Mapping) -> list[str]:
         """Keys whose values differ between ``run_attrs`` and the store's (empty: the same run)."""
         new, old = _jsonable(dict(run_attrs)), self.run_attrs

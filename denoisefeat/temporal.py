@@ -1,7 +1,7 @@
 """When features emerge and stabilise during denoising, and how runs compare.
 
 A *profile* is one feature trajectory per sample: a variable of a features Dataset
-(:func:`denoisefeat.features.features`) with dims ``(sample, step)``, or one band of a
+(:func:`denoisefeat.features`) with dims ``(sample, step)``, or one band of a
 ``(sample, step, band)`` variable, named ``variable[band]`` (``band_relative_error[low]``).
 
 Progress
@@ -15,7 +15,7 @@ falls and a similarity that rises both go from 0 to 1).  Rules for awkward value
 
 * **Unbounded distances** — variables whose attributes declare the range ``[0, ∞)`` with
   direction "lower is closer" (``band_relative_error``, ``delta_e2000``,
-  ``hu_moment_distance`` as :func:`denoisefeat.features.features` writes them) — are normalised
+  ``hu_moment_distance`` as :func:`denoisefeat.features` writes them) — are normalised
   on the bounded similarity scale ``1 / (1 + d)`` (``scale`` coordinate ``"1/(1+d)"``).  On the
   linear scale the first step dominates: x̂0 at ᾱ ≈ 0 is far off (its high band can be a hundred
   times the final band's energy), so every later step would look converged.  On the bounded
@@ -293,7 +293,7 @@ def profiles(features: xr.Dataset, *, variables=None, tolerance: float = 0.1, n_
     Parameters
     ----------
     features : xarray.Dataset
-        Per-step features (:func:`denoisefeat.features.features`): variables with dims
+        Per-step features (:func:`denoisefeat.features`): variables with dims
         ``(sample, step)`` or ``(sample, step, band)``; a ``step`` coordinate (default
         ``0 … T−1``) and optionally ``alpha_bar`` and ``timestep`` along ``step``.
     variables : str or sequence of str, optional

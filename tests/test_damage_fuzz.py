@@ -33,8 +33,8 @@ def _normal(output: str, store: str) -> str:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    from denoisefeat.features import features
     from denoisefeat.models import load_pipeline
+    from denoisefeat.step_features import features
     from denoisefeat.trajectory import trace
 
     folder = tmp_path_factory.mktemp("fuzz")

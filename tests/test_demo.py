@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 from denoisefeat.analyses.table import rank, read_attribution
 from denoisefeat.cli import app
 from denoisefeat.demo import DEMO_FEATURES, QUICK
-from denoisefeat.features import load_features
 from denoisefeat.models import TOY_WEIGHTS
+from denoisefeat.step_features import load_features
 from denoisefeat.store import open_run
 
 pytestmark = pytest.mark.skipif(not (TOY_WEIGHTS / "model_index.json").is_file(),

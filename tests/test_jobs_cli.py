@@ -73,7 +73,7 @@ def test_validate_and_dry_run(spec):
 
 @pytest.mark.slow
 def test_all_in_a_process_pool_then_merge(spec):
-    from denoisefeat.features import load_features
+    from denoisefeat.step_features import load_features
     from denoisefeat.store import open_run
 
     runner = CliRunner()

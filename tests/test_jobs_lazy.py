@@ -9,7 +9,7 @@ from denoisefeat.trajectory import trace
 
 def test_reductions_read_only_the_chunks_they_need(tmp_path, tiny_pipes):
     dask = pytest.importorskip("dask")
-    from denoisefeat.features import features, load_features
+    from denoisefeat.step_features import features, load_features
 
     store = tmp_path / "run.zarr"
     trace(tiny_pipes["tiny-class-unet"], samples=6, class_labels=[0, 1, 2, 3, 0, 1], steps=3, batch_size=2,

@@ -41,7 +41,7 @@ def _assert_same_store(got: Path, ref: Path, *, group=None):
 
 
 def test_tasks_in_any_order_equal_one_trace_and_features(tmp_path, tiny_pipes):
-    from denoisefeat.features import features
+    from denoisefeat.step_features import features
 
     spec = _spec(tmp_path, features={"metrics": ["edge_density", "colorfulness"], "batch_size": 3})
     grid = task_grid(spec)

@@ -128,7 +128,7 @@ def test_check_lists_damage_and_repair_restores_bit_for_bit(complete, tmp_path):
 
 
 def test_truncated_feature_chunk_is_reported(pipe, complete):
-    from denoisefeat.features import features
+    from denoisefeat.step_features import features
 
     features(complete, metrics=["edge_density"])
     name = next(p for p in (complete / "features").iterdir() if p.is_dir() and p.name != "complete")

@@ -60,7 +60,7 @@ def test_unconditional_sampling_works():
 
 def test_frequency_bands_settle_coarse_to_fine(tmp_path):
     """MISSION.md's known order on the trained model: low band before mid before high (16 samples x 50 steps)."""
-    from denoisefeat.features import features
+    from denoisefeat.step_features import features
     from denoisefeat.temporal import profiles
     from denoisefeat.toy.diffshapes import COLORS, SHAPES, TEXTURES
     from denoisefeat.trajectory import trace

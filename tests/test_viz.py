@@ -494,16 +494,10 @@ def test_report_sections_follow_the_store(run, tmp_path):
 
 
 def _write_features(run, feats: xr.Dataset) -> None:
-    """Put per-step features into the store: with denoisefeat.features when it exists."""
-    if importlib.util.find_spec("denoisefeat.features") is not None:
-        from denoisefeat.features import features
+    """Put per-step features into the store."""
+    from denoisefeat.step_features import features
 
-        features(run)
-    else:
-        import zarr
-
-        feats.to_zarr(str(run.path), group="features", mode="w", zarr_format=3, consolidated=False)
-        zarr.consolidate_metadata(str(run.path))  # as a writer does after the last write
+    features(run)
 
 
 @pytest.mark.filterwarnings("ignore:Consolidated metadata", "ignore:The data type")

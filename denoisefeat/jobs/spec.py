@@ -132,7 +132,7 @@ class Config:
 
 @dataclass(frozen=True)
 class FeaturesSpec:
-    """``[features]``: arguments of :func:`denoisefeat.features.features`."""
+    """``[features]``: arguments of :func:`denoisefeat.features`."""
 
     metrics: tuple[str, ...] | None = None
     wavelet: str = "haar"

@@ -4,7 +4,7 @@ Kinds of task (:func:`~denoisefeat.jobs.spec.task_grid`):
 
 * ``extract``: :func:`denoisefeat.trace` of the task's sample chunks into its configuration's
   store (``resume=True, only_samples=...``);
-* ``features``: :func:`denoisefeat.features.features` of the task's sample chunks;
+* ``features``: :func:`denoisefeat.features` of the task's sample chunks;
 * ``ablation``: :func:`denoisefeat.analyses.ablation.ablation_scan` of one layer entry, window and
   method; its table goes to ``<jobs>/ablation/<task id>.json`` until ``jobs merge``.
 
@@ -165,7 +165,7 @@ def _extract(spec: JobSpec, task: Task) -> None:
 
 
 def _features(spec: JobSpec, task: Task) -> None:
-    from denoisefeat.features import features
+    from denoisefeat.step_features import features
     from denoisefeat.store import IncompleteRunError
 
     feats = spec.features

@@ -130,7 +130,7 @@ def emergence_curves(features: xr.Dataset, *, variables=None, profiles: xr.Datas
     ----------
     features : xarray.Dataset
         Per-step features, variables with dims ``(sample, step)`` or ``(sample, step, band)``
-        (:func:`denoisefeat.features.features`).
+        (:func:`denoisefeat.features`).
     variables : str or sequence of str, optional
         Profiles to draw: variable names (a band variable gives one curve per band) or
         ``variable[band]``; default every profile.

@@ -21,7 +21,6 @@ names) is HTML-escaped.
 from __future__ import annotations
 
 import datetime
-import importlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import xarray as xr
 
 from denoisefeat.metrics import luminance
 from denoisefeat.temporal import profile_names
+from denoisefeat.temporal import profiles as temporal_profiles
 from denoisefeat.viz.activations import activation_change_heatmap
 from denoisefeat.viz.attribution import attribution_heatmap, correlation_heatmap, selectivity_map
 from denoisefeat.viz.export import write_static
@@ -73,27 +73,17 @@ class _Section:
 
 # -- data the store holds ------------------------------------------------------------------------
 
-def _holds(run, name: str) -> bool:
-    """Whether the store has group ``name`` (also when written after its metadata was consolidated)."""
-    if name in run.store.group:
-        return True
-    return run.path is not None and (Path(run.path) / name / "zarr.json").is_file()
-
-
 def _load_features(run) -> xr.Dataset | None:
-    if not _holds(run, "features"):
+    if not run.store.holds("features"):
         return None
-    try:
-        from denoisefeat.features import load_features
-    except ImportError:  # an older install without denoisefeat.features: read the group directly
-        return xr.open_zarr(str(run.path) if run.path is not None else run.store.group.store, group="features",
-                            zarr_format=3, consolidated=False, chunks=None)
+    from denoisefeat.step_features import load_features
+
     return load_features(run)
 
 
 def _load_attribution(run, notes: list[str]) -> pd.DataFrame | None:
     """Every current attribution table of the store; tables of an older format are named in ``notes``."""
-    if not _holds(run, "attribution"):
+    if not run.store.holds("attribution"):
         return None
     from denoisefeat.analyses.table import StaleTableError, attribution_names, read_attribution
 
@@ -110,15 +100,6 @@ def _load_attribution(run, notes: list[str]) -> pd.DataFrame | None:
     if table["table"].nunique() > 1:
         table = table.assign(method=table["method"].astype(str) + " · " + table["table"].astype(str))
     return table
-
-
-def _profiles(features: xr.Dataset, notes: list[str]) -> xr.Dataset | None:
-    try:
-        temporal = importlib.import_module("denoisefeat.temporal")
-    except ImportError:
-        notes.append("Emergence and stabilisation markers need denoisefeat.temporal, which is not installed.")
-        return None
-    return temporal.profiles(features)
 
 
 def _run_spectra(run, *, n_bins=None, wavelet: str = "haar") -> xr.Dataset:
@@ -237,7 +218,7 @@ def _feature_section(features: xr.Dataset) -> _Section:
     section = _Section("profiles", "Feature profiles",
                        "When each feature emerges: the normalised progress of each per-step feature from its "
                        "value at the first step (0) to its value at the final step (1).")
-    profiles = _profiles(features, section.notes)
+    profiles = temporal_profiles(features)
     names = profile_names(features)
     scalar = [n for n in names if "[" not in n]
     band_vars = [str(v) for v, var in features.data_vars.items() if set(var.dims) == {"sample", "step", "band"}]

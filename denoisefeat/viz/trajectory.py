@@ -274,7 +274,7 @@ def rapsd_heatmap(rapsd: xr.DataArray, *, sample: int | None = None, include_dc:
     ----------
     rapsd : xarray.DataArray
         Dims ``(sample, step, freq)`` (``sample`` optional), a ``freq`` coordinate in cycles/pixel;
-        the ``rapsd`` variable of :func:`denoisefeat.features.features`.
+        the ``rapsd`` variable of :func:`denoisefeat.features`.
     sample : int, optional
         One sample; default the mean power over samples.
     include_dc : bool
@@ -362,7 +362,7 @@ def wavelet_heatmap(energy: xr.DataArray, *, sample: int | None = None, relative
     ----------
     energy : xarray.DataArray
         Dims ``(sample, step, level, orientation)`` (``sample`` optional); the ``wavelet_energy``
-        variable of :func:`denoisefeat.features.features`.  Subbands that are NaN at every step
+        variable of :func:`denoisefeat.features`.  Subbands that are NaN at every step
         (e.g. an approximation that exists at the coarsest level only) are left out.
     sample : int, optional
         One sample; default the mean over samples.

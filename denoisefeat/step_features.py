@@ -64,8 +64,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import sys
-import types
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -149,7 +147,7 @@ def _features_group(store):
     if _GROUP not in store.group:
         where = str(store.path) if store.path is not None else "this in-memory run"
         raise ValueError(
-            f"No features computed for {where}. Compute them with denoisefeat.features.features(run) "
+            f"No features computed for {where}. Compute them with denoisefeat.features(run) "
             f"(CLI: `denoisefeat analyze {store.path or 'RUN.zarr'}`)."
         )
     return store.group[_GROUP]
@@ -653,18 +651,3 @@ def load_features(run, *, allow_incomplete: bool = False):
                                   attrs=dict(array.attrs))
     ds = xr.Dataset(data, coords=coords, attrs={"config": config, "run": str(store.path or "in memory")})
     return ds.assign_coords(computed=("sample", done))
-
-
-class _CallableModule(types.ModuleType):
-    """``denoisefeat.features(run)`` calls :func:`features`.
-
-    The module and its main function share a name, and Python binds ``denoisefeat.features`` to
-    the module as soon as it is imported; making the module callable keeps ``dft.features(run)``
-    (the documented notebook call) and ``dft.features.load_features`` both working.
-    """
-
-    def __call__(self, *args, **kwargs):
-        return features(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
