@@ -300,26 +300,9 @@ def fit(
     if values.dtype.kind in "fc" and not np.all(np.isfinite(values)):
         raise ValueError("target has NaN or infinite values; drop those samples from acts and target first.")
     kind = resolve_kind(kind, values)
-    if kind == "logistic":
-        classes, codes = np.unique(values.astype(str) if values.dtype.kind in "OUS" else values, return_inverse=True)
-        if len(classes) < 2:
-            raise ValueError(f"A classification target needs at least 2 classes; it has only {classes.tolist()}.")
-        values = codes.reshape(values.shape)
-    elif values.dtype.kind not in "fiub":
-        raise ValueError(f"A ridge probe needs a numeric target; got dtype {values.dtype}. Use kind='logistic'.")
-    else:
-        values = values.astype(float)
-        if np.ptp(values) == 0:  # R² of a constant target is undefined: every score would be NaN
-            raise ValueError(f"The target is constant ({values.flat[0]:g} for every sample): a ridge probe has "
-                             "nothing to predict. Choose a target that varies across samples.")
+    values, classes = _encoded_target(values, kind)
     if control is not None:
-        control = check_acts(control, name="control")
-        if "branch" in control.dims:
-            raise ValueError("control must have no 'branch' dim; select one (control.sel(branch='cond')).")
-        try:
-            control = control.sel(sample=acts["sample"].values, step=acts["step"].values)
-        except KeyError as error:
-            raise ValueError(f"control must have every sample and step of the activations: {error}") from None
+        control = _aligned_control(control, acts)
     if not isinstance(n_shuffles, (int, np.integer)) or n_shuffles < 0:
         raise ValueError(f"n_shuffles must be a non-negative integer; got {n_shuffles!r}.")
     if control is None and n_shuffles == 0:
@@ -427,6 +410,33 @@ def fit(
     if kind == "logistic":
         result.attrs["classes"] = [c.item() if hasattr(c, "item") else c for c in classes]
     return result.squeeze("branch", drop=True) if branches == [None] else result
+
+
+def _encoded_target(values: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The target as the probe fits it: class codes (and the classes) for logistic, floats for ridge."""
+    if kind == "logistic":
+        classes, codes = np.unique(values.astype(str) if values.dtype.kind in "OUS" else values, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(f"A classification target needs at least 2 classes; it has only {classes.tolist()}.")
+        return codes.reshape(values.shape), classes
+    if values.dtype.kind not in "fiub":
+        raise ValueError(f"A ridge probe needs a numeric target; got dtype {values.dtype}. Use kind='logistic'.")
+    values = values.astype(float)
+    if np.ptp(values) == 0:  # R² of a constant target is undefined: every score would be NaN
+        raise ValueError(f"The target is constant ({values.flat[0]:g} for every sample): a ridge probe has "
+                         "nothing to predict. Choose a target that varies across samples.")
+    return values, None
+
+
+def _aligned_control(control, acts: xr.DataArray) -> xr.DataArray:
+    """Control features checked and selected at the activations' samples and steps."""
+    control = check_acts(control, name="control")
+    if "branch" in control.dims:
+        raise ValueError("control must have no 'branch' dim; select one (control.sel(branch='cond')).")
+    try:
+        return control.sel(sample=acts["sample"].values, step=acts["step"].values)
+    except KeyError as error:
+        raise ValueError(f"control must have every sample and step of the activations: {error}") from None
 
 
 def _design(window: xr.DataArray, *, name: str = "acts"):
