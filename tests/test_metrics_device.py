@@ -67,6 +67,15 @@ def test_constant_and_identical_images():
     assert got["psnr"][1, 1] == np.inf
 
 
+def test_plateaus_and_odd_sizes_of_the_pixel_comparisons():
+    """LBP compares 8-bit neighbours with >=, Otsu and GLCM bin pixels: ties and odd sizes must agree too."""
+    rng = np.random.default_rng(3)
+    images = np.round(rng.random((2, 2, 3, 21, 26)) * 4) / 4  # plateaus everywhere
+    reference = rng.random((2, 1, 3, 21, 26))
+    names = ["lbp_distance", "mask_iou", "hu_moment_distance", "glcm_contrast", "glcm_correlation"]
+    _assert_equal_to_reference(images, reference, names=names)
+
+
 def test_selection_broadcasts_and_keeps_registry_order():
     images, reference = _trajectory()
     names = ["colorfulness", "ssim", "edge_f1"]

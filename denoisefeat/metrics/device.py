@@ -18,12 +18,13 @@ Where each metric runs
   pixels, piecewise constant in the images): ``glcm_*`` (grey-level quantisation),
   ``mask_iou`` and ``hu_moment_distance`` (Otsu masks), ``object_mask_iou`` (coverage > 0.5),
   ``object_color_distance`` (a median colour over a mask: differentiable almost everywhere in
-  principle, but through a sort; treat as not), ``hue_histogram_distance`` (hue bins).
+  principle, but through a sort; treat as not), ``hue_histogram_distance`` (hue bins),
+  ``lbp_distance`` (comparisons of 8-bit neighbours).
 * **On the CPU** (the tensors go to the host, the numpy metric runs there, the values come
   back): ``edge_density``, ``edge_sharpness``, ``edge_precision``, ``edge_recall``,
   ``edge_f1`` (scikit-image's Canny: its hysteresis is a connected-component labelling, a
-  sequential flood fill, and its boolean edge maps must match the reference pixel for pixel),
-  and ``lbp_distance`` (scikit-image's interpolated local binary patterns; not ported yet).
+  sequential flood fill, and its boolean edge maps must match the reference pixel for pixel;
+  a device port, e.g. hysteresis by iterated dilation, is possible but not done yet).
   :data:`HOST_METRICS` names them.
 
 Ground-truth metrics (``*_gt``) are not served here: a run has no ground truth.
@@ -160,6 +161,61 @@ def _glcm(x, y):
             corr,
         ], dim=-1))
     return torch.stack(props).mean(dim=0).reshape(*lead, 4)
+
+
+_LBP_P, _LBP_R = 8, 1.0  # the registry's lbp_distance: 8 neighbours at radius 1, "uniform" codes
+
+
+def _lbp_histogram(lum):
+    """Uniform LBP histograms (..., P + 2) of the interior pixels, as scikit-image's
+    ``local_binary_pattern(u8, P, R, "uniform")`` on the 8-bit luminance.
+
+    The neighbours are read at scikit-image's rounded offsets by its bilinear interpolation
+    (the same float operations, per pixel, so that the ``>=`` comparisons agree); a code is the
+    number of neighbours at least the centre when the circular pattern, read from neighbour 0 to
+    P - 1, changes at most twice, else P + 1.
+    """
+    P, R = _LBP_P, _LBP_R
+    u8 = torch.round(torch.clamp(lum, 0.0, 1.0) * 255.0)
+    lead, (H, W) = lum.shape[:-2], lum.shape[-2:]
+    img = u8.reshape(-1, H, W)
+    b = math.ceil(R)
+    if H <= 2 * b or W <= 2 * b:
+        raise ValueError(f"lbp: images of {(H, W)} pixels have no pixel at least R={R} from the border")
+    angles = 2 * np.pi * np.arange(P, dtype=np.float64) / P
+    rp, cp = np.round(-R * np.sin(angles), 5), np.round(R * np.cos(angles), 5)
+    rows = np.arange(b, H - b, dtype=np.float64)
+    cols = np.arange(b, W - b, dtype=np.float64)
+    centre = img[:, b:H - b, b:W - b]
+    bits = []
+    for i in range(P):
+        r, c = rows + rp[i], cols + cp[i]  # positions as scikit-image forms them, per row / column
+        r0, c0 = np.floor(r), np.floor(c)
+        dr = torch.as_tensor(r - r0, dtype=lum.dtype, device=lum.device)[:, None]
+        dc = torch.as_tensor(c - c0, dtype=lum.dtype, device=lum.device)[None, :]
+        r0, r1 = r0.astype(np.int64), np.ceil(r).astype(np.int64)
+        c0, c1 = c0.astype(np.int64), np.ceil(c).astype(np.int64)
+
+        def at(rr, cc):
+            return img[:, torch.as_tensor(rr, device=lum.device)][:, :, torch.as_tensor(cc, device=lum.device)]
+
+        top = (1 - dc) * at(r0, c0) + dc * at(r0, c1)
+        bottom = (1 - dc) * at(r1, c0) + dc * at(r1, c1)
+        bits.append(((1 - dr) * top + dr * bottom) - centre >= 0)
+    bits = torch.stack(bits)  # (P, n, h, w)
+    changes = (bits[:-1] != bits[1:]).sum(dim=0)
+    codes = torch.where(changes <= 2, bits.sum(dim=0), torch.full_like(changes, P + 1)).reshape(img.shape[0], -1)
+    hist = torch.zeros(img.shape[0], P + 2, dtype=lum.dtype, device=lum.device)
+    hist.scatter_add_(1, codes, torch.ones_like(codes, dtype=lum.dtype))
+    return (hist / codes.shape[1]).reshape(*lead, P + 2)
+
+
+def _lbp(x, y):
+    """Chi-square distance between the uniform LBP histograms of the images and the reference."""
+    h, g = _lbp_histogram(ops.luminance(x)), _lbp_histogram(ops.luminance(y))
+    s = h + g
+    terms = torch.where(s > 0, (h - g) ** 2 / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(s))
+    return 0.5 * terms.sum(dim=-1)
 
 
 def _wavelet(x, y):
@@ -471,6 +527,7 @@ _GROUPS: dict[Callable, tuple[str, ...]] = {
     _psnr: ("psnr",),
     _band_ssim: ("lowpass_ssim", "band_ssim_mid", "band_ssim_high"),
     _glcm: ("glcm_contrast", "glcm_homogeneity", "glcm_energy", "glcm_correlation"),
+    _lbp: ("lbp_distance",),
     _wavelet: ("wavelet_texture_energy",),
     _mask_group: ("mask_iou", "hu_moment_distance"),
     _lab_group: ("lab_l", "lab_a", "lab_b", "delta_e2000", "color_consistency"),
