@@ -32,7 +32,7 @@ from denoisefeat.metrics.device import HOST_METRICS, device_metrics
 from denoisefeat.toy.diffshapes import generate
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine
+from _common import machine, timed  # noqa: E402
 
 
 def trajectory(size, S, T):
