@@ -84,6 +84,17 @@ def test_selection_broadcasts_and_keeps_registry_order():
     assert list(got) == [n for n in METRICS if n in names]
 
 
+def test_large_images_take_the_running_sum_and_slice_filters():
+    """Above 128 px the SSIM windows are running sums (float64) or shifted-slice sums (float32)."""
+    images, reference = _trajectory((136, 130), S=1, T=2)
+    names = ["ssim", "ms_ssim", "band_ssim_high"]
+    _assert_equal_to_reference(images, reference, names=names)
+    expected = compute_metrics(images, reference, names=names)
+    got = device_metrics(torch.from_numpy(images).float(), torch.from_numpy(reference).float(), names=names)
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name].numpy(), value, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
 def test_float32_is_close():
     images, reference = _trajectory()
     expected = compute_metrics(images, reference, names=["ssim", "ms_ssim", "psnr", "delta_e2000"])

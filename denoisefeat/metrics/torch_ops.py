@@ -19,7 +19,6 @@ import functools
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 __all__ = [
     "delta_e_ciede2000",
@@ -82,8 +81,22 @@ def valid_filter(a: torch.Tensor, taps: tuple[float, ...]) -> torch.Tensor:
     H, W = a.shape[-2:]
     if max(H, W) <= _MATRIX_MAX_SIDE:
         return _band_matrix(H, taps, a) @ a @ _band_matrix(W, taps, a).T
+    if a.dtype == torch.float64 and len(set(taps)) == 1:  # a box: running sums, O(1) per pixel
+        return _box_sum(_box_sum(a, k, -2), k, -1) * (taps[0] * taps[0])
     rows = sum(w * a[..., i:H - k + 1 + i, :] for i, w in enumerate(taps))
     return sum(w * rows[..., i:W - k + 1 + i] for i, w in enumerate(taps))
+
+
+def _box_sum(a: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """Sums of ``k`` consecutive values along ``dim`` (valid part), from one cumulative sum.
+
+    Used in float64 only: the differences of a float32 cumulative sum lose the small local
+    variances that SSIM divides by.
+    """
+    c = torch.cumsum(a, dim=dim)
+    n = a.shape[dim]
+    head = c.narrow(dim, k - 1, 1)
+    return torch.cat([head, c.narrow(dim, k, n - k) - c.narrow(dim, 0, n - k)], dim=dim)
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
@@ -180,21 +193,34 @@ def masked_median(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return 0.5 * (torch.nanmedian(v, dim=-1).values - torch.nanmedian(-v, dim=-1).values)
 
 
+def _dilate_once(m: torch.Tensor) -> torch.Tensor:
+    """One 3 x 3 square dilation of boolean (n, H, W) masks, as two separable 3-tap ORs."""
+    r = m.clone()
+    r[:, :, 1:] |= m[:, :, :-1]
+    r[:, :, :-1] |= m[:, :, 1:]
+    out = r.clone()
+    out[:, 1:] |= r[:, :-1]
+    out[:, :-1] |= r[:, 1:]
+    return out
+
+
 def dilate(mask: torch.Tensor, iterations: int) -> torch.Tensor:
     """Binary dilation of (n, H, W) masks by a 3 x 3 square, ``iterations`` times (outside = 0)."""
-    x = mask.to(torch.float32)[:, None]
     for _ in range(iterations):
-        x = F.max_pool2d(x, 3, stride=1, padding=1)
-    return x[:, 0] > 0.5
+        mask = _dilate_once(mask)
+    return mask
 
 
 def erode(mask: torch.Tensor, iterations: int) -> torch.Tensor:
     """Binary erosion by a 3 x 3 square, ``iterations`` times; outside the image is background,
-    as :func:`scipy.ndimage.binary_erosion` (``border_value=0``)."""
-    x = (~mask).to(torch.float32)[:, None]
+    as :func:`scipy.ndimage.binary_erosion` (``border_value=0``): the erosion of the mask is the
+    complement of the dilation of its complement with the outside counted as set."""
     for _ in range(iterations):
-        x = F.max_pool2d(F.pad(x, (1, 1, 1, 1), value=1.0), 3, stride=1)
-    return x[:, 0] < 0.5
+        grown = _dilate_once(~mask)
+        grown[:, 0] = grown[:, -1] = True  # the (background) outside reaches the border pixels
+        grown[:, :, 0] = grown[:, :, -1] = True
+        mask = ~grown
+    return mask
 
 
 def otsu_thresholds(planes: torch.Tensor) -> torch.Tensor:
