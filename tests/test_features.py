@@ -233,3 +233,7 @@ def test_device_path_stores_the_same_features(computed, fresh):
         np.testing.assert_allclose(got[name].values, expected[name].values, rtol=2e-6, atol=1e-6, err_msg=name)
     with pytest.raises(ValueError, match="device="):
         features(open_run(fresh), device="no-such-device", overwrite=True)
+    from denoisefeat.cli import app
+
+    result = CliRunner().invoke(app, ["analyze", str(fresh), "--device", "no-such-device"])
+    assert result.exit_code != 0 and "device=" in result.output and "Traceback" not in result.output
