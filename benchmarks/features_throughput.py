@@ -28,7 +28,7 @@ from skimage import metrics as skm
 
 import denoisefeat.metrics as M
 from denoisefeat.frequency import DEFAULT_BANDS, band_pass
-from denoisefeat.metrics.device import HOST_METRICS, device_metrics
+from denoisefeat.metrics.device import device_metrics
 from denoisefeat.toy.diffshapes import generate
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -99,13 +99,11 @@ def throughput(size, S, T, device, repeat):
     n = S * T
     x64, r64 = torch.from_numpy(traj).to(device), torch.from_numpy(ref).to(device)
     x32, r32 = x64.float(), r64.float()
-    device_only = [m for m in M.compute_metrics(traj[:1, :1], ref[:1]) if m not in HOST_METRICS]
     t = {
         "naive_loop": best(lambda: [naive_one(traj[i, j], ref[i, 0]) for i in range(S) for j in range(T)], 1),
         "compute_metrics": best(lambda: M.compute_metrics(traj, ref), repeat),
         "device_metrics_float64": best(lambda: device_metrics(x64, r64), repeat),
         "device_metrics_float32": best(lambda: device_metrics(x32, r32), repeat),
-        "device_only_float64": best(lambda: device_metrics(x64, r64, names=device_only), repeat),
     }
     return {
         "size": size, "images": n,
@@ -163,7 +161,7 @@ def main():
         results.append(throughput(size, n // 4, 4, args.device, args.repeats))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     out = {"benchmark": "features_throughput", "device": args.device, "machine": machine(),
-           "host_metrics": list(HOST_METRICS), "throughput": results}
+           "throughput": results}
     if args.run_samples > 0:
         out["analysis_vs_generation"] = analysis_vs_generation(args.run_samples, args.run_steps, args.device,
                                                                args.repeats)

@@ -583,9 +583,9 @@ def features(
     device : str or torch.device, optional
         Compute the metrics and frequency features in torch on this device (``"cuda"``,
         ``"cpu"``, ...): blocks of ``batch_size`` images stream from the store to the device and
-        their values back (:func:`denoisefeat.metrics.device.device_metrics`; the Canny edge
-        metrics run on the host).  The stored values equal those of the default numpy path (float64
-        on both; stored as float32).  Default ``None``: numpy on the host.
+        their values back (:func:`denoisefeat.metrics.device.device_metrics`).  The stored
+        values equal those of the default numpy path (float64 on both; stored as float32).
+        Default ``None``: numpy on the host.
 
     Returns
     -------

@@ -10,7 +10,6 @@ from denoisefeat.metrics import METRICS, compute_metrics
 from denoisefeat.metrics.device import (
     DEVICE_METRICS,
     DIFFERENTIABLE_METRICS,
-    HOST_METRICS,
     device_metrics,
 )
 
@@ -40,8 +39,7 @@ def _assert_equal_to_reference(images, reference, **kwargs):
 
 def test_every_default_metric_is_placed():
     usable = {n for n, s in METRICS.items() if s.needs_reference in (None, "image")}
-    assert set(DEVICE_METRICS) | set(HOST_METRICS) == usable
-    assert not set(DEVICE_METRICS) & set(HOST_METRICS)
+    assert set(DEVICE_METRICS) == usable
     assert set(DIFFERENTIABLE_METRICS) <= set(DEVICE_METRICS)
 
 
@@ -72,7 +70,7 @@ def test_plateaus_and_odd_sizes_of_the_pixel_comparisons():
     rng = np.random.default_rng(3)
     images = np.round(rng.random((2, 2, 3, 21, 26)) * 4) / 4  # plateaus everywhere
     reference = rng.random((2, 1, 3, 21, 26))
-    names = ["lbp_distance", "mask_iou", "hu_moment_distance", "glcm_contrast", "glcm_correlation"]
+    names = ["edge_density", "edge_sharpness", "edge_f1", "lbp_distance", "mask_iou", "hu_moment_distance", "glcm_contrast", "glcm_correlation"]
     _assert_equal_to_reference(images, reference, names=names)
 
 
@@ -141,7 +139,7 @@ def test_bad_input_is_refused_with_a_message():
 
 
 def test_constants_agree_with_the_reference_modules():
-    from denoisefeat.metrics import color, device, foreground, shape, similarity
+    from denoisefeat.metrics import color, device, edges, foreground, shape, similarity
 
     assert (device._REFERENCE_SIZE, device._CHROMA_EPS, device._MIN_CONTRAST) == (
         foreground._REFERENCE_SIZE, foreground._CHROMA_EPS, foreground._MIN_CONTRAST)
@@ -149,3 +147,4 @@ def test_constants_agree_with_the_reference_modules():
     assert device._HU_EPS == shape._HU_EPS
     assert device._MS_SSIM_WEIGHTS == similarity.MS_SSIM_WEIGHTS
     assert (device._K1, device._K2) == (similarity._K1, similarity._K2)
+    assert (device._CANNY_LOW, device._CANNY_HIGH) == (edges._CANNY_LOW, edges._CANNY_HIGH)

@@ -9,23 +9,22 @@ maps, masks, colours) is done once per reference image and broadcast.
 Where each metric runs
 ----------------------
 * **On the device, differentiable** (gradients flow to ``images``): ``ssim``, ``ms_ssim``,
+  ``edge_sharpness`` (through the gradients and contrasts at the edge pixels, which are fixed),
   ``psnr``, ``band_ssim_mid``, ``band_ssim_high``, ``lowpass_ssim``, ``wavelet_texture_energy``,
   ``lab_l``, ``lab_a``, ``lab_b``, ``delta_e2000``, ``colorfulness``, ``boundary_width`` (through
   the coverage values; the band around the boundary is a mask), ``texture_spectrum_distance``
   (through the luminance; the regions are masks) and ``color_consistency`` (through the image's
   Lab values; the mask is the reference's).
 * **On the device, not differentiable** (their value is a count of thresholded or quantised
-  pixels, piecewise constant in the images): ``glcm_*`` (grey-level quantisation),
+  pixels, piecewise constant in the images): ``edge_density``, ``edge_precision``,
+  ``edge_recall``, ``edge_f1`` (Canny edge maps), ``glcm_*`` (grey-level quantisation),
   ``mask_iou`` and ``hu_moment_distance`` (Otsu masks), ``object_mask_iou`` (coverage > 0.5),
   ``object_color_distance`` (a median colour over a mask: differentiable almost everywhere in
   principle, but through a sort; treat as not), ``hue_histogram_distance`` (hue bins),
   ``lbp_distance`` (comparisons of 8-bit neighbours).
-* **On the CPU** (the tensors go to the host, the numpy metric runs there, the values come
-  back): ``edge_density``, ``edge_sharpness``, ``edge_precision``, ``edge_recall``,
-  ``edge_f1`` (scikit-image's Canny: its hysteresis is a connected-component labelling, a
-  sequential flood fill, and its boolean edge maps must match the reference pixel for pixel;
-  a device port, e.g. hysteresis by iterated dilation, is possible but not done yet).
-  :data:`HOST_METRICS` names them.
+* Nothing stays on the CPU.  Canny's hysteresis, a connected-component labelling in
+  scikit-image, is computed as the fixed point of a 3 x 3 dilation inside the candidate pixels
+  (the same components, a few dozen cheap iterations on long edges).
 
 Ground-truth metrics (``*_gt``) are not served here: a run has no ground truth.
 
@@ -46,7 +45,7 @@ import torch.nn.functional as F
 from denoisefeat.metrics import torch_ops as ops
 from denoisefeat.metrics.registry import METRICS
 
-__all__ = ["DEVICE_METRICS", "DIFFERENTIABLE_METRICS", "HOST_METRICS", "device_metrics"]
+__all__ = ["DEVICE_METRICS", "DIFFERENTIABLE_METRICS", "device_metrics"]
 
 _K1, _K2 = 0.01, 0.03  # Wang et al. (2004), as in denoisefeat.metrics.similarity
 _MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -118,6 +117,131 @@ def _band_ssim(x, y):
     xb = torch.movedim(band_pass(x, bands=bands), -3, -4)  # (..., band, C, H, W)
     yb = torch.movedim(band_pass(y, bands=bands), -3, -4)
     return _ssim_means(xb, yb, _UNIFORM_TAPS)[0].mean(dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Edges (scikit-image's Canny)
+# ---------------------------------------------------------------------------------------------
+
+_CANNY_SIGMA, _CANNY_TRUNCATE = 1.0, 4.0  # skimage.filters.gaussian's default truncation
+_CANNY_LOW, _CANNY_HIGH = 0.1, 0.2  # as denoisefeat.metrics.edges (a test checks)
+_SHARPNESS_RADIUS = 3
+_PRF_TOLERANCE = 1
+
+
+def _same_gaussian(a):
+    """scipy's gaussian_filter with ``mode="constant"`` (zeros outside), same size (n, H, W)."""
+    taps = ops.gaussian_taps(_CANNY_SIGMA, _CANNY_TRUNCATE)
+    r = len(taps) // 2
+    return ops.valid_filter(F.pad(a, (r, r, r, r)), taps)
+
+
+def _canny(lum):
+    """``skimage.feature.canny(p, sigma=1, low_threshold=0.1, high_threshold=0.2)`` of every plane.
+
+    Gaussian smoothing with the bleed-over correction of its constant border, scipy's Sobel
+    (reflected border), the bilinear non-maximum suppression of ``_canny_cy`` (its low threshold is
+    a C float) and hysteresis: the 8-connected components of the candidate pixels that hold a
+    strong pixel, grown here by repeated 3 x 3 dilation inside the candidates until nothing
+    changes (the same components as ``scipy.ndimage.label``).
+    """
+    lead, (H, W) = lum.shape[:-2], lum.shape[-2:]
+    img = lum.reshape(-1, H, W)
+    bleed = _same_gaussian(torch.ones_like(img[:1])) + torch.finfo(img.dtype).eps
+    smoothed = _same_gaussian(img) / bleed
+    p = F.pad(smoothed[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]  # scipy "reflect" for 1 px
+    dj = p[:, :, 2:] - p[:, :, :-2]  # derivative along axis 1, then [1, 2, 1] along axis 0
+    jsobel = dj[:, :-2] + 2 * dj[:, 1:-1] + dj[:, 2:]
+    di = p[:, 2:] - p[:, :-2]
+    isobel = di[:, :, :-2] + 2 * di[:, :, 1:-1] + di[:, :, 2:]
+    mag = torch.sqrt(isobel * isobel + jsobel * jsobel)
+    ai, aj = isobel.abs(), jsobel.abs()
+    up, right = isobel > 0, jsobel > 0
+    cond1 = up == right  # both gradients positive, or both not
+    mp = F.pad(mag, (1, 1, 1, 1))
+
+    def at(di_, dj_):
+        return mp[:, 1 + di_:H + 1 + di_, 1 + dj_:W + 1 + dj_]
+
+    steep = ai > aj
+    ratio_i = aj / torch.where(ai > 0, ai, torch.ones_like(ai))  # w where |isobel| dominates
+    ratio_j = ai / torch.where(aj > 0, aj, torch.ones_like(aj))
+    # cond1: steep -> (+1,0),(+1,+1) | (-1,0),(-1,-1); else (0,+1),(+1,+1) | (0,-1),(-1,-1)
+    # cond2: |i| < |j| -> (0,+1),(-1,+1) | (0,-1),(+1,-1); else (-1,0),(-1,+1) | (+1,0),(+1,-1)
+    flat2 = ai < aj
+    w = torch.where(cond1, torch.where(steep, ratio_i, ratio_j), torch.where(flat2, ratio_j, ratio_i))
+    n11 = torch.where(cond1, torch.where(steep, at(1, 0), at(0, 1)), torch.where(flat2, at(0, 1), at(-1, 0)))
+    n12 = torch.where(cond1, at(1, 1), at(-1, 1))
+    n21 = torch.where(cond1, torch.where(steep, at(-1, 0), at(0, -1)), torch.where(flat2, at(0, -1), at(1, 0)))
+    n22 = torch.where(cond1, at(-1, -1), at(1, -1))
+    inner = torch.zeros(H, W, dtype=torch.bool, device=lum.device)
+    inner[1:-1, 1:-1] = True
+    low = float(np.float32(_CANNY_LOW))
+    candidate = (inner & (mag >= low) & ((n12 * w + n11 * (1.0 - w)) <= mag)
+                 & ((n22 * w + n21 * (1.0 - w)) <= mag))
+    edges = candidate & (mag >= _CANNY_HIGH)
+    while True:
+        grown = ops.dilate(edges, 1) & candidate
+        if torch.equal(grown, edges):
+            break
+        edges = grown
+    return edges.reshape(*lead, H, W)
+
+
+def _sharpness(lum, e):
+    """Mean over edge pixels of ``2 |grad| / (p90 - p10)`` of the 7 x 7 neighbourhood, clipped to
+    [0, 1] (denoisefeat.metrics.edges.edge_sharpness); 0 where an image has no edge pixel."""
+    lead, (H, W) = e.shape[:-2], e.shape[-2:]
+    flat_e = e.reshape(-1, H, W)
+    img = lum.expand(e.shape).reshape(-1, H, W)
+    p = F.pad(img[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
+    d = 0.5 * (p[:, 2:] - p[:, :-2])  # [-1, 0, 1] / 2 along y, then [1, 2, 1] / 4 along x
+    gy = 0.25 * d[:, :, :-2] + 0.5 * d[:, :, 1:-1] + 0.25 * d[:, :, 2:]
+    d = 0.5 * (p[:, :, 2:] - p[:, :, :-2])
+    gx = 0.25 * d[:, :-2] + 0.5 * d[:, 1:-1] + 0.25 * d[:, 2:]
+    n_idx, y, x = torch.nonzero(flat_e, as_tuple=True)
+    r = _SHARPNESS_RADIUS
+    padded = F.pad(img[:, None], (r, r, r, r), mode="replicate")[:, 0]
+    offsets = torch.arange(2 * r + 1, device=lum.device)
+    rows = (y[:, None] + offsets[None, :])[:, :, None]
+    cols = (x[:, None] + offsets[None, :])[:, None, :]
+    hood = padded[n_idx[:, None, None], rows, cols].reshape(len(n_idx), -1)
+    q = torch.quantile(hood, torch.tensor([0.1, 0.9], dtype=hood.dtype, device=hood.device), dim=-1)
+    contrast = q[1] - q[0]
+    grad = ops.safe_hypot(gy[n_idx, y, x], gx[n_idx, y, x])
+    ratio = torch.where(contrast > 1e-12, 2.0 * grad / torch.where(contrast > 1e-12, contrast, 1.0),
+                        torch.zeros_like(grad)).clamp(0.0, 1.0)
+    total = torch.zeros(flat_e.shape[0], dtype=lum.dtype, device=lum.device).index_add_(0, n_idx, ratio)
+    count = flat_e.sum(dim=(1, 2)).to(lum.dtype)
+    return torch.where(count > 0, total / torch.clamp(count, min=1), torch.zeros_like(total)).reshape(lead)
+
+
+def _edge_group(x, y):
+    """[density, sharpness, precision, recall, f1] from one Canny pass per image (and reference)."""
+    lum = ops.luminance(x)
+    e = _canny(lum)
+    density = e.to(x.dtype).mean(dim=(-2, -1))
+    sharp = _sharpness(lum, e)
+    if y is None:
+        nan = torch.full((*density.shape, 3), torch.nan, dtype=x.dtype, device=x.device)
+        return torch.cat([density[..., None], sharp[..., None], nan], dim=-1)
+    r = _canny(ops.luminance(y))
+    shape = torch.broadcast_shapes(e.shape, r.shape)
+    ee, rr = e.expand(shape), r.expand(shape)
+    hw = shape[-2:]
+    e_d = ops.dilate(ee.reshape(-1, *hw), _PRF_TOLERANCE).reshape(shape)
+    r_d = ops.dilate(rr.reshape(-1, *hw), _PRF_TOLERANCE).reshape(shape)
+    n_e = ee.sum(dim=(-2, -1)).to(x.dtype)
+    n_r = rr.sum(dim=(-2, -1)).to(x.dtype)
+    tp_e = (ee & r_d).sum(dim=(-2, -1)).to(x.dtype)
+    tp_r = (rr & e_d).sum(dim=(-2, -1)).to(x.dtype)
+    one, zero = torch.ones_like(n_e), torch.zeros_like(n_e)
+    precision = torch.where(n_e > 0, tp_e / torch.clamp(n_e, min=1), torch.where(n_r > 0, zero, one))
+    recall = torch.where(n_r > 0, tp_r / torch.clamp(n_r, min=1), torch.where(n_e > 0, zero, one))
+    total = precision + recall
+    f1 = torch.where(total > 0, 2 * precision * recall / torch.where(total > 0, total, one), zero)
+    lead = shape[:-2]
+    return torch.stack([density.expand(lead), sharp.expand(lead), precision, recall, f1], dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,6 +647,7 @@ def _object_group(x, y):
 # metric on the callable's last axis is the registry's MetricSpec.index (the same layout).
 _GROUPS: dict[Callable, tuple[str, ...]] = {
     _ssim: ("ssim",),
+    _edge_group: ("edge_density", "edge_sharpness", "edge_precision", "edge_recall", "edge_f1"),
     _ms_ssim: ("ms_ssim",),
     _psnr: ("psnr",),
     _band_ssim: ("lowpass_ssim", "band_ssim_mid", "band_ssim_high"),
@@ -537,20 +662,15 @@ _GROUPS: dict[Callable, tuple[str, ...]] = {
 }
 _GROUP_OF: dict[str, Callable] = {name: func for func, names in _GROUPS.items() for name in names}
 
-#: The registered metrics computed on the tensors' device, in registry order.
+#: The registered metrics computed on the tensors' device, in registry order: every one that
+#: needs no ground truth.
 DEVICE_METRICS: tuple[str, ...] = tuple(n for n in METRICS if n in _GROUP_OF)
 #: The device metrics whose values carry gradients to the images (see the module docstring).
 DIFFERENTIABLE_METRICS: tuple[str, ...] = (
-    "ssim", "ms_ssim", "psnr", "band_ssim_mid", "band_ssim_high", "lowpass_ssim", "wavelet_texture_energy",
+    "ssim", "ms_ssim", "edge_sharpness", "psnr", "band_ssim_mid", "band_ssim_high", "lowpass_ssim", "wavelet_texture_energy",
     "lab_l", "lab_a", "lab_b", "delta_e2000", "color_consistency", "colorfulness", "texture_spectrum_distance",
     "boundary_width",
 )
-#: The registered (non ground-truth) metrics that run on the host (see the module docstring).
-HOST_METRICS: tuple[str, ...] = tuple(
-    n for n, s in METRICS.items() if n not in _GROUP_OF and s.needs_reference in (None, "image")
-)
-
-
 def _check(t, *, name: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"device_metrics: {name} must be a torch.Tensor, got {type(t).__name__}; "
@@ -567,16 +687,6 @@ def _check(t, *, name: str) -> torch.Tensor:
             raise ValueError(f"device_metrics: {name} must lie in [0, 1], got values in "
                              f"[{float(t.min()):.4g}, {float(t.max()):.4g}]; rescale them first")
     return t
-
-
-def _host(name_list, x, y) -> dict[str, torch.Tensor]:
-    """The host metrics by :func:`denoisefeat.metrics.compute_metrics`, back on ``x``'s device."""
-    from denoisefeat.metrics.registry import compute_metrics
-
-    xn = x.detach().cpu().numpy()
-    yn = None if y is None else y.detach().cpu().numpy()
-    values = compute_metrics(xn, yn, names=name_list)
-    return {n: torch.as_tensor(v, dtype=x.dtype, device=x.device) for n, v in values.items()}
 
 
 def device_metrics(images, reference=None, *, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
@@ -652,8 +762,5 @@ def device_metrics(images, reference=None, *, names: Sequence[str] | None = None
         for n in group:
             index = METRICS[n].index
             values[n] = out if index is None else out[..., index]
-    host = [n for n in selected if n not in _GROUP_OF]
-    if host:
-        values.update(_host(host, x, y))
     shape = torch.broadcast_shapes(*(v.shape for v in values.values())) if values else x.shape[:-3]
     return {n: values[n].to(x.dtype).expand(shape) for n in selected}
