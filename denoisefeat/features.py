@@ -268,7 +268,7 @@ def _gray(images):
     if images.shape[-3] == 1:
         return images[..., 0, :, :]
     if not isinstance(images, np.ndarray):  # a tensor: its device's twin of rgb2gray
-        from denoisefeat.metrics.torch_ops import luminance
+        from denoisefeat.metrics.device import luminance
 
         return luminance(images)
     from skimage.color import rgb2gray

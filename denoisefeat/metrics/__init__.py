@@ -21,7 +21,7 @@ Modules: :mod:`~denoisefeat.metrics.similarity`,
 :mod:`~denoisefeat.metrics.foreground` (object-level metrics selective for one feature each,
 :data:`FEATURE_GROUPS`),
 :mod:`~denoisefeat.metrics.registry`; :mod:`~denoisefeat.metrics.device` computes the same
-metrics batched in torch on the tensors' device (:mod:`~denoisefeat.metrics.torch_ops`).
+metrics batched in torch on the tensors' device.
 """
 
 from denoisefeat.metrics.color import (

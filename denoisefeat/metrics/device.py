@@ -42,10 +42,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from denoisefeat.metrics import torch_ops as ops
+from denoisefeat.metrics import _torch_ops as ops
 from denoisefeat.metrics.registry import METRICS
 
-__all__ = ["DEVICE_METRICS", "DIFFERENTIABLE_METRICS", "device_metrics"]
+__all__ = ["DEVICE_METRICS", "DIFFERENTIABLE_METRICS", "device_metrics", "luminance"]
 
 _K1, _K2 = 0.01, 0.03  # Wang et al. (2004), as in denoisefeat.metrics.similarity
 _MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -671,6 +671,22 @@ DIFFERENTIABLE_METRICS: tuple[str, ...] = (
     "lab_l", "lab_a", "lab_b", "delta_e2000", "color_consistency", "colorfulness", "texture_spectrum_distance",
     "boundary_width",
 )
+def luminance(images: torch.Tensor) -> torch.Tensor:
+    """Luminance of an image batch, as the metrics see it.
+
+    Parameters
+    ----------
+    images : torch.Tensor, shape (..., C, H, W)
+        RGB (C = 3) or grey (C = 1) images.
+
+    Returns
+    -------
+    torch.Tensor, shape (..., H, W)
+        The grey channel, or :func:`skimage.color.rgb2gray`'s BT.709 weighting of RGB.
+    """
+    return ops.luminance(images)
+
+
 def _check(t, *, name: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"device_metrics: {name} must be a torch.Tensor, got {type(t).__name__}; "

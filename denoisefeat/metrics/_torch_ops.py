@@ -20,21 +20,7 @@ import functools
 import numpy as np
 import torch
 
-__all__ = [
-    "delta_e_ciede2000",
-    "dilate",
-    "erode",
-    "gaussian_taps",
-    "luminance",
-    "masked_median",
-    "median",
-    "otsu_thresholds",
-    "rgb_to_hue",
-    "rgb_to_lab",
-    "safe_hypot",
-    "safe_sqrt",
-    "valid_filter",
-]
+__all__: list[str] = []  # private module (its functions are used by denoisefeat.metrics.device)
 
 #: ITU-R BT.709 weights of :func:`skimage.color.rgb2gray`.
 _GRAY_WEIGHTS = (0.2125, 0.7154, 0.0721)
