@@ -473,6 +473,7 @@ def attribute_stats(
     method: str = typer.Option("correlation", "--method", help="correlation (Pearson/Spearman) or regression (statsmodels)."),
     layers: str = typer.Option(None, "--layers", help="Recorded layers, comma-separated (default: all)."),
     features: str = typer.Option(None, "--features", help="Feature variables of features/, comma-separated (default: the metrics)."),
+    of: str = typer.Option("change", "--of", help="Activity of the layer's per-step change (default) or of its value."),
     stat: str = typer.Option("norm", "--stat", help="Activity per (sample, step): norm, mean or rms."),
     kind: str = typer.Option(None, "--kind", help="correlation: pearson (default) or spearman; regression: ols (default) or mixedlm."),
     windows: str = typer.Option("5", "--windows", help="regression: number of step windows or start:stop pairs."),
@@ -496,7 +497,7 @@ def attribute_stats(
     acts = {}
     for name in names:  # under classifier-free guidance: the conditional branch
         data = run.acts(name)
-        acts[name] = activity(data, stat=stat, branch="cond" if "branch" in data.dims else None)
+        acts[name] = activity(data, of=of, stat=stat, branch="cond" if "branch" in data.dims else None)
     feats = load_features(store)
     scalar = [name for name in feats.data_vars if feats[name].dims == ("sample", "step")]  # one value per step
     wanted = _split(features) or scalar
