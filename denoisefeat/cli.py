@@ -521,7 +521,9 @@ def probe(
     metrics: str = typer.Option(None, "--metrics", help="Final-image metrics to probe, comma-separated (default: edges, texture, colour)."),
     layers: str = typer.Option(None, "--layers", help="Recorded layers, comma-separated (default: all)."),
     control: str = typer.Option("xt", "--control", help="Selectivity baseline: xt (a probe on x_t) or shuffled."),
-    window: int = typer.Option(1, "--window", help="Steps pooled per probe."),
+    windows: str = typer.Option(None, "--windows",
+                                help="Step windows, one probe each: a number of windows or start:stop pairs "
+                                     "(0:5,5:20); default one per step."),
     cv: int = typer.Option(5, "--cv", help="Cross-validation folds (over samples)."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the CIs."),
     seed: int = typer.Option(0, "--seed"),
@@ -543,7 +545,8 @@ def probe(
         wanted.update(final_feature_targets(run, metrics=_split(metrics)))
     if targets in ("labels", "all") and (targets == "labels" or run.attrs.get("class_labels") is not None):
         wanted.update(label_targets(run))
-    frame = probe_table(run, targets=wanted, layers=_split(layers), control=control, window=window,
+    frame = probe_table(run, targets=wanted, layers=_split(layers), control=control,
+                        windows=None if windows is None else _windows(windows),
                         cv=cv, n_boot=n_boot, seed=seed)
     write_attribution(store, frame, name="probe", overwrite=overwrite)
     _print_top(frame, title=f"probes → {store}/attribution/probe ({len(frame)} rows; effect: selectivity over the "

@@ -31,29 +31,10 @@ import torch
 
 from denoisefeat import schedulers as _schedulers
 from denoisefeat.models import denoiser_of, pipeline_family
+from denoisefeat.steps import BRANCHES, StepClock, steps_selection, uncond_cond
 from denoisefeat.store import Run, RunMismatchError, RunStore, StepWriter, StoreError
 
-__all__ = ["StepClock", "TraceRequest", "trace"]
-
-
-@dataclass
-class StepClock:
-    """Which loop step the denoiser is being called for; read by hooks during a trace.
-
-    Attributes
-    ----------
-    step : int or None
-        Loop index of the current denoiser call (``None`` outside the loop).
-    samples : slice or None
-        Which samples of the run are in the batch being denoised.
-    branches : tuple of str or None
-        Under classifier-free guidance, the order of the halves of the denoiser's batch
-        (e.g. ``("uncond", "cond")``); ``None`` without guidance.
-    """
-
-    step: int | None = None
-    samples: slice | None = None
-    branches: tuple[str, ...] | None = None
+__all__ = ["TraceRequest", "trace"]
 
 
 @dataclass(frozen=True)
@@ -280,8 +261,7 @@ class _Family:
         """Classifier-free guidance over the doubled batch, in the family's branch order."""
         if not self.guided:
             return output
-        first, second = output.chunk(2)
-        uncond, cond = (first, second) if self.branches == ("uncond", "cond") else (second, first)
+        uncond, cond = uncond_cond(*output.chunk(2), self.branches)
         return uncond + self.request.guidance_scale * (cond - uncond)
 
     def to_images(self, x: torch.Tensor) -> torch.Tensor:
@@ -700,7 +680,6 @@ def _hook_managers(pipe, request, record, record_steps, edits, n_loop, clock, cu
     if record is None and edits is None:
         return None, None
     from denoisefeat import hooks
-    from denoisefeat.hooks.record import BRANCHES, steps_selection
     from denoisefeat.hooks.reducers import band_coords
 
     recorder = editor = None

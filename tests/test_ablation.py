@@ -6,7 +6,8 @@ import torch
 
 import denoisefeat as dft
 from denoisefeat.analyses import rank, read_attribution
-from denoisefeat.analyses.ablation import ablation_scan, causal_trace, resolve_features, step_windows
+from denoisefeat.analyses.ablation import ablation_scan, causal_trace, resolve_features
+from denoisefeat.steps import step_windows
 from denoisefeat.hooks import Edit
 from denoisefeat.hooks.layers import UnknownLayerError
 from denoisefeat.metrics import FEATURE_GROUPS, METRICS

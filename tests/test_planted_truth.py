@@ -117,7 +117,7 @@ def test_probes_name_the_planted_module_when_the_bands_carry_different_informati
     targets = {group: xr.DataArray(np.array([condition_names(int(v))[k] for v in labels]), dims="sample",
                                    coords=coords) for group, (labels, k) in names_of.items()}
     targets["edges"] = xr.DataArray(pipe.unet.detail_sharp[detail].numpy().astype(int), dims="sample", coords=coords)
-    frame = probe_table(run, targets=targets, window=20, cv=4, alphas=(100.0,), control="shuffled", n_boot=200,
+    frame = probe_table(run, targets=targets, windows=1, cv=4, alphas=(100.0,), control="shuffled", n_boot=200,
                         kind="logistic")
     for group, truth in PLANTED_TRUTH.items():
         top = rank(frame, feature=group, method="probe").iloc[0]

@@ -66,7 +66,8 @@ from denoisefeat.hooks import Edit, intervene, resolve_layers
 from denoisefeat.hooks.layers import probe_layers
 from denoisefeat.metrics import FEATURE_GROUPS, METRICS, compute_metrics
 from denoisefeat.models import denoiser_of
-from denoisefeat.trajectory import _FAMILIES, StepClock, _progress, _step_kwargs, make_request, trace
+from denoisefeat.steps import StepClock, step_windows
+from denoisefeat.trajectory import _FAMILIES, _progress, _step_kwargs, make_request, trace
 
 __all__ = [
     "ABLATION_METHODS",
@@ -75,7 +76,6 @@ __all__ = [
     "ablation_scan",
     "causal_trace",
     "resolve_features",
-    "step_windows",
 ]
 
 #: Ablation methods of :func:`ablation_scan` (methods of :class:`denoisefeat.hooks.Edit` that need no
@@ -135,43 +135,6 @@ def resolve_features(features) -> list[str]:
     if not out:
         raise ValueError("No features given: name groups (edges, texture, shape, color), metrics or bands.")
     return out
-
-
-def step_windows(windows, steps: int) -> list[tuple[int, int]]:
-    """Normalise ``windows`` into half-open ``(start, stop)`` step windows.
-
-    Parameters
-    ----------
-    windows : int or sequence of (int, int)
-        A number of (nearly) equal windows splitting ``range(steps)``, or explicit pairs.
-    steps : int
-        Number of loop steps of the run.
-
-    Returns
-    -------
-    list of (int, int)
-
-    Raises
-    ------
-    ValueError
-        An empty list, a number of windows outside ``1 … steps``, or a pair that is not
-        ``0 <= start < stop <= steps``.
-    """
-    if isinstance(windows, (bool, np.bool_)):
-        raise TypeError("windows must be a number of windows or (start, stop) pairs, not a bool.")
-    if isinstance(windows, (int, np.integer)):
-        if not 1 <= windows <= steps:
-            raise ValueError(f"windows must be between 1 and steps={steps}, got {windows}.")
-        return [(int(c[0]), int(c[-1]) + 1) for c in np.array_split(np.arange(steps), int(windows))]
-    pairs = [tuple(int(v) for v in pair) for pair in windows]
-    if not pairs:
-        raise ValueError("windows is empty: give a number of windows or (start, stop) pairs.")
-    for pair in pairs:
-        if len(pair) != 2 or not 0 <= pair[0] < pair[1] <= steps:
-            raise ValueError(f"Invalid window {pair}: need 0 <= start < stop <= steps={steps}.")
-    if len(set(pairs)) != len(pairs):
-        raise ValueError(f"Duplicate windows in {pairs}.")
-    return pairs
 
 
 def _layers(pipe, layers) -> list[str]:
@@ -492,7 +455,7 @@ def ablation_scan(
         Module paths or globs (:func:`denoisefeat.hooks.resolve_layers`; unknown names raise
         :class:`~denoisefeat.hooks.UnknownLayerError` listing the closest).
     windows : int or sequence of (int, int)
-        Step windows in which each layer is ablated, see :func:`step_windows`.
+        Step windows in which each layer is ablated, see :func:`denoisefeat.steps.step_windows`.
     method : str or sequence of str
         One or more of :data:`ABLATION_METHODS`.
     features : str or sequence of str
@@ -676,7 +639,7 @@ def causal_trace(
     layers : str or sequence of str
         Module paths or globs.
     windows : int or sequence of (int, int)
-        See :func:`step_windows`.
+        See :func:`denoisefeat.steps.step_windows`.
     corrupt : {"condition", "noise"}
         ``"condition"``: same seeds, other conditions — ``corrupt_class_labels`` /
         ``corrupt_prompts``, by default the pipeline's null class (class-conditional models) or the

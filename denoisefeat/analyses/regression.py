@@ -25,28 +25,12 @@ import pandas as pd
 
 from denoisefeat.analyses.correlation import aligned, as_activity, change_scale
 from denoisefeat.analyses.table import COLUMNS, benjamini_hochberg, validate
+from denoisefeat.steps import step_windows
 
 __all__ = ["COV_TYPES", "MODELS", "regress"]
 
 MODELS = ("ols", "mixedlm")
 COV_TYPES = ("cluster", "HC1", "nonrobust")
-
-
-def _windows(steps: np.ndarray, windows) -> list[tuple[int, int]]:
-    """Half-open step windows: ``windows`` contiguous parts of ``steps`` (split as evenly as
-    possible, as :func:`denoisefeat.analyses.ablation.step_windows` splits ``range(steps)``), or
-    explicit ``(start, stop)`` pairs."""
-    if isinstance(windows, (int, np.integer)):
-        if not 1 <= windows <= len(steps):
-            raise ValueError(f"windows must be between 1 and the {len(steps)} steps; got {windows}.")
-        return [(int(p[0]), int(p[-1]) + 1) for p in np.array_split(steps, int(windows))]
-    pairs = [tuple(int(v) for v in w) for w in windows]
-    if not pairs or any(len(w) != 2 or w[0] >= w[1] for w in pairs):
-        raise ValueError(f"windows must be an int or (start, stop) pairs with start < stop; got {windows!r}.")
-    outside = [w for w in pairs if w[0] < steps.min() or w[1] > steps.max() + 1]
-    if outside:
-        raise ValueError(f"windows {outside} reach outside the steps {steps.min()}–{steps.max()}.")
-    return pairs
 
 
 def _design(x: np.ndarray, steps: np.ndarray, *, step_effects: bool) -> np.ndarray:
@@ -142,7 +126,7 @@ def regress(
         raise ValueError(f"ci must lie in (0, 1); got {ci!r}.")
     # Windows split the activity's steps (all steps of the run, like ablation scans), before the
     # feature change drops its first or last step.
-    spans = _windows(np.sort(as_activity(activity)["step"].values), windows)
+    spans = step_windows(windows, np.sort(as_activity(activity)["step"].values))
     acts, changes = aligned(activity, feature_change)
     steps = acts["step"].values
     for start, stop in spans:

@@ -185,7 +185,8 @@ def _loop_steps(pipe, spec: JobSpec, task: Task) -> int:
 
 
 def _ablation(spec: JobSpec, task: Task) -> None:
-    from denoisefeat.analyses.ablation import ablation_scan, step_windows
+    from denoisefeat.analyses.ablation import ablation_scan
+    from denoisefeat.steps import step_windows
 
     pipe = _pipe(spec)
     abl, config = spec.ablation, task.config
