@@ -260,6 +260,8 @@ def analyze(
     metrics: str = typer.Option(None, "--metrics", help="Metrics to compute, comma-separated (default: all)."),
     samples: str = typer.Option(None, "--samples", help="A:B, only these samples (whole store chunks; a task's share)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute features that are already stored."),
+    device: str = typer.Option(None, "--device", help="Compute the features in torch on this device (cuda, cpu); "
+                               "default numpy on the host."),
 ) -> None:
     """Compute per-step features into STORE's features/ group, then print when each feature emerges."""
     from rich.markup import escape
@@ -268,7 +270,8 @@ def analyze(
     from denoisefeat.temporal import emergence_order, profiles
 
     names = None if metrics is None else [m.strip() for m in metrics.split(",") if m.strip()]
-    feats = features(store, metrics=names, samples=_sample_range(samples), overwrite=overwrite, progress=True)
+    feats = features(store, metrics=names, samples=_sample_range(samples), overwrite=overwrite, progress=True,
+                     device=device)
     prof = profiles(feats)
     n_steps = feats.sizes["step"]
     table = Table(title=f"feature emergence: {escape(str(store))} ({feats.sizes['sample']} samples × {n_steps} steps; "
