@@ -679,12 +679,13 @@ def report(
     title: str = typer.Option(None, "--title", help="Report title (default: from the run)."),
     static: Path = typer.Option(None, "--static", help="Also export every figure to this folder (needs .[static])."),
     formats: str = typer.Option("png", "--formats", help="Static formats, comma-separated: png,svg,pdf."),
+    max_mb: float = typer.Option(25.0, "--max-mb", help="Most MiB the HTML may weigh: pictures shrink to fit."),
 ) -> None:
     """Write one self-contained HTML report with every figure of what the store holds."""
     from denoisefeat.viz.report import build_report
 
     with console.status("building the report"):
-        path = build_report(store, out, title=title, static_dir=static,
+        path = build_report(store, out, title=title, static_dir=static, max_mb=max_mb,
                             static_formats=tuple(f.strip() for f in formats.split(",") if f.strip()))
     console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)", markup=False, highlight=False)
 
