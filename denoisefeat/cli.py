@@ -689,3 +689,28 @@ def report(
                             static_formats=tuple(f.strip() for f in formats.split(",") if f.strip()))
     console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)", markup=False, highlight=False)
 
+
+
+@app.command()
+@_friendly
+def view(
+    store: Path = typer.Argument(..., help="A denoisefeat zarr store."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (default: this machine only)."),
+    port: int = typer.Option(8050, "--port", help="TCP port."),
+) -> None:
+    """Browse a whole store in a local web app (read-only; needs the viewer extra: Dash)."""
+    import importlib.util
+
+    from denoisefeat.store import open_run
+
+    run = open_run(store, allow_incomplete=True)  # refused here, with the same messages as every command
+    if importlib.util.find_spec("dash") is None:
+        _error("denoisefeat view needs Dash: pip install 'denoisefeat[viewer]'")
+        raise typer.Exit(code=2)
+    from denoisefeat.viewer import is_loopback, serve
+
+    if not is_loopback(host):
+        console.print(f"warning: {host} is not loopback: anyone who can reach it can read this store",
+                      markup=False, highlight=False)
+    console.print(f"viewing {run.path} at http://{host}:{port}/ (Ctrl-C to stop)", markup=False, highlight=False)
+    serve(run, host=host, port=port)
