@@ -704,12 +704,38 @@ def report(
     title: str = typer.Option(None, "--title", help="Report title (default: from the run)."),
     static: Path = typer.Option(None, "--static", help="Also export every figure to this folder (needs .[static])."),
     formats: str = typer.Option("png", "--formats", help="Static formats, comma-separated: png,svg,pdf."),
+    max_mb: float = typer.Option(25.0, "--max-mb", help="Most MiB the HTML may weigh: pictures shrink to fit."),
 ) -> None:
     """Write one self-contained HTML report with every figure of what the store holds."""
     from denoisefeat.viz.report import build_report
 
     with console.status("building the report"):
-        path = build_report(store, out, title=title, static_dir=static,
+        path = build_report(store, out, title=title, static_dir=static, max_mb=max_mb,
                             static_formats=tuple(f.strip() for f in formats.split(",") if f.strip()))
     console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)", markup=False, highlight=False)
 
+
+
+@app.command()
+@_friendly
+def view(
+    store: Path = typer.Argument(..., help="A denoisefeat zarr store."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (default: this machine only)."),
+    port: int = typer.Option(8050, "--port", help="TCP port."),
+) -> None:
+    """Browse a whole store in a local web app (read-only; needs the viewer extra: Dash)."""
+    import importlib.util
+
+    from denoisefeat.store import open_run
+
+    run = open_run(store, allow_incomplete=True)  # refused here, with the same messages as every command
+    if importlib.util.find_spec("dash") is None:
+        _error("denoisefeat view needs Dash: pip install 'denoisefeat[viewer]'")
+        raise typer.Exit(code=2)
+    from denoisefeat.viewer import is_loopback, serve
+
+    if not is_loopback(host):
+        console.print(f"warning: {host} is not loopback: anyone who can reach it can read this store",
+                      markup=False, highlight=False)
+    console.print(f"viewing {run.path} at http://{host}:{port}/ (Ctrl-C to stop)", markup=False, highlight=False)
+    serve(run, host=host, port=port)
