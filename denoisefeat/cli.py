@@ -688,3 +688,44 @@ def report(
                             static_formats=tuple(f.strip() for f in formats.split(",") if f.strip()))
     console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)", markup=False, highlight=False)
 
+
+
+@app.command()
+@_friendly
+def facts(
+    model: str = typer.Argument(..., help="toy, tiny-*, a save_pretrained folder or a hub id."),
+    out: Path = typer.Option(Path("denoisefeat-facts"), "--out", "-o", help="Folder for facts.zarr and facts.html."),
+    samples: int = _SAMPLES,
+    label: list[int] = _LABEL,
+    prompt: list[str] = _PROMPT,
+    seed: int = _SEED,
+    steps: int = _STEPS,
+    scheduler: str = _SCHEDULER,
+    guidance: float = _GUIDANCE,
+    batch_size: int = _BATCH_SIZE,
+    n_boot: int = _N_BOOT,
+    device: str = _DEVICE,
+    fp16: bool = _FP16,
+    overwrite: bool = _OVERWRITE,
+) -> None:
+    """Measure the field's four known facts on MODEL and write a report with a "Known facts" section."""
+    import re
+
+    from denoisefeat.analyses.facts import known_facts
+    from denoisefeat.viz.facts import fact_sentences
+    from denoisefeat.viz.report import build_report
+
+    pipe = _scan_pipe(model, device, fp16)
+    out.mkdir(parents=True, exist_ok=True)
+    with console.status("measuring the known facts (trace, band SNR, step similarity, skip spectra, perturbations)"):
+        result = known_facts(pipe, **_run_options(label, prompt, samples, seed, steps, scheduler, guidance, batch_size),
+                             n_boot=n_boot, store=out / "facts.zarr", overwrite=overwrite, model_id=model)
+    with console.status("building the report"):
+        path = build_report(result.run, out / "facts.html", title=f"denoisefeat known facts: {model}", facts=result)
+    plain = Console(soft_wrap=True)
+    for key, sentence in fact_sentences(result).items():
+        text = re.sub(r"&(amp|lt|gt|quot|#x27);", lambda m: {"amp": "&", "lt": "<", "gt": ">", "quot": '"',
+                                                             "#x27": "'"}[m.group(1)], sentence)
+        plain.print(f"{key}: {text}", markup=False, highlight=False)
+    timing = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.seconds.items())
+    console.print(f"wrote {path}; time: {timing}", markup=False, highlight=False)

@@ -445,7 +445,8 @@ def _schedule(scheduler, steps: int, device) -> dict[str, np.ndarray]:
 
 
 @torch.no_grad()
-def _run_chunk(family: _Family, scheduler, samples: slice, writer: StepWriter, keep, clock: StepClock, progress):
+def _run_chunk(family: _Family, scheduler, samples: slice, writer: StepWriter, keep, clock: StepClock, progress,
+               edit_sample=None):
     request = family.request
     generators = [torch.Generator(device=family.device).manual_seed(s) for s in request.seeds[samples]]
     scheduler.set_timesteps(request.steps, device=family.device)
@@ -456,6 +457,8 @@ def _run_chunk(family: _Family, scheduler, samples: slice, writer: StepWriter, k
     try:
         for i, t in enumerate(scheduler.timesteps):
             clock.step = i
+            if edit_sample is not None:
+                x = edit_sample(i, samples, x)  # x_t as the denoiser and the scheduler will see it
             output = family.model_output(x, t, cond, scheduler)
             step = scheduler.step(output, t, x, **step_kwargs)
             x0 = _schedulers.predicted_original_sample(
@@ -503,6 +506,7 @@ def trace(
     model_id: str | None = None,
     progress: bool = False,
     repair: bool = False,
+    edit_sample=None,
 ) -> Run:
     """Run the denoising loop and store every step of every sample.
 
@@ -576,6 +580,12 @@ def trace(
         With ``resume``: read every chunk first, and recompute the sample chunks whose chunk files
         are missing or do not decode (:meth:`denoisefeat.store.RunStore.repair`).  The repaired
         store equals an undamaged one bit for bit.
+    edit_sample : callable, optional
+        ``edit_sample(step, samples, x_t) -> x_t``, called at every step before the denoiser with the
+        loop step, the run's sample indices in the batch (a slice) and the sample the scheduler holds;
+        what it returns replaces x_t for the denoiser and the scheduler (and is what ``xt`` stores).
+        Its ``repr`` is recorded in ``attrs["run"]["extra"]["edit_sample"]``.  Used by
+        :func:`denoisefeat.analyses.perturbation_timing`.
 
     Returns
     -------
@@ -626,13 +636,15 @@ def trace(
                  "record_steps": None if recorder is None or recorder.steps is None else sorted(recorder.steps),
                  "interventions": None if editor is None else editor.describe()}
         request = replace(request, extra=extra)
+    if edit_sample is not None:
+        request = replace(request, extra={**request.extra, "edit_sample": repr(edit_sample)})
     with contextlib.ExitStack() as lock:
         if store is not None and only_samples is None:  # a cluster task holds its own task lock instead
             lock.enter_context(_store_lock(store))
         return _trace_into(store, request, family, scheduler_, coords, clock, current, recorder, editor,
                            batch_size=batch_size, overwrite=overwrite, resume=resume, repair=repair,
                            only_samples=only_samples, keep=keep, store_dtype=store_dtype, backend=backend,
-                           progress=progress)
+                           progress=progress, edit_sample=edit_sample)
 
 
 def _store_lock(path):
@@ -646,7 +658,7 @@ def _store_lock(path):
 
 
 def _trace_into(store, request, family, scheduler_, coords, clock, current, recorder, editor, *, batch_size,
-                overwrite, resume, repair, only_samples, keep, store_dtype, backend, progress) -> Run:
+                overwrite, resume, repair, only_samples, keep, store_dtype, backend, progress, edit_sample) -> Run:
     n_loop = len(coords["timestep"])
     run_store = _open_or_create(store, request, n_steps=n_loop, batch_size=batch_size, overwrite=overwrite,
                                 resume=resume)
@@ -681,7 +693,7 @@ def _trace_into(store, request, family, scheduler_, coords, clock, current, reco
             for name in keep:
                 writer.declare(name, tail_dims=_DIMS[name], dtype=store_dtype)
             try:
-                final = _run_chunk(family, scheduler_, samples_, writer, keep, clock, advance)
+                final = _run_chunk(family, scheduler_, samples_, writer, keep, clock, advance, edit_sample)
             finally:
                 writer.close()
             run_store.ensure_array(

@@ -173,3 +173,103 @@ def test_skip_spectrum_on_a_text_to_image_unet_and_bad_layers(tiny_pipes):
             analyses.skip_spectrum(sd, layers=bad, prompts=["a", "b"], steps=2)
     with pytest.raises(ValueError, match="no up_blocks"):
         analyses.skip_spectrum(tiny_pipes["tiny-dit"], class_labels=[0, 1], steps=2)
+
+
+# -- perturbation_timing --------------------------------------------------------------------------
+
+def test_noise_kick_adds_its_noise_at_its_step_only(toy):
+    from denoisefeat.analyses.perturbation import NoiseKick
+    from denoisefeat.schedulers import loop_noise_levels
+
+    labels = [0, 1]
+    clean = trace(toy, class_labels=labels, steps=4, keep=("xt",))
+    levels = loop_noise_levels(clean.attrs["scheduler_class"], clean.attrs["scheduler_config"], 4)
+    kicks = {k: NoiseKick(step=k, strength=0.5, noise_scale=levels[k].noise, seeds=(0, 1)) for k in (1, 2)}
+    runs = {k: trace(toy, class_labels=labels, steps=4, keep=("xt",), edit_sample=kick) for k, kick in kicks.items()}
+    base = clean["xt"].values
+    added = {}
+    for k, run in runs.items():
+        xt = run["xt"].values
+        np.testing.assert_array_equal(xt[:, :k], base[:, :k])  # nothing changes before step k
+        added[k] = (xt[:, k] - base[:, k]) / (0.5 * levels[k].noise)
+        assert "NoiseKick(step=" in run.attrs["extra"]["edit_sample"]
+    np.testing.assert_allclose(added[1], added[2], atol=1e-4)  # the same z at every k, scaled by s_k
+    assert abs(added[1].std() - 1) < 0.05 and abs(added[1].mean()) < 0.05
+
+
+def test_perturbation_timing_null_strength_is_exactly_zero_and_ranks(toy):
+    table = analyses.perturbation_timing(toy, class_labels=[0, 1, 2], steps=3, at_steps=[0, 2], strength=1e-30,
+                                         features=["bands", "edges"])
+    analyses.validate(table)
+    assert set(table["method"]) == {"perturbation:noise"} and set(table["layer"]) == {"x_t"}
+    assert (table["effect"] == 0).all() and (table["p"] == 1).all()
+    assert table[["step_start", "step_stop"]].drop_duplicates().values.tolist() == [[0, 1], [2, 3]]
+    top = analyses.rank(table, feature="band_error:high", top=1)  # rank knows the method's direction
+    assert len(top) == 1
+
+
+def test_perturbation_timing_on_the_toy_model_and_bad_steps(toy):
+    table = analyses.perturbation_timing(toy, class_labels=[0, 1, 2], steps=4, features=["bands"])
+    assert sorted(set(table["step_start"])) == [0, 1, 2, 3]  # the default grid: min(5, T) even steps
+    high = table[table["feature"] == "band_error:high"].set_index("step_start")
+    assert (high["effect"] > 0).all() and (high["ci_low"] <= high["effect"]).all()
+    summary = table.attrs["summary"]
+    assert (summary["first_step"], summary["last_step"]) == (0, 3)
+    assert summary["ci_low"] <= summary["estimate"] <= summary["ci_high"]
+    for bad in ([4], [-1]):
+        with pytest.raises(ValueError, match="outside the run's steps 0…3"):
+            analyses.perturbation_timing(toy, class_labels=[0, 1], steps=4, at_steps=bad)
+    with pytest.raises(ValueError, match="strength must be positive"):
+        analyses.perturbation_timing(toy, class_labels=[0, 1], steps=4, strength=0)
+
+
+# -- all four on one model: the report's "Known facts" section and `denoisefeat facts` -------------
+
+def _facts_items(html: str) -> dict[str, dict]:
+    import re
+
+    items = {}
+    for attrs, text in re.findall(r'<li (data-fact="[^>]*)>(.*?)</li>', html):
+        fields = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', attrs))
+        items[fields.pop("fact")] = {**fields, "text": text}
+    return items
+
+
+@pytest.mark.parametrize("model", ["toy", "tiny-sd"])
+def test_known_facts_report_section_shows_the_analysis_numbers(model, toy, tiny_pipes, tmp_path):
+    from denoisefeat.viz.report import build_report
+
+    pipe = toy if model == "toy" else tiny_pipes["tiny-sd"]
+    conditions = {"class_labels": [0, 1, 2]} if model == "toy" else {"prompts": ["a red square", "a blue disc", "a"]}
+    facts = analyses.known_facts(pipe, steps=3, n_boot=50, **conditions)
+    path = build_report(facts.run, tmp_path / "facts.html", facts=facts)
+    items = _facts_items(path.read_text(encoding="utf-8"))
+    outputs = {"coarse_to_fine": facts.band_snr["summary"], "skip_high_frequency": facts.skip_spectrum["summary"],
+               "deep_blocks_settle": facts.step_similarity["summary"]}
+    assert list(items) == list(analyses.facts.FACTS)
+    for key, item in items.items():
+        for stat in ("estimate", "ci_low", "ci_high", "p"):
+            expected = (float(outputs[key].sel(stat=stat)) if key in outputs
+                        else float(facts.perturbation_timing.attrs["summary"][stat]))
+            np.testing.assert_equal(float(item[stat.replace("_", "-")]), expected)
+        estimate, ci_low = float(item["estimate"]), float(item["ci-low"])
+        if np.isfinite(estimate):
+            assert f"{estimate:+.3g}" in item["text"]  # the sentence is worded from the same number
+        shows = "This model shows it" in item["text"]
+        assert shows == (ci_low > 0) == (item["holds"] == "True")
+    assert 'id="facts"' in path.read_text(encoding="utf-8")
+
+
+def test_facts_command_writes_the_report(tmp_path):
+    from typer.testing import CliRunner
+
+    from denoisefeat.cli import app
+
+    result = CliRunner().invoke(app, ["facts", "tiny-unet", "-n", "3", "--steps", "3", "--n-boot", "50",
+                                      "--out", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "facts.html").is_file() and (tmp_path / "facts.zarr").is_dir()
+    for key in analyses.facts.FACTS:
+        assert f"{key}: " in result.output
+    result = CliRunner().invoke(app, ["facts", "tiny-unet", "-n", "3", "--steps", "3", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "exists" in result.output  # the store is not replaced without --overwrite

@@ -13,6 +13,8 @@ data:
 * **Attribution** (``attribution/`` group): layer × step-window heatmaps per feature and method, probe
   selectivity maps.
 * **Activations** (``acts/``): step-to-step change of each recorded layer.
+* **Known facts** (``facts=``, :func:`denoisefeat.analyses.known_facts`): each fact in one sentence worded
+  from its measured numbers and interval, with its figure (:mod:`denoisefeat.viz.facts`).
 
 Every string that comes from the user (title, prompts, labels, model id, feature and method
 names) is HTML-escaped.
@@ -331,6 +333,16 @@ def _activation_section(run, *, layers) -> _Section:
     return section
 
 
+def _facts_section(facts) -> _Section:
+    from denoisefeat.viz.facts import fact_figures, facts_html
+
+    section = _Section("facts", "Known facts",
+                       "Whether this model behaves like the models in the literature, one fact at a time; every "
+                       "number is measured on this model, with its interval in brackets." + facts_html(facts))
+    section.figures.extend(_Figure(figure, name, caption) for figure, name, caption in fact_figures(facts))
+    return section
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", str(text)).strip("_").lower() or "figure"
 
@@ -423,7 +435,7 @@ def _page(title: str, overview: str, sections: list[_Section], notes: list[str])
 
 def build_report(run, out, *, title: str | None = None, static_dir=None, static_formats: Sequence[str] = ("png",),
                  layers=None, features: xr.Dataset | None = None, attribution: pd.DataFrame | None = None,
-                 attribution_images: Mapping | None = None, max_samples: int = 16) -> Path:
+                 attribution_images: Mapping | None = None, max_samples: int = 16, facts=None) -> Path:
     """Write one self-contained HTML report of a run (and optionally each figure as image files).
 
     Parameters
@@ -453,6 +465,8 @@ def build_report(run, out, *, title: str | None = None, static_dir=None, static_
         :func:`denoisefeat.viz.attribution.attribution_heatmap`).
     max_samples : int
         Samples in the x̂0 grid.
+    facts : denoisefeat.analyses.facts.KnownFacts, optional
+        Add the "Known facts" section.
 
     Returns
     -------
@@ -500,6 +514,8 @@ def build_report(run, out, *, title: str | None = None, static_dir=None, static_
         notes.append("No attribution results in the store (ablation, patching, probes): no attribution maps.")
     if run.layers():
         sections.append(_activation_section(run, layers=layers))
+    if facts is not None:
+        sections.append(_facts_section(facts))
     out.write_text(_page(title, _overview(run), sections, notes), encoding="utf-8")
     if static_dir is not None:
         items = [item for section in sections for item in section.figures]
