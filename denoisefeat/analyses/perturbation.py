@@ -116,7 +116,7 @@ def _timing_summary(errors: dict[int, dict[str, np.ndarray]], grid: list[int], a
     """Per sample, log(high/low band error) at the last k minus at the first k, with its t-interval."""
     low, high = f"{_BAND}{next(iter(DEFAULT_BANDS))}", f"{_BAND}{list(DEFAULT_BANDS)[-1]}"
     if len(grid) < 2 or low not in errors[grid[0]] or high not in errors[grid[0]]:
-        return dict.fromkeys(STATS, float("nan"))
+        return {**dict.fromkeys(STATS, float("nan")), "first_step": grid[0], "last_step": grid[-1]}
     with np.errstate(divide="ignore", invalid="ignore"):
         tilt = {k: np.log(errors[k][high] / errors[k][low]) for k in (grid[0], grid[-1])}
     difference = tilt[grid[-1]] - tilt[grid[0]]

@@ -40,13 +40,12 @@ def _coarse_to_fine(facts, row) -> str:
     first, last = ds.attrs["first_band"], ds.attrs["last_band"]
     crossing = ds["crossing"].sel(source="measured", stat="estimate")
     implied = ds["crossing"].sel(source="scheduler", stat="estimate")
-    later = ("it is still below 1 at the last step's x_t (the gap's interval is "
-             f"[{row['ci_low']:+.3g}, {row['ci_high']:+.3g}] steps)" if math.isinf(row["estimate"])
+    later = ("it is still below 1 at the last step's x_t" if math.isinf(row["estimate"])
              else f"{_interval(row)} steps later")
-    return (f"The {escape(last)} band of x_t reaches SNR 1 {_step(float(crossing.sel(band=last)))}, the "
-            f"{escape(first)} band {_step(float(crossing.sel(band=first)))}: {later} (measured on x_t; the schedule "
-            f"with this model's band power implies {_step(float(implied.sel(band=last)))} and "
-            f"{_step(float(implied.sel(band=first)))}).")
+    return (f"Measured on x_t, the {escape(last)} band reaches SNR 1 {_step(float(crossing.sel(band=last)))} and "
+            f"the {escape(first)} band {_step(float(crossing.sel(band=first)))}: {later}. The schedule with this "
+            f"model's band power implies {_step(float(implied.sel(band=last)))} and "
+            f"{_step(float(implied.sel(band=first)))}.")
 
 
 def _skips(facts, row) -> str:
