@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from denoisefeat import analyses, trace
+from denoisefeat.analyses.facts import FACTS
 from denoisefeat.frequency import band_masks
 from denoisefeat.models import load_pipeline
 
@@ -246,7 +247,7 @@ def test_known_facts_report_section_shows_the_analysis_numbers(model, toy, tiny_
     items = _facts_items(path.read_text(encoding="utf-8"))
     outputs = {"coarse_to_fine": facts.band_snr["summary"], "skip_high_frequency": facts.skip_spectrum["summary"],
                "deep_blocks_settle": facts.step_similarity["summary"]}
-    assert list(items) == list(analyses.facts.FACTS)
+    assert list(items) == list(FACTS)
     for key, item in items.items():
         for stat in ("estimate", "ci_low", "ci_high", "p"):
             expected = (float(outputs[key].sel(stat=stat)) if key in outputs
@@ -269,7 +270,7 @@ def test_facts_command_writes_the_report(tmp_path):
                                       "--out", str(tmp_path)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert (tmp_path / "facts.html").is_file() and (tmp_path / "facts.zarr").is_dir()
-    for key in analyses.facts.FACTS:
+    for key in FACTS:
         assert f"{key}: " in result.output
     result = CliRunner().invoke(app, ["facts", "tiny-unet", "-n", "3", "--steps", "3", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "exists" in result.output  # the store is not replaced without --overwrite

@@ -71,6 +71,7 @@ class _Section:
     intro: str
     figures: list[_Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    body: str = ""  # HTML after the intro, before the figures
 
 
 # -- data the store holds ------------------------------------------------------------------------
@@ -338,7 +339,7 @@ def _facts_section(facts) -> _Section:
 
     section = _Section("facts", "Known facts",
                        "Whether this model behaves like the models in the literature, one fact at a time; every "
-                       "number is measured on this model, with its interval in brackets." + facts_html(facts))
+                       "number is measured on this model, with its interval in brackets.", body=facts_html(facts))
     section.figures.extend(_Figure(figure, name, caption) for figure, name, caption in fact_figures(facts))
     return section
 
@@ -411,7 +412,8 @@ def _page(title: str, overview: str, sections: list[_Section], notes: list[str])
 
     parts, index = [], 0
     for section in sections:
-        parts.append(f'<section id="{section.key}"><h2>{escape(section.title)}</h2><p>{section.intro}</p>')
+        parts.append(f'<section id="{section.key}"><h2>{escape(section.title)}</h2><p>{section.intro}</p>'
+                     + section.body)
         parts.extend(f'<p class="dft-note">{escape(n)}</p>' for n in section.notes)
         for item in section.figures:
             index += 1
