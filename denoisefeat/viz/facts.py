@@ -103,7 +103,18 @@ def fact_sentences(facts) -> dict[str, str]:
 
 
 def facts_html(facts) -> str:
-    """The section's list: one ``<li>`` per fact with its numbers in ``data-`` attributes (for tests and tools)."""
+    """The section's list: one ``<li>`` per fact with its numbers in ``data-`` attributes (for tests and tools).
+
+    Parameters
+    ----------
+    facts : denoisefeat.analyses.facts.KnownFacts
+
+    Returns
+    -------
+    str
+        ``<ul class="dft-facts">`` with ``data-fact``, ``data-holds``, ``data-estimate``,
+        ``data-ci-low``, ``data-ci-high`` and ``data-p`` on each item (``repr`` of the floats).
+    """
     summary = facts.summary().set_index("fact")
     items = []
     for key, sentence in fact_sentences(facts).items():
