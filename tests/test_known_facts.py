@@ -190,24 +190,35 @@ def test_skip_spectrum_on_a_text_to_image_unet_and_bad_layers(tiny_pipes):
 
 # -- perturbation_timing --------------------------------------------------------------------------
 
-def test_noise_kick_adds_its_noise_at_its_step_only(toy):
+def test_noise_kick_draws_one_unit_noise_per_sample_seed():
     from denoisefeat.analyses.perturbation import NoiseKick
-    from denoisefeat.schedulers import loop_noise_levels
 
-    labels = [0, 1]
-    clean = trace(toy, class_labels=labels, steps=4, keep=("xt",))
-    levels = loop_noise_levels(clean.attrs["scheduler_class"], clean.attrs["scheduler_config"], 4)
-    kicks = {k: NoiseKick(step=k, strength=0.5, noise_scale=levels[k].noise, seeds=(0, 1)) for k in (1, 2)}
-    runs = {k: trace(toy, class_labels=labels, steps=4, keep=("xt",), edit_sample=kick) for k, kick in kicks.items()}
-    base = clean["xt"].values
-    added = {}
-    for k, run in runs.items():
-        xt = run["xt"].values
-        np.testing.assert_array_equal(xt[:, :k], base[:, :k])  # nothing changes before step k
-        added[k] = (xt[:, k] - base[:, k]) / (0.5 * levels[k].noise)
-        assert "NoiseKick(step=" in run.attrs["extra"]["edit_sample"]
-    np.testing.assert_allclose(added[1], added[2], atol=1e-4)  # the same z at every k, scaled by s_k
-    assert abs(added[1].std() - 1) < 0.05 and abs(added[1].mean()) < 0.05
+    kick = NoiseKick(strength=0.5, noise_scale=2.0, seeds=(3, 4, 5))
+    x = torch.zeros(3, 3, 32, 32)
+    added = kick(slice(0, 3), x)
+    np.testing.assert_array_equal(kick(slice(1, 3), x[1:]), added[1:])  # a sample's noise does not depend on its batch
+    z = added.numpy() / (0.5 * 2.0)
+    assert abs(z.std() - 1) < 0.03 and abs(z.mean()) < 0.03
+    assert not np.allclose(z[0], z[1])
+    other = NoiseKick(strength=0.5, noise_scale=2.0, seeds=(3, 4, 5), noise_seed=1)(slice(0, 3), x)
+    assert not torch.equal(other, added)
+
+
+def test_perturbation_timing_goes_on_from_the_clean_prefix(toy):
+    """A run that goes on from the clean run's kept state (unperturbed) ends on the clean images; the
+    perturbed runs cost only their remaining steps."""
+    from denoisefeat.analyses.perturbation import _initial_state
+    from denoisefeat.options import RunOptions
+    from denoisefeat.trajectory import DenoisingLoop, PrefixCache
+
+    request, scheduler = RunOptions(class_labels=[0, 1], steps=4).request(toy, decode=False)
+    loop = DenoisingLoop(toy, request, scheduler)
+    prefixes = PrefixCache([2])
+    clean = loop.run(slice(0, 2), prefixes=prefixes)
+    np.testing.assert_allclose(loop.run(slice(0, 2), start=prefixes.state(slice(0, 2), 2)), clean, atol=1e-6)
+    np.testing.assert_allclose(loop.run(slice(0, 2), start=_initial_state(loop, slice(0, 2))), clean, atol=1e-6)
+    table = analyses.perturbation_timing(toy, class_labels=[0, 1], steps=4, at_steps=[2], features=["bands"])
+    assert table.attrs["denoiser_calls"] == 4 + 2  # the clean run, then steps 2 and 3 only
 
 
 def test_perturbation_timing_null_strength_is_exactly_zero_and_ranks(toy):

@@ -101,30 +101,21 @@ def _blocks(pipe) -> list[str]:
 def known_facts(
     pipe,
     *,
-    samples: int | None = None,
-    class_labels: Sequence[int] | None = None,
-    prompts: Sequence[str] | None = None,
-    seed: int = 0,
-    steps: int = 20,
-    scheduler=None,
-    guidance_scale: float | None = None,
     at_steps: Sequence[int] | None = None,
     strength: float = 1.0,
     similarity_reducer: str = "full",
     n_boot: int = 1000,
     alpha: float = 0.05,
-    batch_size: int = 8,
     store=None,
     overwrite: bool = False,
     model_id: str | None = None,
+    **run,
 ) -> KnownFacts:
     """Measure the four known facts of :data:`FACTS` on one model.
 
     Parameters
     ----------
     pipe : diffusers pipeline
-    samples, class_labels, prompts, seed, steps, scheduler, guidance_scale, batch_size
-        The runs (as for :func:`denoisefeat.trace`); every analysis uses the same samples.
     at_steps, strength
         The perturbation grid and strength (:func:`~denoisefeat.analyses.perturbation_timing`).
     similarity_reducer : str
@@ -140,13 +131,15 @@ def known_facts(
         Replace an existing ``store``.
     model_id : str, optional
         The model's name in the store and the summary.
+    **run
+        The run options of :func:`denoisefeat.trace` (:class:`denoisefeat.options.RunOptions`;
+        default 20 steps): every analysis uses the same samples.
 
     Returns
     -------
     KnownFacts
     """
-    run_args = {"samples": samples, "class_labels": class_labels, "prompts": prompts, "seed": seed, "steps": steps,
-                    "scheduler": scheduler, "guidance_scale": guidance_scale}
+    run = {"steps": 20, **run}
     seconds: dict[str, float] = {}
 
     def timed(name, work):
@@ -156,14 +149,14 @@ def known_facts(
         return result
 
     blocks = _blocks(pipe)
-    run = timed("trace", lambda: trace(pipe, **run_args, batch_size=batch_size, store=store, overwrite=overwrite,
-                                       record=dict.fromkeys(blocks, similarity_reducer), model_id=model_id))
-    snr = timed("band_snr", lambda: band_snr(run, n_boot=n_boot, alpha=alpha, seed=seed))
-    similarity = timed("step_similarity", lambda: step_similarity(run, n_boot=n_boot, alpha=alpha, seed=seed))
+    traced = timed("trace", lambda: trace(pipe, **run, store=store, overwrite=overwrite, model_id=model_id,
+                                          record=dict.fromkeys(blocks, similarity_reducer)))
+    snr = timed("band_snr", lambda: band_snr(traced, n_boot=n_boot, alpha=alpha))
+    similarity = timed("step_similarity", lambda: step_similarity(traced, n_boot=n_boot, alpha=alpha))
     skips = None
     if hasattr(denoiser_of(pipe), "up_blocks"):
-        skips = timed("skip_spectrum", lambda: skip_spectrum(pipe, **run_args, alpha=alpha))
+        skips = timed("skip_spectrum", lambda: skip_spectrum(pipe, **run, alpha=alpha))
     timing = timed("perturbation_timing", lambda: perturbation_timing(
-        pipe, **run_args, at_steps=at_steps, strength=strength, alpha=alpha, batch_size=batch_size))
-    return KnownFacts(model=str(run.attrs.get("model_id")), run=run, band_snr=snr, skip_spectrum=skips,
+        pipe, **run, at_steps=at_steps, strength=strength, alpha=alpha))
+    return KnownFacts(model=str(traced.attrs.get("model_id")), run=traced, band_snr=snr, skip_spectrum=skips,
                       step_similarity=similarity, perturbation_timing=timing, seconds=seconds)

@@ -4,8 +4,10 @@ Perturbing early steps changes content and layout; perturbing late steps changes
 (Wang & Vastola 2023; the strength trade-off of SDEdit).  :func:`perturbation_timing` runs the clean
 trajectory, then one trajectory per step ``k`` of a grid with ``x_k ← x_k + strength·s_k·z`` (``s_k``
 the noise scale of x_k, :func:`denoisefeat.schedulers.noise_level`; ``z`` standard normal, one draw
-per sample seed, the same draw at every ``k``), through :func:`denoisefeat.trace`'s ``edit_sample``,
-and measures how each feature of the final image changes, paired per sample.
+per sample seed, the same draw at every ``k``), and measures how each feature of the final image
+changes, paired per sample.  The perturbed runs go on from the clean run's loop state before ``k``
+(:class:`denoisefeat.trajectory.PrefixCache`, :class:`~denoisefeat.trajectory.LoopState` with x_k
+replaced): each costs ``T − k`` denoiser calls, and is exact for stochastic schedulers too.
 
 The perturbation is relative to the noise the sample already holds: at every ``k`` it is a
 ``strength`` fraction of x_k's own noise, what the denoiser is trained to remove.
@@ -17,8 +19,9 @@ k): ``layer = "x_t"`` (the sample, not a module), window ``[k, k + 1)``, method
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -31,8 +34,9 @@ from denoisefeat.analyses.table import benjamini_hochberg, validate
 from denoisefeat.frequency import DEFAULT_BANDS, band_energy
 from denoisefeat.metrics import compute_metrics
 from denoisefeat.models import denoiser_of
+from denoisefeat.options import RunOptions
 from denoisefeat.schedulers import loop_noise_levels
-from denoisefeat.trajectory import make_request, trace
+from denoisefeat.trajectory import DenoisingLoop, LoopState, PrefixCache
 
 __all__ = ["METHOD", "SAMPLE", "NoiseKick", "perturbation_timing"]
 
@@ -46,37 +50,42 @@ _DEFAULT_FEATURES = ("bands", "edges", "texture", "shape", "color")
 
 @dataclass(frozen=True)
 class NoiseKick:
-    """``x_t ← x_t + strength·noise_scale·z`` at one loop step (an ``edit_sample`` of :func:`denoisefeat.trace`).
+    """``x ← x + strength·noise_scale·z`` for a batch of the run's samples (``z`` standard normal).
 
     Attributes
     ----------
-    step : int
-        The loop step to perturb.
     strength : float
         The perturbation's standard deviation as a fraction of ``noise_scale``.
     noise_scale : float
-        ``s_k``, the noise scale of x_t at ``step``.
+        ``s_k``, the noise scale of x_t at the perturbed step.
     seeds : tuple of int
         The run's sample seeds: ``z`` of sample ``i`` is drawn from a generator seeded by
-        ``(noise_seed, seeds[i])``, the same at every step.
+        ``(noise_seed, seeds[i])``, the same at every step and in every batch.
     noise_seed : int
     """
 
-    step: int
     strength: float
     noise_scale: float
     seeds: tuple[int, ...]
     noise_seed: int = 0
 
-    def __call__(self, step: int, samples: slice, x: torch.Tensor) -> torch.Tensor:
-        if step != self.step:
-            return x
+    def __call__(self, samples: slice, x: torch.Tensor) -> torch.Tensor:
         draws = []
         for seed in self.seeds[samples]:
             state = int(np.random.SeedSequence([self.noise_seed, int(seed)]).generate_state(1)[0])
             draws.append(torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(state)))
         z = torch.stack(draws).to(device=x.device, dtype=x.dtype)
         return x + (self.strength * self.noise_scale) * z
+
+
+def _initial_state(loop: DenoisingLoop, samples: slice) -> LoopState:
+    """The loop state before step 0 (the initial noise), which a :class:`PrefixCache` does not keep."""
+    request, family = loop.request, loop.family
+    generators = [torch.Generator(device=family.device).manual_seed(s) for s in request.seeds[samples]]
+    scheduler = copy.deepcopy(loop.template)
+    scheduler.set_timesteps(request.steps, device=family.device)
+    x = family.initial_sample(generators, scheduler)
+    return LoopState(0, x, scheduler, [g.get_state() for g in generators])
 
 
 def _features(images: np.ndarray, clean: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -92,8 +101,8 @@ def _features(images: np.ndarray, clean: np.ndarray, names: Sequence[str]) -> di
     return {name: np.asarray(out[name], dtype=np.float64).reshape(-1) for name in names}
 
 
-def _final(run) -> np.ndarray:
-    return np.clip(np.asarray(run["final"].values, dtype=np.float64), 0.0, 1.0)
+def _as_images(final: torch.Tensor) -> np.ndarray:
+    return np.clip(final.detach().float().cpu().numpy().astype(np.float64), 0.0, 1.0)
 
 
 def _grid(at_steps, n_steps: int) -> list[int]:
@@ -131,16 +140,9 @@ def perturbation_timing(
     at_steps: int | Sequence[int] | None = None,
     strength: float = 1.0,
     features=_DEFAULT_FEATURES,
-    samples: int | None = None,
-    class_labels: Sequence[int] | None = None,
-    prompts: Sequence[str] | None = None,
-    seed: int | Sequence[int] = 0,
-    steps: int = 20,
-    scheduler=None,
-    guidance_scale: float | None = None,
     noise_seed: int = 0,
     alpha: float = 0.05,
-    batch_size: int = 8,
+    **run,
 ) -> pd.DataFrame:
     """How much noise injected into x_t at step k changes each feature of the final image, for a grid of k.
 
@@ -155,12 +157,13 @@ def perturbation_timing(
         As for :func:`denoisefeat.analyses.ablation_scan` (:func:`~denoisefeat.analyses.resolve_features`):
         feature groups, metrics, ``"bands"`` or ``"band_error:<band>"``.  The default measures every
         band and every feature group.
-    samples, class_labels, prompts, seed, steps, scheduler, guidance_scale, batch_size
-        The run, as for :func:`denoisefeat.trace` (in memory, nothing stored).
     noise_seed : int
         Seeds the perturbations ``z`` (with each sample's seed).
     alpha : float
         Rows carry ``1 − alpha`` intervals.
+    **run
+        The run options of :func:`denoisefeat.trace` (:class:`denoisefeat.options.RunOptions`;
+        default 20 steps); in memory, nothing stored.
 
     Returns
     -------
@@ -189,15 +192,17 @@ def perturbation_timing(
     if not np.isfinite(strength) or strength <= 0:
         raise ValueError(f"strength must be positive (a fraction of x_t's noise scale), got {strength!r}.")
     names = resolve_features(features)
-    request, _ = make_request(pipe, samples=samples, class_labels=class_labels, prompts=prompts, seed=seed,
-                              steps=steps, scheduler=scheduler, guidance_scale=guidance_scale)
+    options = RunOptions.of(run, caller="perturbation_timing", defaults={"steps": 20})
+    request, scheduler = options.request(pipe, decode=False)
     if request.n_samples < 2:
         raise ValueError(f"Paired statistics need at least 2 samples, got {request.n_samples}.")
+    loop = DenoisingLoop(pipe, request, scheduler)
     levels = loop_noise_levels(request.scheduler_class, request.scheduler_config, request.steps)
-    grid = _grid(at_steps, len(levels))
-    run_args = {"samples": samples, "class_labels": class_labels, "prompts": prompts, "seed": seed, "steps": steps,
-                    "scheduler": scheduler, "guidance_scale": guidance_scale, "batch_size": batch_size, "keep": ()}
-    clean = _final(trace(pipe, **run_args))
+    grid = _grid(at_steps, loop.n_steps)
+    chunks = loop.chunks(options.batch_size)
+    prefixes = PrefixCache(grid)  # the clean run keeps its state before every k > 0
+    starts = {c.start: _initial_state(loop, c) for c in chunks} if 0 in grid else {}
+    clean = np.concatenate([_as_images(loop.run(c, prefixes=prefixes)) for c in chunks])
     base = _features(clean, clean, names)
     other = np.roll(clean, 1, axis=0)
     between = _features(other, clean, names)
@@ -206,9 +211,13 @@ def perturbation_timing(
     resolution = float_resolution(denoiser_of(pipe).dtype)
     rows, errors = [], {}
     for k in grid:
-        kick = NoiseKick(step=k, strength=float(strength), noise_scale=levels[k].noise, seeds=request.seeds,
+        kick = NoiseKick(strength=float(strength), noise_scale=levels[k].noise, seeds=request.seeds,
                          noise_seed=noise_seed)
-        perturbed = _final(trace(pipe, **run_args, edit_sample=kick))
+        perturbed = []
+        for c in chunks:
+            state = starts[c.start] if k == 0 else prefixes.state(c, k)
+            perturbed.append(_as_images(loop.run(c, start=replace(state, x=kick(c, state.x)))))
+        perturbed = np.concatenate(perturbed)
         values = errors[k] = _features(perturbed, clean, names)
         unchanged = np.abs(perturbed - clean).max(axis=(-3, -2, -1)) <= resolution
         distance = np.where(unchanged, 0.0, np.sqrt(((perturbed - clean) ** 2).sum(axis=(-3, -2, -1))))
@@ -229,5 +238,6 @@ def perturbation_timing(
     frame.insert(frame.columns.get_loc("n"), "p_adj", benjamini_hochberg(frame["p"]))
     frame["n"] = frame["n"].astype(np.int64)
     frame.attrs.update(alpha=alpha, ci_level=1 - alpha, inference="t", image_resolution=resolution,
+                       denoiser_calls=loop.calls,
                        fact="late_changes_detail", summary=_timing_summary(errors, grid, alpha))
     return validate(frame)

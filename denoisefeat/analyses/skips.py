@@ -16,7 +16,6 @@ mid block's for ``up_blocks.0``); that of resnet ``i > 0`` is resnet ``i − 1``
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -28,7 +27,8 @@ from denoisefeat.frequency import DEFAULT_BANDS, band_energy
 from denoisefeat.hooks import Reducer, record, resolve_layers
 from denoisefeat.hooks.layers import probe_layers
 from denoisefeat.models import denoiser_of
-from denoisefeat.trajectory import make_request, trace
+from denoisefeat.options import RunOptions
+from denoisefeat.trajectory import trace
 
 __all__ = ["PARTS", "skip_spectrum", "skip_splits"]
 
@@ -99,20 +99,7 @@ def _split_energy(backbone: int, bands) -> Reducer:
     return Reducer("skip_split", split, lambda positions: ("part", "band"))
 
 
-def skip_spectrum(
-    pipe,
-    *,
-    layers="up_blocks.*",
-    samples: int | None = None,
-    class_labels: Sequence[int] | None = None,
-    prompts: Sequence[str] | None = None,
-    seed: int = 0,
-    steps: int = 20,
-    scheduler=None,
-    guidance_scale: float | None = None,
-    bands=DEFAULT_BANDS,
-    alpha: float = 0.05,
-) -> xr.Dataset:
+def skip_spectrum(pipe, *, layers="up_blocks.*", bands=DEFAULT_BANDS, alpha: float = 0.05, **run) -> xr.Dataset:
     """Band energies of the backbone and the skip input of every up-block resnet, per sample and step.
 
     Parameters
@@ -121,12 +108,13 @@ def skip_spectrum(
         With a ``UNet2DModel`` or ``UNet2DConditionModel`` denoiser.
     layers : str or sequence of str
         Up blocks or globs over them (:func:`skip_splits`).
-    samples, class_labels, prompts, seed, steps, scheduler, guidance_scale
-        The run, as for :func:`denoisefeat.trace` (one batch; in memory; nothing stored).
     bands : mapping of str to (float, float)
         Ordered, contiguous bands; the last one is the "high" band of the summary.
     alpha : float
         Intervals are ``1 − alpha``.
+    **run
+        The run options of :func:`denoisefeat.trace` (:class:`denoisefeat.options.RunOptions`;
+        default 20 steps); the samples run as one batch, in memory, nothing stored.
 
     Returns
     -------
@@ -144,15 +132,15 @@ def skip_spectrum(
         A layer that is not an up block, a denoiser without up blocks, or fewer than 2 samples.
     """
     splits = skip_splits(pipe, layers)
-    request, _ = make_request(pipe, samples=samples, class_labels=class_labels, prompts=prompts, seed=seed,
-                              steps=steps, scheduler=scheduler, guidance_scale=guidance_scale)
+    options = RunOptions.of(run, caller="skip_spectrum", defaults={"steps": 20})
+    request, _ = options.request(pipe, decode=False)
     n = request.n_samples
     if n < 2:
         raise ValueError(f"skip_spectrum's intervals are over samples: give at least 2, got {n}.")
     reducers = {name: _split_energy(backbone, bands) for name, backbone in splits.items()}
     with record(pipe, reducers, inputs=True) as recording:
-        trace(pipe, samples=samples, class_labels=class_labels, prompts=prompts, seed=seed, steps=steps,
-                    scheduler=scheduler, guidance_scale=guidance_scale, keep=(), batch_size=n)  # one batch: the recording's own clock counts one step per denoiser call
+        # one batch: the recording's own clock counts one step per denoiser call
+        trace(pipe, **{**vars(options), "batch_size": n}, keep=())
     energies = []
     for name in splits:
         values = np.asarray(recording.acts(name, "skip_split").values, dtype=np.float64)  # (rows, step, part, band)
