@@ -5,8 +5,8 @@
 
 Runs :func:`~denoisefeat.analyses.known_facts` once (the facts trace with every block recorded, then
 band_snr, step_similarity, skip_spectrum and perturbation_timing) and prints JSON: the seconds of
-each stage, the denoiser calls each makes (``perturbation_timing``: one clean trajectory plus one per
-perturbed step, each from step 0), the plain pipeline's time for the same samples and steps, and
+each stage, the denoiser calls each makes (``perturbation_timing``: one clean trajectory, then each
+perturbed one from the clean run's state before its step), the plain pipeline's time for the same samples and steps, and
 every fact's number with its interval.  ``--repeats`` is ignored: one run of each, timed by
 ``known_facts`` itself.  On large models pass ``--reducer "random_projection(16)"``.
 """
@@ -38,7 +38,8 @@ def main() -> None:
                         n_boot=args.n_boot, batch_size=args.samples)
     grid = sorted(set(facts.perturbation_timing["step_start"]))
     calls = {"trace": args.steps, "skip_spectrum": args.steps if facts.skip_spectrum is not None else 0,
-             "perturbation_timing": args.steps * (1 + len(grid))}
+             "perturbation_timing": int(facts.perturbation_timing.attrs["denoiser_calls"]),
+             "perturbation_timing_from_step_0": args.steps * (1 + len(grid))}
     summary = facts.summary().drop(columns="claim").to_dict("records")
     emit({"benchmark": "known_facts", "model": args.model, "device": args.device, "samples": args.samples,
           "steps": args.steps, "machine": machine(), "plain_pipeline_s": round(plain_s, 3),
