@@ -739,3 +739,35 @@ def view(
                       markup=False, highlight=False)
     console.print(f"viewing {run.path} at http://{host}:{port}/ (Ctrl-C to stop)", markup=False, highlight=False)
     serve(run, host=host, port=port)
+
+
+@app.command()
+@_friendly
+@_SCAN_RUN_OPTIONS
+def facts(
+    model: str = typer.Argument(..., help="toy, tiny-*, a save_pretrained folder or a hub id."),
+    out: Path = typer.Option(Path("denoisefeat-facts"), "--out", "-o", help="Folder for facts.zarr and facts.html."),
+    n_boot: int = _N_BOOT,
+    device: str = _DEVICE,
+    fp16: bool = _FP16,
+    overwrite: bool = _OVERWRITE,
+    run: dict = None,
+) -> None:
+    """Measure the field's four known facts on MODEL and write a report with a "Known facts" section."""
+    import html
+
+    from denoisefeat.analyses.facts import known_facts
+    from denoisefeat.viz.facts import fact_sentences
+    from denoisefeat.viz.report import build_report
+
+    pipe = _scan_pipe(model, device, fp16)
+    out.mkdir(parents=True, exist_ok=True)
+    with console.status("measuring the known facts (trace, band SNR, step similarity, skip spectra, perturbations)"):
+        result = known_facts(pipe, **run, n_boot=n_boot, store=out / "facts.zarr", overwrite=overwrite, model_id=model)
+    with console.status("building the report"):
+        path = build_report(result.run, out / "facts.html", title=f"denoisefeat known facts: {model}", facts=result)
+    plain = Console(soft_wrap=True)
+    for key, sentence in fact_sentences(result).items():
+        plain.print(f"{key}: {html.unescape(sentence)}", markup=False, highlight=False)
+    timing = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.seconds.items())
+    console.print(f"wrote {path}; time: {timing}", markup=False, highlight=False)

@@ -13,6 +13,8 @@ data:
 * **Attribution** (``attribution/`` group): layer × step-window heatmaps per feature and method, probe
   selectivity maps.
 * **Activations** (``acts/``): step-to-step change of each recorded layer.
+* **Known facts** (``facts=``, :func:`denoisefeat.analyses.known_facts`): each fact in one sentence worded
+  from its measured numbers and interval, with its figure (:mod:`denoisefeat.viz.facts`).
 
 Every string that comes from the user (title, prompts, labels, model id, feature and method
 names) is HTML-escaped.
@@ -86,6 +88,7 @@ class _Section:
     intro: str
     figures: list[_Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    body: str = ""  # HTML after the intro, before the figures
 
 
 # -- data the store holds ------------------------------------------------------------------------
@@ -350,6 +353,16 @@ def _metric_selectivity(table: pd.DataFrame):
     return selectivity_heatmap(metric_selectivity(metrics=shown, n_pairs=32, size=32))
 
 
+def _facts_section(facts) -> _Section:
+    from denoisefeat.viz.facts import fact_figures, facts_html
+
+    section = _Section("facts", "Known facts",
+                       "Whether this model behaves like the models in the literature, one fact at a time; every "
+                       "number is measured on this model, with its interval in brackets.", body=facts_html(facts))
+    section.figures.extend(_Figure(figure, name, caption) for figure, name, caption in fact_figures(facts))
+    return section
+
+
 def _activation_section(run, *, layers) -> _Section:
     section = _Section("activations", "Activations",
                        "How much each recorded layer's output changes from one step to the next.")
@@ -490,7 +503,8 @@ def _page(title: str, overview: str, sections: list[_Section], notes: list[str],
 
     parts, index = [], 0
     for section in sections:
-        parts.append(f'<section id="{section.key}"><h2>{escape(section.title)}</h2><p>{section.intro}</p>')
+        parts.append(f'<section id="{section.key}"><h2>{escape(section.title)}</h2><p>{section.intro}</p>'
+                     + section.body)
         parts.extend(f'<p class="dft-note">{escape(n)}</p>' for n in section.notes)
         for item in section.figures:
             index += 1
@@ -517,7 +531,7 @@ def _page(title: str, overview: str, sections: list[_Section], notes: list[str],
 def build_report(run, out, *, title: str | None = None, static_dir=None, static_formats: Sequence[str] = ("png",),
                  layers=None, features: xr.Dataset | None = None, attribution: pd.DataFrame | None = None,
                  attribution_images: Mapping | None = None, max_samples: int = 16, max_mb: float = 25.0,
-                 frames: FramePolicy | None = None) -> Path:
+                 frames: FramePolicy | None = None, facts=None) -> Path:
     """Write one self-contained HTML report of a run (and optionally each figure as image files).
 
     Parameters
@@ -552,6 +566,8 @@ def build_report(run, out, *, title: str | None = None, static_dir=None, static_
     frames : FramePolicy, optional
         Size, encoding and steps of the pictures before any shrinking; default ``FramePolicy()``
         (128 px, WebP quality 80 above 64 px, 50 steps).
+    facts : denoisefeat.analyses.facts.KnownFacts, optional
+        Add the "Known facts" section.
 
     Returns
     -------
@@ -606,6 +622,8 @@ def build_report(run, out, *, title: str | None = None, static_dir=None, static_
         notes.append("No attribution results in the store (ablation, patching, probes): no attribution maps.")
     if run.layers():
         sections.append(_activation_section(run, layers=layers))
+    if facts is not None:
+        sections.append(_facts_section(facts))
     overview = _overview(run)
     plain = [replace(section, figures=[item for item in section.figures if item.build is None])
              for section in sections]
