@@ -56,8 +56,9 @@ def page(store):
         with Browser(chromium, width=1280, height=1500, loopback=True) as browser:  # the viewer's own server
             browser.url = f"http://127.0.0.1:{server.server_port}/"
             browser.open(browser.url)
-            browser.poll("document.querySelector('#frame') && document.querySelector('#frame').src"
-                         ".indexOf('data:image/png') === 0 && document.querySelector('#attribution .main-svg')",
+            browser.poll("!!(document.querySelector('#frame') && document.querySelector('#frame').src"
+                         ".indexOf('data:image/png') === 0 && document.querySelector('#attribution .main-svg') && "
+                         "document.querySelector('#step .dash-slider-track, #step .rc-slider-rail'))",
                          timeout=60)
             yield browser
     finally:
@@ -89,8 +90,9 @@ def test_first_frame_is_the_last_step_of_sample_0(page, store):
 
 def test_step_slider_moves_the_frame(page, store):
     before = page.evaluate("document.querySelector('#frame').src")
-    rail = page.evaluate("(function () { var r = document.querySelector('#step .dash-slider-track, #step .rc-slider-rail')"
-                         ".getBoundingClientRect(); return [r.x, r.y + r.height / 2]; })()")
+    rail = page.evaluate("(function () { var r = document.querySelector("
+                         "'#step .dash-slider-track, #step .rc-slider-rail').getBoundingClientRect(); "
+                         "return [r.x, r.y + r.height / 2]; })()")
     page.click(rail[0] + 2, rail[1])  # the left end of the slider's track: step 0
     page.poll(f"document.querySelector('#frame').src !== {before!r}", timeout=20)
     page.poll("document.querySelector('#frame-caption').textContent.indexOf('step 0') >= 0", timeout=20)
