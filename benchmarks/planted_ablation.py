@@ -22,7 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit, machine  # noqa: E402
 
-from denoisefeat.analyses import ablation_scan, step_windows  # noqa: E402
+from denoisefeat.analyses import ablation_scan  # noqa: E402
+from denoisefeat.steps import step_windows  # noqa: E402
 from denoisefeat.hooks import Edit  # noqa: E402
 from denoisefeat.models import load_pipeline  # noqa: E402
 from denoisefeat.toy.diffshapes import TEXTURES  # noqa: E402

@@ -19,7 +19,7 @@ _LAZY = {
     "Run": "denoisefeat.store",
 }
 _SUBMODULES = (
-    "models", "trajectory", "store", "schedulers", "frequency", "metrics", "features", "temporal",
+    "steps", "models", "pipelines", "trajectory", "store", "schedulers", "frequency", "metrics", "features", "temporal",
     "hooks", "probes", "analyses", "viz", "jobs", "tiny", "toy",
 )
 

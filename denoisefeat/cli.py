@@ -98,19 +98,62 @@ def _friendly(func):
     return wrapper
 
 
+def _run_cli_options(*, steps: int, samples_help: str) -> list[tuple[str, str, object, object]]:
+    """The run options as typer options: ``(parameter, RunOptions field, annotation, option)``."""
+    return [
+        ("samples", "samples", int, typer.Option(None, "--samples", "-n", help=samples_help)),
+        ("label", "class_labels", list[int], typer.Option(None, "--label", "-l", help="Class label (repeat for several).")),
+        ("prompt", "prompts", list[str], typer.Option(None, "--prompt", "-p", help="Prompt (repeat for several).")),
+        ("negative_prompt", "negative_prompt", str,
+         typer.Option(None, "--negative-prompt", help="Negative prompt for every sample under guidance.")),
+        ("seed", "seed", int, typer.Option(0, "--seed", help="Sample i uses seed + i.")),
+        ("steps", "steps", int, typer.Option(steps, "--steps", "-s", help="Inference steps.")),
+        ("scheduler", "scheduler", str,
+         typer.Option(None, "--scheduler", help="ddim, ddpm, euler, heun, dpm++, unipc, flow-euler.")),
+        ("guidance", "guidance_scale", float,
+         typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the pipeline's).")),
+        ("eta", "eta", float, typer.Option(0.0, "--eta", help="DDIM's eta (0: deterministic).")),
+        ("height", "height", int, typer.Option(None, "--height", help="Image height (latent text-to-image models).")),
+        ("width", "width", int, typer.Option(None, "--width", help="Image width (latent text-to-image models).")),
+        ("batch_size", "batch_size", int,
+         typer.Option(8, "--batch-size", help="Samples per batch (and per store chunk).")),
+    ]
+
+
+def _with_run_options(*, steps: int, samples_help: str):
+    """Give a command the run options of :class:`denoisefeat.options.RunOptions`, declared once here.
+
+    The command takes ``run`` (a dict of RunOptions fields, ready for ``**run``) instead of the
+    options themselves; its signature, as typer reads it, gains one typer option per field.
+    """
+    import inspect
+
+    options = _run_cli_options(steps=steps, samples_help=samples_help)
+
+    def decorate(command):
+        signature = inspect.signature(command)
+        own = [parameter for parameter in signature.parameters.values() if parameter.name != "run"]
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+                 for name, _, annotation, option in options]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            run = {field: kwargs.pop(name) for name, field, _, _ in options}
+            run["class_labels"], run["prompts"] = run["class_labels"] or None, run["prompts"] or None
+            return command(**kwargs, run=run)
+
+        wrapper.__signature__ = signature.replace(parameters=own + added)
+        return wrapper
+
+    return decorate
+
+
 @app.command()
 @_friendly
+@_with_run_options(steps=50, samples_help="Number of samples (default: one per prompt/label).")
 def extract(
     model: str = typer.Argument(..., help="Built-in name ('toy', 'planted', 'tiny-sd', …), a save_pretrained folder, or a Hub id."),
     out: Path = typer.Option(..., "--out", "-o", help="The zarr store to write (e.g. run.zarr)."),
-    samples: int = typer.Option(None, "--samples", "-n", help="Number of samples (default: one per prompt/label)."),
-    steps: int = typer.Option(50, "--steps", "-s", help="Inference steps."),
-    seed: int = typer.Option(0, "--seed", help="Sample i uses seed + i."),
-    prompt: list[str] = typer.Option(None, "--prompt", "-p", help="Prompt (repeat the option for several)."),
-    label: list[int] = typer.Option(None, "--label", "-l", help="Class label (repeat for several)."),
-    scheduler: str = typer.Option(None, "--scheduler", help="ddim, ddpm, euler, heun, dpm++, unipc, flow-euler."),
-    guidance: float = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the pipeline's)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Samples per batch (and per store chunk)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps …"),
     fp16: bool = typer.Option(False, "--fp16", help="Run the model in float16."),
     resume: bool = typer.Option(False, "--resume", help="Complete a half-written store made with the same settings."),
@@ -123,6 +166,7 @@ def extract(
         help="LAYER=REDUCER[,REDUCER] to record (repeatable; globs allowed), e.g. 'mid_block=channel_mean'.",
     ),
     backend: str = typer.Option("torch", "--backend", help="Hook backend for --record: torch or nnsight."),
+    run: dict = None,
 ) -> None:
     """Run MODEL's denoising loop and store every step (x_t, x̂0, decoded image) in a zarr store."""
     import torch
@@ -131,14 +175,12 @@ def extract(
     from denoisefeat.trajectory import trace
 
     pipe = load_pipeline(model, device=device, dtype=torch.float16 if fp16 else None)
-    run = trace(
-        pipe, samples=samples, prompts=prompt or None, class_labels=label or None, seed=seed, steps=steps,
-        scheduler=scheduler, guidance_scale=guidance, batch_size=batch_size, store=out, resume=resume,
-        overwrite=overwrite, model_id=model, progress=True, record=parse_record(record), backend=backend,
-        repair=repair,
+    result = trace(
+        pipe, store=out, resume=resume, overwrite=overwrite, model_id=model, progress=True,
+        record=parse_record(record), backend=backend, repair=repair, **run,
     )
-    console.print(f"wrote {run.path}", markup=False, highlight=False)
-    _print_info(run)
+    console.print(f"wrote {result.path}", markup=False, highlight=False)
+    _print_info(result)
 
 
 def parse_record(items: list[str] | None) -> dict[str, list[str]] | None:
@@ -218,6 +260,8 @@ def analyze(
     metrics: str = typer.Option(None, "--metrics", help="Metrics to compute, comma-separated (default: all)."),
     samples: str = typer.Option(None, "--samples", help="A:B, only these samples (whole store chunks; a task's share)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute features that are already stored."),
+    device: str = typer.Option(None, "--device", help="Compute the features in torch on this device (cuda, cpu); "
+                               "default numpy on the host."),
 ) -> None:
     """Compute per-step features into STORE's features/ group, then print when each feature emerges."""
     from rich.markup import escape
@@ -226,7 +270,8 @@ def analyze(
     from denoisefeat.temporal import emergence_order, profiles
 
     names = None if metrics is None else [m.strip() for m in metrics.split(",") if m.strip()]
-    feats = features(store, metrics=names, samples=_sample_range(samples), overwrite=overwrite, progress=True)
+    feats = features(store, metrics=names, samples=_sample_range(samples), overwrite=overwrite, progress=True,
+                     device=device)
     prof = profiles(feats)
     n_steps = feats.sizes["step"]
     table = Table(title=f"feature emergence: {escape(str(store))} ({feats.sizes['sample']} samples × {n_steps} steps; "
@@ -359,23 +404,11 @@ def _print_top(frame, *, title: str, top: int, by: str | None = None) -> None:
     Console().print(table)
 
 
-def _run_options(label, prompt, samples, seed, steps, scheduler, guidance, batch_size) -> dict:
-    return dict(class_labels=label or None, prompts=prompt or None, samples=samples, seed=seed, steps=steps,
-                scheduler=scheduler, guidance_scale=guidance, batch_size=batch_size)
-
-
 # Options shared by `attribute scan` and `attribute trace` (typer reuses an option object safely).
 _MODEL = typer.Argument(None, help="toy, planted, tiny-*, a save_pretrained folder or a hub id (or model in --spec).")
 _WINDOWS = typer.Option("5", "--windows", help="Number of step windows, or start:stop pairs (0:5,5:20).")
 _FEATURES = typer.Option("edges,texture,shape,color", "--features", help="Feature groups or metric names.")
-_SAMPLES = typer.Option(None, "--samples", "-n", help="Samples (default: one per label/prompt, or 8).")
-_LABEL = typer.Option(None, "--label", "-l", help="Class label (repeat for several).")
-_PROMPT = typer.Option(None, "--prompt", "-p", help="Prompt (repeat for several).")
-_SEED = typer.Option(0, "--seed", help="Sample i uses seed + i.")
-_STEPS = typer.Option(20, "--steps", "-s", help="Inference steps.")
-_SCHEDULER = typer.Option(None, "--scheduler", help="ddim, ddpm, euler, heun, dpm++, unipc, flow-euler.")
-_GUIDANCE = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the pipeline's).")
-_BATCH_SIZE = typer.Option(8, "--batch-size", help="Samples per denoiser call.")
+_SCAN_RUN_OPTIONS = _with_run_options(steps=20, samples_help="Samples (default: one per label/prompt, or 8).")
 _N_BOOT = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the CIs and p-values.")
 _RANK_BY = typer.Option(None, "--rank-by", help="Order of the printed rows: specificity (default) or effect (standardised).")
 _DEVICE = typer.Option("cpu", "--device", help="cpu, cuda, mps …")
@@ -386,6 +419,7 @@ _TOP = typer.Option(3, "--top", help="Rows per feature in the printed summary.")
 
 @attribute_app.command("scan")
 @_friendly
+@_SCAN_RUN_OPTIONS
 def attribute_scan(
     model: str = _MODEL,
     out: Path = typer.Option(..., "--out", "-o", help="Store for the clean run and attribution/ablation."),
@@ -394,20 +428,13 @@ def attribute_scan(
     method: list[str] = typer.Option(["zero"], "--method",
                                      help="zero, mean, resample, or identity (the null control); repeat for several."),
     features: str = _FEATURES,
-    samples: int = _SAMPLES,
-    label: list[int] = _LABEL,
-    prompt: list[str] = _PROMPT,
-    seed: int = _SEED,
-    steps: int = _STEPS,
-    scheduler: str = _SCHEDULER,
-    guidance: float = _GUIDANCE,
-    batch_size: int = _BATCH_SIZE,
     device: str = _DEVICE,
     fp16: bool = _FP16,
     overwrite: bool = _OVERWRITE,
     top: int = _TOP,
     rank_by: str = _RANK_BY,
     spec: Path = _SPEC_OPTION,
+    run: dict = None,
 ) -> None:
     """Ablate each layer in each step window; print and store the change of every final-image feature."""
     from denoisefeat.analyses.ablation import ablation_scan
@@ -415,7 +442,7 @@ def attribute_scan(
     pipe = _scan_pipe(model, device, fp16)
     frame = ablation_scan(
         pipe, layers=list(layer), windows=_windows(windows), method=list(method), features=_split(features),
-        **_run_options(label, prompt, samples, seed, steps, scheduler, guidance, batch_size),
+        **run,
         store=out, overwrite=overwrite, progress=True,
     )
     calls = frame.attrs.get("denoiser_calls")
@@ -425,6 +452,7 @@ def attribute_scan(
 
 @attribute_app.command("trace")
 @_friendly
+@_SCAN_RUN_OPTIONS
 def attribute_trace(
     model: str = _MODEL,
     out: Path = typer.Option(..., "--out", "-o", help="Store for the clean run and attribution/causal_tracing."),
@@ -435,14 +463,6 @@ def attribute_trace(
     corrupt_prompt: list[str] = typer.Option(None, "--corrupt-prompt", help="Corrupted prompt (default: empty)."),
     corrupt_seed: int = typer.Option(None, "--corrupt-seed", help="First seed of the corrupted noise (--corrupt noise)."),
     features: str = _FEATURES,
-    samples: int = _SAMPLES,
-    label: list[int] = _LABEL,
-    prompt: list[str] = _PROMPT,
-    seed: int = _SEED,
-    steps: int = _STEPS,
-    scheduler: str = _SCHEDULER,
-    guidance: float = _GUIDANCE,
-    batch_size: int = _BATCH_SIZE,
     n_boot: int = _N_BOOT,
     device: str = _DEVICE,
     fp16: bool = _FP16,
@@ -450,6 +470,7 @@ def attribute_trace(
     top: int = _TOP,
     rank_by: str = _RANK_BY,
     spec: Path = _SPEC_OPTION,
+    run: dict = None,
 ) -> None:
     """Corrupt the run, restore one layer × window of clean activations at a time; print the recovered fraction."""
     from denoisefeat.analyses.ablation import causal_trace
@@ -459,7 +480,7 @@ def attribute_trace(
         pipe, layers=list(layer), windows=_windows(windows), corrupt=corrupt,
         corrupt_class_labels=corrupt_label or None, corrupt_prompts=corrupt_prompt or None,
         corrupt_seed=corrupt_seed, features=_split(features),
-        **_run_options(label, prompt, samples, seed, steps, scheduler, guidance, batch_size), n_boot=n_boot,
+        **run, n_boot=n_boot,
         store=out, overwrite=overwrite, progress=True,
     )
     _print_top(frame, title=f"causal tracing → {out}/attribution/causal_tracing ({len(frame)} rows; effect: "
@@ -473,6 +494,7 @@ def attribute_stats(
     method: str = typer.Option("correlation", "--method", help="correlation (Pearson/Spearman) or regression (statsmodels)."),
     layers: str = typer.Option(None, "--layers", help="Recorded layers, comma-separated (default: all)."),
     features: str = typer.Option(None, "--features", help="Feature variables of features/, comma-separated (default: the metrics)."),
+    of: str = typer.Option("change", "--of", help="Activity of the layer's per-step change (default) or of its value."),
     stat: str = typer.Option("norm", "--stat", help="Activity per (sample, step): norm, mean or rms."),
     kind: str = typer.Option(None, "--kind", help="correlation: pearson (default) or spearman; regression: ols (default) or mixedlm."),
     windows: str = typer.Option("5", "--windows", help="regression: number of step windows or start:stop pairs."),
@@ -496,7 +518,7 @@ def attribute_stats(
     acts = {}
     for name in names:  # under classifier-free guidance: the conditional branch
         data = run.acts(name)
-        acts[name] = activity(data, stat=stat, branch="cond" if "branch" in data.dims else None)
+        acts[name] = activity(data, of=of, stat=stat, branch="cond" if "branch" in data.dims else None)
     feats = load_features(store)
     scalar = [name for name in feats.data_vars if feats[name].dims == ("sample", "step")]  # one value per step
     wanted = _split(features) or scalar
@@ -520,7 +542,9 @@ def probe(
     metrics: str = typer.Option(None, "--metrics", help="Final-image metrics to probe, comma-separated (default: edges, texture, colour)."),
     layers: str = typer.Option(None, "--layers", help="Recorded layers, comma-separated (default: all)."),
     control: str = typer.Option("xt", "--control", help="Selectivity baseline: xt (a probe on x_t) or shuffled."),
-    window: int = typer.Option(1, "--window", help="Steps pooled per probe."),
+    windows: str = typer.Option(None, "--windows",
+                                help="Step windows, one probe each: a number of windows or start:stop pairs "
+                                     "(0:5,5:20); default one per step."),
     cv: int = typer.Option(5, "--cv", help="Cross-validation folds (over samples)."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the CIs."),
     seed: int = typer.Option(0, "--seed"),
@@ -542,7 +566,8 @@ def probe(
         wanted.update(final_feature_targets(run, metrics=_split(metrics)))
     if targets in ("labels", "all") and (targets == "labels" or run.attrs.get("class_labels") is not None):
         wanted.update(label_targets(run))
-    frame = probe_table(run, targets=wanted, layers=_split(layers), control=control, window=window,
+    frame = probe_table(run, targets=wanted, layers=_split(layers), control=control,
+                        windows=None if windows is None else _windows(windows),
                         cv=cv, n_boot=n_boot, seed=seed)
     write_attribution(store, frame, name="probe", overwrite=overwrite)
     _print_top(frame, title=f"probes → {store}/attribution/probe ({len(frame)} rows; effect: selectivity over the "

@@ -44,7 +44,7 @@ class DemoSettings:
     steps : int
         DDIM steps.
     windows : int
-        Step windows of the ablation scan.
+        Step windows of the probes and the ablation scan (the same windows, :func:`denoisefeat.steps.step_windows`).
     ablation_samples : int
         The first samples, ablated.
     n_boot : int
@@ -293,9 +293,8 @@ def run_demo(out, *, quick: bool = False, overwrite: bool = False,
 
     def probes():
         targets = {**label_targets(run), **final_feature_targets(run, metrics=["edge_density"])}
-        window = max(1, settings.steps // settings.windows)
-        # one fixed penalty on standardised activations (no inner search): ~20x fewer fits, minutes -> seconds
-        return probe_table(run, targets=targets, window=window, cv=4, alphas=(100.0,),
+        # the ablation scan's step windows; one fixed penalty on standardised activations (no inner search): ~20x fewer fits, minutes -> seconds
+        return probe_table(run, targets=targets, windows=settings.windows, cv=4, alphas=(100.0,),
                            n_boot=min(settings.n_boot, 200), seed=0)
 
     write_attribution(store, timed("probes", probes), name="probe", overwrite=True)

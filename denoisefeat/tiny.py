@@ -158,7 +158,7 @@ def tiny_class_unet_pipeline(*, seed: int = 0, num_classes: int = 4, prediction_
     """
     from diffusers import DDIMScheduler, UNet2DModel
 
-    from denoisefeat.models import ClassConditionalImagePipeline
+    from denoisefeat.pipelines import ClassConditionalImagePipeline
 
     with _seeded(seed):
         unet = UNet2DModel(

@@ -6,10 +6,13 @@ import torch
 
 import denoisefeat as dft
 from denoisefeat.analyses import rank, read_attribution
-from denoisefeat.analyses.ablation import ablation_scan, causal_trace, resolve_features, step_windows
+from denoisefeat.analyses.ablation import ablation_scan, causal_trace, resolve_features
+from denoisefeat.analyses.scan import EditScan, as_images
+from denoisefeat.steps import step_windows
 from denoisefeat.hooks import Edit
 from denoisefeat.hooks.layers import UnknownLayerError
 from denoisefeat.metrics import FEATURE_GROUPS, METRICS
+from denoisefeat.options import RunOptions
 from denoisefeat.store import RunExistsError, open_run
 
 PLANTED = "up_blocks.1.resnets.1.conv2"
@@ -106,6 +109,43 @@ def test_prefix_cache_equals_naive_and_trace(noop_pipe, scheduler):
                  & (cached.feature == "delta_e2000")]
     assert expected > 0.01
     np.testing.assert_allclose(row["effect"].item(), expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_ablation_scan_equals_trace_with_the_edit_cell_by_cell(noop_pipe, cache):
+    """Every cell of a scan is ``trace(intervene=[edit])``: its final images bit for bit, its effect."""
+    pipe = noop_pipe
+    run = dict(samples=3, class_labels=[0, 1, 2], steps=4, batch_size=2, guidance_scale=2.0, scheduler="ddpm")
+    layers, windows, methods = ["down_blocks.1.resnets.0", "up_blocks.0"], [(0, 2), (2, 4), (1, 4)], ["zero", "mean"]
+    frame = ablation_scan(pipe, layers=layers, windows=windows, method=methods, features="delta_e2000", cache=cache,
+                          **run)
+    scan = EditScan(pipe, RunOptions(**run), cache=cache)
+    edits = [Edit(layer=layer, method=m, steps=range(*window)) for layer in layers for window in windows
+             for m in methods]
+    clean = scan.run_base(edits)
+    np.testing.assert_array_equal(clean, as_images(dft.trace(pipe, keep=(), **run)["final"].values))
+    for edit, images in zip(edits, scan.run_edits(edits), strict=True):
+        traced = as_images(dft.trace(pipe, keep=(), intervene=[edit], **run)["final"].values)
+        np.testing.assert_array_equal(images, traced)
+        expected = METRICS["delta_e2000"](traced, clean).mean()
+        row = frame[(frame.layer == edit.layer) & (frame.step_start == min(edit.steps))
+                    & (frame.step_stop == max(edit.steps) + 1) & (frame.method == f"ablation:{edit.method}")]
+        assert len(row) == 1 and expected > 1e-3
+        np.testing.assert_allclose(row["effect"].item(), expected, rtol=1e-9)
+
+
+def test_scans_take_every_run_option_of_trace(noop_pipe):
+    """eta and the other options of trace reach the scans (one RunOptions); unknown names are refused."""
+    run = dict(samples=2, class_labels=[0, 1], steps=3, eta=1.0, batch_size=1)
+    scan = EditScan(noop_pipe, RunOptions(**run))
+    with_eta = scan.run_base([])
+    np.testing.assert_array_equal(with_eta, as_images(dft.trace(noop_pipe, keep=(), **run)["final"].values))
+    without = as_images(dft.trace(noop_pipe, keep=(), **{**run, "eta": 0.0})["final"].values)
+    assert np.abs(with_eta - without).max() > 1e-3  # DDIM's eta changed the run: it was not dropped
+    with pytest.raises(TypeError, match="Did you mean 'eta'"):
+        ablation_scan(noop_pipe, layers=[NOOP], windows=1, samples=2, steps=2, etta=0.5)
+    with pytest.raises(TypeError, match="Run options: samples, prompts"):
+        causal_trace(noop_pipe, layers=[NOOP], windows=1, samples=2, steps=2, lenght=3)
 
 
 def test_causal_trace_planted_recovery(noop_pipe):

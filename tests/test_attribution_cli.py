@@ -115,3 +115,24 @@ def test_probe_command_labels_and_features(recorded):
     assert "probes" in output
     assert "reference" in _error(["probe", str(recorded), "--metrics", "ssim", "--overwrite"])
     assert "--overwrite" in _error(["probe", str(recorded), "--targets", "labels"])  # refused before any work
+
+
+def test_extract_and_the_scans_take_every_run_option():
+    """One declaration of the run options (RunOptions' fields) reaches `extract`, `attribute scan` and `trace`."""
+    from dataclasses import fields
+
+    import click
+    import typer
+
+    from denoisefeat.options import RunOptions
+
+    renamed = {"class_labels": "--label", "prompts": "--prompt", "guidance_scale": "--guidance"}
+    wanted = {renamed.get(f.name, "--" + f.name.replace("_", "-")) for f in fields(RunOptions)}
+    command = typer.main.get_command(app)
+    ctx = click.Context(command)
+    for path in (["extract"], ["attribute", "scan"], ["attribute", "trace"]):
+        target = command
+        for name in path:
+            target = target.get_command(ctx, name)
+        flags = {flag for param in target.params for flag in param.opts}
+        assert wanted <= flags, (path, wanted - flags)

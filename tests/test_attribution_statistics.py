@@ -10,7 +10,8 @@ from scipy import stats
 
 import denoisefeat as dft
 from denoisefeat.analyses import inference, table
-from denoisefeat.analyses.ablation import _ablation_rows, _as_images, _Reference
+from denoisefeat.analyses.ablation import _ablation_rows, _Reference
+from denoisefeat.analyses.scan import as_images as _as_images
 from denoisefeat.hooks import Edit
 from denoisefeat.metrics import FEATURE_GROUPS
 from denoisefeat.store import RunStore

@@ -76,7 +76,7 @@ def test_cross_validation_never_splits_the_steps_of_a_sample():
     y = rng.normal(size=n)
     acts = xr.DataArray(a, dims=("sample", "step", "feature"))
 
-    result = probes.fit(acts, y, window=steps, n_boot=0)
+    result = probes.fit(acts, y, windows=1, n_boot=0)
     assert result.sizes["step"] == 1 and int(result["step_stop"][0]) == steps
     assert float(result["score"][0]) < 0.2
 
@@ -128,7 +128,7 @@ def test_windows_per_step_targets_branches_and_unrecorded_steps():
     a[:, 1, :, 0] = target  # only the "cond" branch encodes it
     a[:, :, 3] = np.nan  # step 3 was not recorded
     acts = xr.DataArray(a, dims=("sample", "branch", "step", "channel"), coords={"branch": ["uncond", "cond"]})
-    result = probes.fit(acts, xr.DataArray(target, dims=("sample", "step")), window=2, alphas=(0.1, 10.0), n_boot=0)
+    result = probes.fit(acts, xr.DataArray(target, dims=("sample", "step")), windows=2, alphas=(0.1, 10.0), n_boot=0)
     assert result["score"].dims == ("branch", "step")
     assert result["step"].values.tolist() == [0, 2] and result["step_stop"].values.tolist() == [2, 4]
     assert (result["score"].sel(branch="cond") > 0.95).all()

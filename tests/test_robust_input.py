@@ -74,19 +74,19 @@ def test_overwrite_that_fails_midway_leaves_the_old_store(pipe, complete, monkey
 
     before = _files(complete)
     calls = {"n": 0}
-    real = trajectory._run_chunk
+    real = trajectory.DenoisingLoop.run
 
-    def dies_on_second_chunk(*args, **kwargs):
+    def dies_on_second_chunk(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("killed")
-        return real(*args, **kwargs)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(trajectory, "_run_chunk", dies_on_second_chunk)
+    monkeypatch.setattr(trajectory.DenoisingLoop, "run", dies_on_second_chunk)
     with pytest.raises(RuntimeError, match="killed"):
         trace(pipe, class_labels=[3, 2, 1, 0], steps=3, batch_size=2, store=complete, overwrite=True)
     assert _files(complete) == before
-    monkeypatch.setattr(trajectory, "_run_chunk", real)
+    monkeypatch.setattr(trajectory.DenoisingLoop, "run", real)
     run = trace(pipe, class_labels=[3, 2, 1, 0], steps=3, batch_size=2, store=complete, overwrite=True)
     assert run.path == complete and list(open_run(complete).dataset["class_label"].values) == [3, 2, 1, 0]
     assert sorted(p.name for p in complete.parent.iterdir()) == [".S.zarr.lock", "S.zarr"]

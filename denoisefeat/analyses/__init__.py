@@ -20,7 +20,6 @@ from denoisefeat.analyses.ablation import (
     ablation_scan,
     causal_trace,
     resolve_features,
-    step_windows,
 )
 from denoisefeat.analyses.table import (
     COLUMNS,
@@ -42,7 +41,6 @@ __all__ = [
     "ablation_scan",
     "causal_trace",
     "resolve_features",
-    "step_windows",
     "COLUMNS",
     "attribution_names",
     "benjamini_hochberg",

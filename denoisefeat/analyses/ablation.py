@@ -10,24 +10,11 @@ measures the fraction of the clean − corrupted feature difference each restora
 
 Both return an attribution table (:mod:`denoisefeat.analyses.table`).
 
-Prefix caching
---------------
-A trajectory edited in the window ``[k, stop)`` is the unedited trajectory up to step ``k``.  With
-``cache=True`` the unedited run (clean for ablations, corrupted for causal tracing) keeps, for each
-window start ``k``, the state of its loop just before step ``k`` — the sample ``x_k``, a copy of the
-scheduler (multistep solvers keep past model outputs) and the state of every sample's
-``torch.Generator`` — and each edited trajectory starts from there, saving ``k`` denoiser calls.
-Restoring the generators' states makes this exact for stochastic schedulers too (DDPM, ancestral
-samplers, DDIM with ``eta > 0``): the noise drawn at every later step is the noise the full run draws.
-The results equal those of ``cache=False`` (every trajectory from step 0) to float tolerance; the
-table's ``attrs["denoiser_calls"]`` and ``attrs["denoiser_calls_uncached"]`` count the calls.
-
-The loop is :func:`denoisefeat.trace`'s own (its pipeline-family adapters, the same per-sample
-generators and sample chunks of ``batch_size``), run in memory without a store and with torch
-forward hooks (:class:`denoisefeat.hooks.intervene`; the nnsight backend is not used here); a test
-checks it against ``trace``.  The cached states stay on the model's device: per sample chunk and
-window start, one sample batch, one scheduler copy (with its history) and the generator states.
-Edits act on both halves of a classifier-free-guidance batch.
+Both are presets over the generic :class:`~denoisefeat.analyses.scan.EditScan` (an unedited run,
+then one edited run per cell, with prefix caching; see :mod:`denoisefeat.analyses.scan`); the table's
+``attrs["denoiser_calls"]`` and ``attrs["denoiser_calls_uncached"]`` count the calls.  They take the
+run options of :func:`denoisefeat.trace` (:class:`denoisefeat.options.RunOptions`) as keyword
+arguments, with 20 steps and 8 samples by default.
 
 Features
 --------
@@ -42,15 +29,13 @@ energy (:func:`denoisefeat.frequency.band_energy`) and the sums over the RGB cha
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
-import torch
+
 from denoisefeat.analyses.inference import (
     Inference,
     bootstrap_inference,
@@ -62,11 +47,14 @@ from denoisefeat.analyses.inference import (
 )
 from denoisefeat.analyses.table import benjamini_hochberg, validate, write_attribution
 from denoisefeat.frequency import DEFAULT_BANDS, band_energy
-from denoisefeat.hooks import Edit, intervene, resolve_layers
+from denoisefeat.analyses.scan import EditScan, as_images
+from denoisefeat.hooks import Edit, resolve_layers
 from denoisefeat.hooks.layers import probe_layers
 from denoisefeat.metrics import FEATURE_GROUPS, METRICS, compute_metrics
 from denoisefeat.models import denoiser_of
-from denoisefeat.trajectory import _FAMILIES, StepClock, _progress, _step_kwargs, make_request, trace
+from denoisefeat.options import RunOptions
+from denoisefeat.steps import step_windows
+from denoisefeat.trajectory import trace
 
 __all__ = [
     "ABLATION_METHODS",
@@ -75,7 +63,6 @@ __all__ = [
     "ablation_scan",
     "causal_trace",
     "resolve_features",
-    "step_windows",
 ]
 
 #: Ablation methods of :func:`ablation_scan` (methods of :class:`denoisefeat.hooks.Edit` that need no
@@ -137,43 +124,6 @@ def resolve_features(features) -> list[str]:
     return out
 
 
-def step_windows(windows, steps: int) -> list[tuple[int, int]]:
-    """Normalise ``windows`` into half-open ``(start, stop)`` step windows.
-
-    Parameters
-    ----------
-    windows : int or sequence of (int, int)
-        A number of (nearly) equal windows splitting ``range(steps)``, or explicit pairs.
-    steps : int
-        Number of loop steps of the run.
-
-    Returns
-    -------
-    list of (int, int)
-
-    Raises
-    ------
-    ValueError
-        An empty list, a number of windows outside ``1 … steps``, or a pair that is not
-        ``0 <= start < stop <= steps``.
-    """
-    if isinstance(windows, (bool, np.bool_)):
-        raise TypeError("windows must be a number of windows or (start, stop) pairs, not a bool.")
-    if isinstance(windows, (int, np.integer)):
-        if not 1 <= windows <= steps:
-            raise ValueError(f"windows must be between 1 and steps={steps}, got {windows}.")
-        return [(int(c[0]), int(c[-1]) + 1) for c in np.array_split(np.arange(steps), int(windows))]
-    pairs = [tuple(int(v) for v in pair) for pair in windows]
-    if not pairs:
-        raise ValueError("windows is empty: give a number of windows or (start, stop) pairs.")
-    for pair in pairs:
-        if len(pair) != 2 or not 0 <= pair[0] < pair[1] <= steps:
-            raise ValueError(f"Invalid window {pair}: need 0 <= start < stop <= steps={steps}.")
-    if len(set(pairs)) != len(pairs):
-        raise ValueError(f"Duplicate windows in {pairs}.")
-    return pairs
-
-
 def _layers(pipe, layers) -> list[str]:
     """Resolved layer names in execution order (a probe forward pass), never-run modules last."""
     names = resolve_layers(pipe, layers)
@@ -181,9 +131,10 @@ def _layers(pipe, layers) -> list[str]:
     return sorted(names, key=lambda name: order.get(name, len(order)))
 
 
-def _default_samples(samples, class_labels, prompts) -> int | None:
-    """8 samples unless conditions (one per sample) or a number are given."""
-    return 8 if samples is None and class_labels is None and prompts is None else samples
+def _scan_options(run: dict, *, caller: str) -> RunOptions:
+    """A scan's run options: 20 steps, and 8 samples unless conditions or a number are given."""
+    conditioned = any(run.get(name) is not None for name in ("samples", "class_labels", "prompts"))
+    return RunOptions.of(run, caller=caller, defaults={"steps": 20, **({} if conditioned else {"samples": 8})})
 
 
 def _methods(method) -> list[str]:
@@ -196,7 +147,7 @@ def _methods(method) -> list[str]:
     return list(dict.fromkeys(methods))
 
 
-def _check_counts(n_samples: int, batch_size: int, alpha: float, *, n_boot: int | None = None) -> None:
+def _check_counts(n_samples: int, alpha: float, *, n_boot: int | None = None) -> None:
     if n_samples < 2:
         raise ValueError(f"Paired statistics need at least 2 samples, got {n_samples}.")
     least = min_resamples(alpha)  # also validates alpha
@@ -205,100 +156,6 @@ def _check_counts(n_samples: int, batch_size: int, alpha: float, *, n_boot: int 
             f"n_boot must be at least {least} bootstrap resamples for alpha={alpha} "
             f"(1000 or more for stable intervals), got {n_boot!r}."
         )
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
-
-
-# ---------------------------------------------------------------------------------------------
-# The loop, startable from a cached prefix
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class _Prefix:
-    """A chunk's loop just before step ``step``: everything a run starting there needs."""
-
-    step: int
-    x: torch.Tensor  # x_k, what the scheduler holds before the denoiser call of step k
-    scheduler: object  # a copy (multistep solvers keep past model outputs; step index)
-    generator_states: list[torch.Tensor]  # each sample's generator, for the noise still to be drawn
-
-
-class _Loop:
-    """``trace``'s denoising loop over sample chunks, in memory, with edits and prefix caching.
-
-    Every call of :meth:`sweep` runs all samples (in chunks of ``batch_size``, as ``trace`` does, so
-    that batch-dependent edits such as ``mean`` see the same batches) and returns the final images.
-    """
-
-    def __init__(self, pipe, request, scheduler, *, batch_size: int, advance=None):
-        self.pipe = pipe
-        self.request = request
-        self.family = _FAMILIES[request.family](pipe, request)
-        self.template = scheduler
-        self.template.set_timesteps(request.steps, device=self.family.device)
-        self.n_steps = len(self.template.timesteps)
-        n = request.n_samples
-        self.chunks = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-        self.clock = StepClock()
-        self.calls = 0  # denoiser calls made
-        self.advance = advance
-        self._prefixes: dict[tuple[int, int], _Prefix] = {}
-        self._conditioning: dict[int, dict] = {}
-
-    def sweep(self, *, edits: Sequence[Edit] = (), start: int = 0, save: Sequence[int] = ()) -> np.ndarray:
-        """Final images ``(sample, 3, H, W)``; start each chunk at its saved prefix ``start`` (0: from noise)."""
-        manager = intervene(self.pipe, list(edits), clock=self.clock) if edits else contextlib.nullcontext()
-        finals = []
-        with manager:
-            for samples in self.chunks:
-                finals.append(self._run(samples, start=start, save=save))
-        return np.concatenate(finals)
-
-    @torch.no_grad()
-    def _run(self, samples: slice, *, start: int, save) -> np.ndarray:
-        family, request = self.family, self.request
-        generators = [torch.Generator(device=family.device).manual_seed(s) for s in request.seeds[samples]]
-        if start == 0:
-            scheduler = copy.deepcopy(self.template)
-            scheduler.set_timesteps(request.steps, device=family.device)
-            x = family.initial_sample(generators, scheduler)
-        else:
-            prefix = self._prefixes.get((samples.start, start))
-            if prefix is None:  # pragma: no cover - the scans save every start they use
-                raise RuntimeError(f"No cached prefix at step {start}; sweep(save=[{start}]) first.")
-            scheduler = copy.deepcopy(prefix.scheduler)
-            for generator, state in zip(generators, prefix.generator_states):
-                generator.set_state(state)
-            x = prefix.x.clone()
-        if samples.start not in self._conditioning:
-            self._conditioning[samples.start] = family.conditioning(samples)
-        cond = self._conditioning[samples.start]
-        step_kwargs = _step_kwargs(scheduler, generators, request.eta)
-        clock = self.clock
-        clock.samples, clock.branches = samples, (family.branches if family.guided else None)
-        try:
-            for i, t in enumerate(scheduler.timesteps):
-                if i < start:
-                    continue
-                if i in save and i > 0:
-                    self._prefixes[(samples.start, i)] = _Prefix(
-                        i, x.clone(), copy.deepcopy(scheduler), [g.get_state() for g in generators]
-                    )
-                clock.step = i
-                output = family.model_output(x, t, cond, scheduler)
-                self.calls += 1
-                x = scheduler.step(output, t, x, **step_kwargs).prev_sample  # x_{t-1}
-                if self.advance is not None:
-                    self.advance()
-        finally:
-            clock.step = clock.samples = clock.branches = None
-        return family.to_images(x).detach().float().cpu().numpy()
-
-
-def _planned_calls(loop_steps: int, n_chunks: int, starts: Sequence[int], cache: bool) -> tuple[int, int]:
-    """Denoiser calls with and without prefix caching: one base sweep plus one per edited sweep."""
-    uncached = n_chunks * loop_steps * (1 + len(starts))
-    cached = n_chunks * (loop_steps + sum(loop_steps - s for s in starts))
-    return (cached if cache else uncached), uncached
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,11 +180,6 @@ def _features(images: np.ndarray, clean: np.ndarray, names: Sequence[str]) -> di
         for i, band in enumerate(DEFAULT_BANDS):
             out[f"{_BAND_PREFIX}{band}"] = errors[:, i]
     return {name: np.asarray(out[name], dtype=np.float64).reshape(-1) for name in names}
-
-
-def _as_images(final: np.ndarray) -> np.ndarray:
-    # trace stores float32; compare in float64, clipped to the metrics' [0, 1]
-    return np.clip(np.asarray(final, dtype=np.float32).astype(np.float64), 0.0, 1.0)
 
 
 def _distance(images: np.ndarray, other: np.ndarray) -> np.ndarray:
@@ -445,22 +297,6 @@ def _finish(rows: list[dict], *, alpha: float, inference: str, image_resolution:
 # ---------------------------------------------------------------------------------------------
 # Ablation scan
 # ---------------------------------------------------------------------------------------------
-def _sweeps(loop: _Loop, edits: Sequence[tuple[Edit, int]], *, cache: bool, progress: bool):
-    """Final images of the unedited sweep, then of one sweep per ``(edit, first edited step)``.
-
-    With ``cache`` the unedited sweep saves its state at every first edited step and each edited
-    sweep starts there (its prefix is the unedited one); without it every sweep runs from step 0.
-    ``loop.calls`` counts the denoiser calls; the progress bar spans the planned ones.
-    """
-    starts = [start for _, start in edits]
-    planned, _ = _planned_calls(loop.n_steps, len(loop.chunks), starts, cache)
-    with _progress(progress, total=planned) as advance:
-        loop.advance = advance
-        yield _as_images(loop.sweep(save=sorted(set(starts)) if cache else ()))
-        for edit, start in edits:
-            yield _as_images(loop.sweep(edits=[edit], start=start if cache else 0))
-
-
 def ablation_scan(
     pipe,
     *,
@@ -468,19 +304,12 @@ def ablation_scan(
     windows,
     method: str | Sequence[str] = "zero",
     features=_DEFAULT_FEATURES,
-    samples: int | None = None,
-    class_labels: Sequence[int] | None = None,
-    prompts: Sequence[str] | None = None,
-    seed: int | Sequence[int] = 0,
-    steps: int = 20,
-    scheduler=None,
-    guidance_scale: float | None = None,
     alpha: float = 0.05,
-    batch_size: int = 8,
     cache: bool = True,
     store=None,
     overwrite: bool = False,
     progress: bool = False,
+    **run,
 ) -> pd.DataFrame:
     """Ablate each layer in each step window and measure the change of final-image features.
 
@@ -492,16 +321,12 @@ def ablation_scan(
         Module paths or globs (:func:`denoisefeat.hooks.resolve_layers`; unknown names raise
         :class:`~denoisefeat.hooks.UnknownLayerError` listing the closest).
     windows : int or sequence of (int, int)
-        Step windows in which each layer is ablated, see :func:`step_windows`.
+        Step windows in which each layer is ablated, see :func:`denoisefeat.steps.step_windows`.
     method : str or sequence of str
         One or more of :data:`ABLATION_METHODS`.
     features : str or sequence of str
         See :func:`resolve_features`.  Metrics that compare with a reference compare with the clean
         final image.
-    samples : int, optional
-        Number of samples (at least 2); default one per condition, or 8.
-    class_labels, prompts, seed, steps, scheduler, guidance_scale, batch_size
-        As for :func:`denoisefeat.trace`; the clean and every ablated trajectory share seeds and batches.
     alpha : float
         CIs are ``1 − alpha`` t-intervals of the mean paired change, dual to the t-test that gives
         ``p`` (:func:`~denoisefeat.analyses.inference.t_inference`); a row is significant when
@@ -510,12 +335,17 @@ def ablation_scan(
         Start each ablated trajectory from the cached clean prefix (module notes); ``False`` runs
         every trajectory from step 0 (same results, more denoiser calls).
     store : str or path, optional
-        Write the clean trajectory there (:func:`denoisefeat.trace`, one more clean run) and the
-        table under ``attribution/ablation`` (:func:`~denoisefeat.analyses.table.write_attribution`).
+        Write the clean trajectory there (every step, :func:`denoisefeat.trace`) and the table under ``attribution/ablation`` (:func:`~denoisefeat.analyses.table.write_attribution`).
     overwrite : bool
         Replace an existing ``store``.
     progress : bool
-        Show a progress bar over the denoiser calls.
+        Show progress bars over the denoiser calls.
+    **run
+        The run options of :func:`denoisefeat.trace` (:class:`denoisefeat.options.RunOptions`:
+        ``samples``, ``class_labels``, ``prompts``, ``negative_prompt``, ``seed``, ``steps``,
+        ``scheduler``, ``guidance_scale``, ``eta``, ``height``, ``width``, ``batch_size``); the clean
+        and every ablated trajectory share them, seeds and batches included.  Defaults: 20 steps;
+        8 samples unless conditions are given (at least 2 samples).
 
     Returns
     -------
@@ -552,31 +382,22 @@ def ablation_scan(
     methods = _methods(method)
     names = resolve_features(features)
     layer_names = _layers(pipe, layers)
-    samples = _default_samples(samples, class_labels, prompts)
-    request, scheduler_ = make_request(pipe, samples=samples, prompts=prompts, class_labels=class_labels,
-                                       seed=seed, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale)
-    _check_counts(request.n_samples, batch_size, alpha)
-    loop = _Loop(pipe, request, scheduler_, batch_size=batch_size)
-    pairs = step_windows(windows, loop.n_steps)
-    configs = [(layer, pair, m) for layer in layer_names for pair in pairs for m in methods]
-    _, uncached = _planned_calls(loop.n_steps, len(loop.chunks), [p[0] for _, p, _ in configs], cache)
-    if store is not None:
-        trace(pipe, samples=samples, prompts=prompts, class_labels=class_labels, seed=seed, steps=steps,
-              scheduler=scheduler, guidance_scale=guidance_scale, batch_size=batch_size, store=store,
-              overwrite=overwrite)
-    edits = [(Edit(layer=layer, method=m, steps=range(start, stop)), start) for layer, (start, stop), m in configs]
-    sweeps = _sweeps(loop, edits, cache=cache, progress=progress)
+    scan = EditScan(pipe, _scan_options(run, caller="ablation_scan"), cache=cache, progress=progress)
+    _check_counts(scan.n_samples, alpha)
+    cells = [(layer, pair, m) for layer in layer_names for pair in step_windows(windows, scan.n_steps)
+             for m in methods]
+    edits = [Edit(layer=layer, method=m, steps=range(start, stop)) for layer, (start, stop), m in cells]
     resolution = float_resolution(denoiser_of(pipe).dtype)
-    ref = _Reference.of(next(sweeps), names, image_resolution=resolution)
-    ref.check_scales()  # before the edited sweeps: a flat feature is an error, not hours later
+    ref = _Reference.of(scan.run_base(edits, store=store, overwrite=overwrite), names, image_resolution=resolution)
+    ref.check_scales()  # before the edited runs: a flat feature is an error, not hours later
     rows = []
-    for (layer, (start, stop), m), ablated in zip(configs, sweeps, strict=True):
+    for (layer, (start, stop), m), ablated in zip(cells, scan.run_edits(edits), strict=True):
         for name, stats in _ablation_rows(ablated, ref, names, alpha=alpha):
             rows.append(dict(feature=name, layer=layer, step_start=start, step_stop=stop, method=f"ablation:{m}",
                              **stats, baseline=float(np.nanmean(ref.features[name])), scale=ref.scale[name],
                              resolution=ref.resolution[name]))
     frame = _finish(rows, alpha=alpha, inference="t", image_resolution=resolution)
-    frame.attrs.update(denoiser_calls=loop.calls, denoiser_calls_uncached=uncached)
+    frame.attrs.update(denoiser_calls=scan.calls, denoiser_calls_uncached=scan.planned_calls(edits, cache=False))
     if store is not None:
         write_attribution(store, frame, name="ablation", overwrite=overwrite)
     return frame
@@ -648,20 +469,13 @@ def causal_trace(
     corrupt_prompts: Sequence[str] | None = None,
     corrupt_seed: int | Sequence[int] | None = None,
     features=_DEFAULT_FEATURES,
-    samples: int | None = None,
-    class_labels: Sequence[int] | None = None,
-    prompts: Sequence[str] | None = None,
-    seed: int | Sequence[int] = 0,
-    steps: int = 20,
-    scheduler=None,
-    guidance_scale: float | None = None,
     n_boot: int = 1000,
     alpha: float = 0.05,
-    batch_size: int = 8,
     cache: bool = True,
     store=None,
     overwrite: bool = False,
     progress: bool = False,
+    **run,
 ) -> pd.DataFrame:
     """Restore clean activations of one layer in one step window of a corrupted run (activation patching).
 
@@ -676,7 +490,7 @@ def causal_trace(
     layers : str or sequence of str
         Module paths or globs.
     windows : int or sequence of (int, int)
-        See :func:`step_windows`.
+        See :func:`denoisefeat.steps.step_windows`.
     corrupt : {"condition", "noise"}
         ``"condition"``: same seeds, other conditions — ``corrupt_class_labels`` /
         ``corrupt_prompts``, by default the pipeline's null class (class-conditional models) or the
@@ -687,7 +501,7 @@ def causal_trace(
         The corrupted conditions, one per sample or one for all.
     corrupt_seed : int or sequence of int, optional
         The corrupted run's seeds (``corrupt="noise"``).
-    features, samples, class_labels, prompts, seed, steps, scheduler, guidance_scale, batch_size, cache
+    features, cache
         As for :func:`ablation_scan`; prefix caching shares the corrupted run's prefix.
     n_boot : int
         Paired bootstrap resamples of the samples for each row's interval and p-value (one
@@ -703,7 +517,10 @@ def causal_trace(
     overwrite : bool
         Replace an existing ``store``.
     progress : bool
-        Show a progress bar over the corrupted and patched runs' denoiser calls.
+        Show progress bars over the denoiser calls.
+    **run
+        The run options of the clean run, as for :func:`ablation_scan`; the corrupted run differs
+        only in its conditions or its seeds.
 
     Returns
     -------
@@ -729,29 +546,22 @@ def causal_trace(
         raise ValueError(f"Unknown corruption {corrupt!r}; valid: {', '.join(CORRUPTIONS)}.")
     names = resolve_features(features)
     layer_names = _layers(pipe, layers)
-    samples = _default_samples(samples, class_labels, prompts)
-    request, _ = make_request(pipe, samples=samples, prompts=prompts, class_labels=class_labels, seed=seed,
-                              steps=steps, scheduler=scheduler, guidance_scale=guidance_scale)
-    _check_counts(request.n_samples, batch_size, alpha, n_boot=n_boot)
+    options = _scan_options(run, caller="causal_trace")
+    request, _ = options.request(pipe)
+    _check_counts(request.n_samples, alpha, n_boot=n_boot)
     bad_prompts, bad_labels, bad_seeds = _corrupted_conditions(
         pipe, request, corrupt, corrupt_class_labels, corrupt_prompts, corrupt_seed)
-    bad_request, bad_scheduler = make_request(
-        pipe, samples=samples, prompts=bad_prompts, class_labels=bad_labels, seed=bad_seeds, steps=steps,
-        scheduler=scheduler, guidance_scale=guidance_scale)
-    loop = _Loop(pipe, bad_request, bad_scheduler, batch_size=batch_size)
-    pairs = step_windows(windows, loop.n_steps)
-    window_steps = sorted({s for start, stop in pairs for s in range(start, stop)})
-    clean_run = trace(pipe, samples=samples, prompts=prompts, class_labels=class_labels, seed=seed, steps=steps,
-                      scheduler=scheduler, guidance_scale=guidance_scale, batch_size=batch_size,
-                      record={layer: "full" for layer in layer_names}, record_steps=window_steps,
-                      keep=("xt", "x0", "images") if store is not None else (), store=store, overwrite=overwrite)
-    configs = [(layer, pair) for layer in layer_names for pair in pairs]
-    _, uncached = _planned_calls(loop.n_steps, len(loop.chunks), [p[0] for _, p in configs], cache)
-    clean = _as_images(clean_run["final"].values)
-    edits = [(Edit(layer=layer, method="patch", steps=range(start, stop), source=clean_run), start)
-             for layer, (start, stop) in configs]
-    sweeps = _sweeps(loop, edits, cache=cache, progress=progress)
-    corrupted = next(sweeps)
+    scan = EditScan(pipe, replace(options, prompts=bad_prompts, class_labels=bad_labels, seed=list(bad_seeds)),
+                    cache=cache, progress=progress)
+    cells = [(layer, pair) for layer in layer_names for pair in step_windows(windows, scan.n_steps)]
+    window_steps = sorted({s for _, (start, stop) in cells for s in range(start, stop)})
+    clean_run = trace(pipe, record={layer: "full" for layer in layer_names}, record_steps=window_steps,
+                      keep=("xt", "x0", "images") if store is not None else (), store=store, overwrite=overwrite,
+                      progress=progress, **vars(options))
+    clean = as_images(clean_run["final"].values)
+    edits = [Edit(layer=layer, method="patch", steps=range(start, stop), source=clean_run)
+             for layer, (start, stop) in cells]
+    corrupted = scan.run_base(edits)
     resolution = float_resolution(denoiser_of(pipe).dtype)
     ref = _Reference.of(clean, names, image_resolution=resolution)
     f_bad = _features(corrupted, clean, names)
@@ -759,13 +569,13 @@ def causal_trace(
     gap = {name: floor_changes(ref.features[name] - f_bad[name], resolution=ref.resolution[name], unchanged=same)
            for name in names}
     rows = []
-    for (layer, (start, stop)), patched in zip(configs, sweeps, strict=True):
+    for (layer, (start, stop)), patched in zip(cells, scan.run_edits(edits), strict=True):
         for name, stats in _tracing_rows(patched, corrupted, f_bad, gap, ref, names, n_boot=n_boot, alpha=alpha):
             rows.append(dict(feature=name, layer=layer, step_start=start, step_stop=stop, method="causal_tracing",
                              **stats, baseline=float(np.nanmean(ref.features[name])),
                              corrupted=float(np.nanmean(f_bad[name])), corruption=corrupt))
     frame = _finish(rows, alpha=alpha, inference="bootstrap", image_resolution=resolution, n_boot=n_boot)
-    frame.attrs.update(denoiser_calls=loop.calls, denoiser_calls_uncached=uncached)
+    frame.attrs.update(denoiser_calls=scan.calls, denoiser_calls_uncached=scan.planned_calls(edits, cache=False))
     if store is not None:
         write_attribution(store, frame, name="causal_tracing", overwrite=overwrite)
     return frame

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from denoisefeat.trajectory import StepClock
+from denoisefeat.steps import StepClock
 
 
 class HookManager:

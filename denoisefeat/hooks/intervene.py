@@ -29,10 +29,9 @@ import numpy as np
 import torch
 
 from denoisefeat.hooks.layers import first_tensor, layer_name, resolve_layers
-from denoisefeat.hooks.record import BRANCHES, steps_selection
 from denoisefeat.models import denoiser_of
 from denoisefeat.hooks._manager import HookManager
-from denoisefeat.trajectory import StepClock
+from denoisefeat.steps import BRANCHES, StepClock, steps_selection, uncond_cond
 
 __all__ = ["METHODS", "Edit", "intervene"]
 
@@ -175,7 +174,7 @@ class _PatchSource:
         data = torch.from_numpy(np.asarray(self.array[tuple(region)]))
         if "branch" in self.dims:  # (B, 2, ...) in (uncond, cond) order → the pipeline's doubled batch
             uncond, cond = data[:, 0], data[:, 1]
-            data = torch.cat([uncond, cond] if tuple(branches) == BRANCHES else [cond, uncond])
+            data = torch.cat(uncond_cond(uncond, cond, branches))
         return data
 
 

@@ -31,36 +31,9 @@ from denoisefeat.hooks.layers import LayerInfo, first_tensor, resolve_layers
 from denoisefeat.hooks.reducers import Reducer, band_coords, get_reducer
 from denoisefeat.models import denoiser_of
 from denoisefeat.hooks._manager import HookManager
-from denoisefeat.trajectory import StepClock
+from denoisefeat.steps import BRANCHES, StepClock, steps_selection, uncond_cond
 
-__all__ = ["Recording", "record", "steps_selection"]
-
-BRANCHES = ("uncond", "cond")
-
-
-def steps_selection(steps, n_steps: int | None = None) -> frozenset[int] | None:
-    """Normalise a step selection (``None`` = all, an int, a range/slice or an iterable of ints).
-
-    Negative steps count from the end and need ``n_steps``; steps outside ``[0, n_steps)`` are refused.
-    """
-    if steps is None:
-        return None
-    if isinstance(steps, slice):
-        if n_steps is None:
-            raise ValueError("A slice of steps needs the number of steps; pass a range or a list instead.")
-        steps = range(n_steps)[steps]
-    if isinstance(steps, (int, np.integer)):
-        steps = [int(steps)]
-    chosen = set()
-    for s in steps:
-        s = int(s)
-        if s < 0 and n_steps is not None:
-            s += n_steps
-        if s < 0 or (n_steps is not None and s >= n_steps):
-            bound = f"0…{n_steps - 1}" if n_steps is not None else "≥ 0"
-            raise ValueError(f"Step {s} is outside the run's steps ({bound}).")
-        chosen.add(s)
-    return frozenset(chosen)
+__all__ = ["Recording", "record"]
 
 
 def _layer_spec(denoiser, layers) -> list[tuple[str, Reducer]]:
@@ -93,9 +66,7 @@ def split_branches(tensor: torch.Tensor, branches: tuple[str, ...] | None) -> to
     """``(2B, ...)`` in the pipeline's order → ``(B, 2, ...)`` ordered ``(uncond, cond)``."""
     if branches is None:
         return tensor
-    first, second = tensor.chunk(2)
-    pair = (first, second) if tuple(branches) == BRANCHES else (second, first)
-    return torch.stack(pair, dim=1)
+    return torch.stack(uncond_cond(*tensor.chunk(2), branches), dim=1)
 
 
 class Recording:

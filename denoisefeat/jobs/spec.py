@@ -568,7 +568,7 @@ def check_spec(spec: JobSpec, pipe) -> None:
         schedulers or guidance the pipeline refuses (the message of :func:`denoisefeat.trace`).
     """
     from denoisefeat.hooks import UnknownLayerError, resolve_layers
-    from denoisefeat.trajectory import make_request
+    from denoisefeat.options import RunOptions
 
     checks = [("[run].record", name) for name in (spec.record or {})]
     checks += [("[ablation].layers", name) for name in (spec.ablation.layers if spec.ablation else ())]
@@ -579,9 +579,9 @@ def check_spec(spec: JobSpec, pipe) -> None:
             raise SpecError(f"{where}: {err.args[0]}") from None
     for config in spec.configs:
         try:
-            make_request(pipe, samples=spec.samples, prompts=spec.prompts, class_labels=spec.labels,
-                         negative_prompt=spec.negative_prompt, seed=list(spec.seeds), steps=config.steps,
-                         scheduler=config.scheduler, guidance_scale=config.guidance)
+            RunOptions(samples=spec.samples, prompts=spec.prompts, class_labels=spec.labels,
+                       negative_prompt=spec.negative_prompt, seed=list(spec.seeds), steps=config.steps,
+                       scheduler=config.scheduler, guidance_scale=config.guidance).request(pipe)
         except (ValueError, KeyError) as err:
             raise SpecError(f"[run] configuration {config.name!r}: {err.args[0] if err.args else err}") from None
 

@@ -173,19 +173,19 @@ def _features(spec: JobSpec, task: Task) -> None:
 
 def _loop_steps(pipe, spec: JobSpec, task: Task) -> int:
     """Number of denoiser calls of the configuration's loop (Heun makes about twice ``steps``)."""
-    from denoisefeat.trajectory import make_request
+    from denoisefeat.options import RunOptions
+    from denoisefeat.trajectory import DenoisingLoop
 
     n = spec.ablation.samples
-    _, scheduler = make_request(pipe, samples=n, class_labels=None if spec.labels is None else list(spec.labels[:n]),
-                                prompts=None if spec.prompts is None else list(spec.prompts[:n]),
-                                steps=task.config.steps, scheduler=task.config.scheduler,
-                                guidance_scale=task.config.guidance)
-    scheduler.set_timesteps(task.config.steps)
-    return len(scheduler.timesteps)
+    options = RunOptions(samples=n, class_labels=None if spec.labels is None else list(spec.labels[:n]),
+                         prompts=None if spec.prompts is None else list(spec.prompts[:n]),
+                         steps=task.config.steps, scheduler=task.config.scheduler, guidance_scale=task.config.guidance)
+    return DenoisingLoop(pipe, *options.request(pipe)).n_steps
 
 
 def _ablation(spec: JobSpec, task: Task) -> None:
-    from denoisefeat.analyses.ablation import ablation_scan, step_windows
+    from denoisefeat.analyses.ablation import ablation_scan
+    from denoisefeat.steps import step_windows
 
     pipe = _pipe(spec)
     abl, config = spec.ablation, task.config
@@ -197,8 +197,8 @@ def _ablation(spec: JobSpec, task: Task) -> None:
     frame = ablation_scan(
         pipe, layers=[task.layer], windows=[window], method=task.method, features=list(abl.features), samples=n,
         class_labels=None if spec.labels is None else list(spec.labels[:n]),
-        prompts=None if spec.prompts is None else list(spec.prompts[:n]), seed=list(spec.seeds[:n]),
-        steps=config.steps, scheduler=config.scheduler, guidance_scale=config.guidance, batch_size=abl.batch_size,
+        prompts=None if spec.prompts is None else list(spec.prompts[:n]), negative_prompt=spec.negative_prompt,
+        seed=list(spec.seeds[:n]), steps=config.steps, scheduler=config.scheduler, guidance_scale=config.guidance, batch_size=abl.batch_size,
     )
     frame = frame.assign(configuration=config.name)
     write_json_atomic(ablation_table_path(spec, task), {"columns": list(frame.columns), "data": {

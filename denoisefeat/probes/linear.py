@@ -6,8 +6,8 @@ have one) and scored on held-out samples:
 * a continuous target → ridge regression, scored by R² (``kind="ridge"``);
 * a categorical target → multinomial logistic regression, scored by accuracy (``kind="logistic"``).
 
-Cross-validation splits **samples**, never the steps of one sample: with ``window > 1`` every row of
-a sample (one per step of the window) lands in the same fold, and samples sharing a ``groups`` label
+Cross-validation splits **samples**, never the steps of one sample: in a window of several steps
+every row of a sample (one per step of the window) lands in the same fold, and samples sharing a ``groups`` label
 (e.g. one seed family) stay together.  Standardisation and the choice of the regularisation strength
 happen inside each training fold (a scikit-learn pipeline; the inner search is grouped by sample
 too), so nothing of a test sample leaks into its own prediction.
@@ -28,6 +28,7 @@ import numpy as np
 import xarray as xr
 
 from denoisefeat.probes import _scores
+from denoisefeat.steps import step_windows
 
 __all__ = ["DEFAULT_ALPHAS", "KINDS", "fit"]
 
@@ -114,13 +115,6 @@ def resolve_kind(kind: str, values: np.ndarray) -> str:
     return "ridge" if np.issubdtype(values.dtype, np.floating) else "logistic"
 
 
-def step_windows(steps: np.ndarray, window: int) -> list[tuple[int, int]]:
-    """Consecutive positions along ``step`` in groups of ``window`` (the last may be shorter)."""
-    if not isinstance(window, (int, np.integer)) or window < 1:
-        raise ValueError(f"window must be a positive integer (steps per probe); got {window!r}.")
-    return [(i, min(i + window, len(steps))) for i in range(0, len(steps), window)]
-
-
 def sample_folds(groups, y_per_sample, *, cv: int, stratify: bool, seed: int) -> np.ndarray:
     """Fold index of every sample: K-fold over groups of samples (stratified for classes)."""
     from sklearn.model_selection import KFold, StratifiedGroupKFold
@@ -203,7 +197,7 @@ def fit(
     *,
     kind: str = "auto",
     control=None,
-    window: int = 1,
+    windows=None,
     cv: int = 5,
     groups=None,
     alphas: Sequence[float] | float | None = None,
@@ -230,9 +224,12 @@ def fit(
         :func:`~denoisefeat.probes.controls.xt_features` or the activations of a randomly
         initialised model; the selectivity is measured against the probe on them.  Without it,
         against the shuffled-target probe.
-    window : int
-        Steps per probe: windows ``[0, window), [window, 2·window), …`` of the recorded steps; the
-        rows of a window's steps are pooled, one per (sample, step).
+    windows : None, int or sequence of (int, int)
+        Step windows, one probe each (:func:`denoisefeat.steps.step_windows` over the activations'
+        ``step`` coordinate): ``None`` one probe per step; a number of contiguous windows (for all
+        steps of a run, the windows of the ablation scans and regressions); or ``(start, stop)``
+        pairs of loop steps.  The rows of a window's recorded steps are pooled, one per
+        (sample, step).
     cv : int
         Folds over samples (or over ``groups``).
     groups : array_like, optional
@@ -277,7 +274,8 @@ def fit(
         ============================  ============================================================
 
         Attributes: ``kind``, ``metric`` (``"r2"`` or ``"accuracy"``), ``chance`` (0 for R², the
-        majority-class rate for accuracy), ``cv``, ``window``, ``n_shuffles``, ``control``
+        majority-class rate for accuracy), ``cv``, ``windows`` (the ``[start, stop]`` pairs),
+        ``n_shuffles``, ``control``
         (``"shuffled"`` or the control's name), ``classes`` (logistic).
 
     Raises
@@ -347,7 +345,12 @@ def fit(
     folds = sample_folds(groups, per_sample, cv=cv, stratify=kind == "logistic" and per_sample is not None, seed=seed)
     rng = np.random.default_rng(seed)
     permutations = [rng.permutation(n_samples) for _ in range(n_shuffles)]  # break the sample–target pairing
-    windows = step_windows(acts["step"].values, window)
+    steps = np.asarray(acts["step"].values)
+    spans = step_windows(len(steps) if windows is None else windows, steps)
+    windows = [np.flatnonzero((steps >= start) & (steps < stop)) for start, stop in spans]  # positions
+    empty = [span for span, positions in zip(spans, windows) if positions.size == 0]
+    if empty:
+        raise ValueError(f"Windows {empty} hold none of the activations' steps {steps.tolist()}.")
     branches = list(acts["branch"].values) if "branch" in acts.dims else [None]
 
     shape = (len(branches), len(windows))
@@ -359,23 +362,24 @@ def fit(
     metric = "r2" if kind == "ridge" else "accuracy"
     for b, branch in enumerate(branches):
         data = acts if branch is None else acts.sel(branch=branch)
-        for w, (start, stop) in enumerate(windows):
-            X, rows_sample, rows_step = _design(data.isel(step=slice(start, stop)))
+        for w, positions in enumerate(windows):
+            X, rows_sample, rows_step = _design(data.isel(step=positions))
             if X is None:
                 continue
-            y = values[rows_sample] if values.ndim == 1 else values[rows_sample, start + rows_step]
+            y = values[rows_sample] if values.ndim == 1 else values[rows_sample, positions[rows_step]]
             fold, rows_group = folds[rows_sample], group_codes[rows_sample]
             fit_kw = {"kind": kind, "alphas": alphas}
             sums = _sums(kind, y, oof_predict(X, y, rows_group, fold, **fit_kw), rows_group, n_groups)
             shuffled_sums = []
             for perm in permutations:
-                y_perm = values[perm][rows_sample] if values.ndim == 1 else values[perm][rows_sample, start + rows_step]
+                y_perm = values[perm][rows_sample] if values.ndim == 1 else values[perm][rows_sample, positions[rows_step]]
                 yhat = oof_predict(X, y_perm, rows_group, fold, **fit_kw)
                 shuffled_sums.append(_sums(kind, y_perm, yhat, rows_group, n_groups))
             controls = shuffled_sums
             if control is not None:
-                Xc, c_sample, c_step = _design(control.isel(step=slice(start, stop)), name="control")
+                Xc, c_sample, c_step = _design(control.isel(step=positions), name="control")
                 if Xc is None or not (np.array_equal(c_sample, rows_sample) and np.array_equal(c_step, rows_step)):
+                    start, stop = spans[w]
                     raise ValueError(f"control is missing steps {start}–{stop - 1} that the activations have.")
                 control_sums = _sums(kind, y, oof_predict(Xc, y, rows_group, fold, **fit_kw), rows_group, n_groups)
                 controls = [control_sums]
@@ -402,20 +406,20 @@ def fit(
             out["p"][b, w] = selectivity.p
             n_scored[b, w] = len(np.unique(rows_sample))
 
-    steps = acts["step"].values
-    starts = np.array([steps[a] for a, _ in windows])
-    stops = np.array([steps[b - 1] + 1 for _, b in windows])
+    starts = np.array([start for start, _ in spans])
+    stops = np.array([stop for _, stop in spans])
     dims = ("branch", "step")
     coords = {"branch": branches, "step": starts, "step_stop": ("step", stops)}
     if "timestep" in acts.coords and acts["timestep"].dims == ("step",):
-        coords["timestep"] = ("step", acts["timestep"].values[[a for a, _ in windows]])
+        coords["timestep"] = ("step", acts["timestep"].values[[positions[0] for positions in windows]])
     result = xr.Dataset({name: (dims, v) for name, v in out.items()}, coords=coords)
     result["n"] = (dims, n_scored)
     chance = 0.0
     if kind == "logistic":
         chance = float(np.bincount(values.ravel()).max() / values.size)
     result.attrs = {
-        "kind": kind, "metric": metric, "chance": chance, "cv": int(cv), "window": int(window),
+        "kind": kind, "metric": metric, "chance": chance, "cv": int(cv),
+        "windows": [[int(start), int(stop)] for start, stop in spans],
         "n_shuffles": int(n_shuffles), "layer": str(acts.attrs.get("layer", acts.name or "")),
         "control": "shuffled" if control is None else str(control.name or "control"),
     }

@@ -36,7 +36,7 @@ def probe_table(
     control: str | Mapping = "xt",
     branch: str = "cond",
     kind: str = "auto",
-    window: int = 1,
+    windows=None,
     cv: int = 5,
     groups=None,
     alphas=None,
@@ -66,7 +66,7 @@ def probe_table(
         :func:`~denoisefeat.probes.controls.random_init_acts`).
     branch : {"cond", "uncond"}
         Under classifier-free guidance, the branch whose activations are probed.
-    kind, window, cv, groups, alphas, n_shuffles, n_boot, ci, seed
+    kind, windows, cv, groups, alphas, n_shuffles, n_boot, ci, seed
         As for :func:`denoisefeat.probes.fit`.
     xt_size : int
         Pooled size of x_t for ``control="xt"``.
@@ -122,7 +122,7 @@ def probe_table(
             layer_control = layer_control.sel(branch=branch)
         for feature, target in targets.items():
             result = fit(
-                acts, target, kind=kind, control=layer_control, window=window, cv=cv, groups=groups,
+                acts, target, kind=kind, control=layer_control, windows=windows, cv=cv, groups=groups,
                 alphas=alphas, n_shuffles=n_shuffles, n_boot=n_boot, ci=ci, seed=seed,
             )
             baseline = result["control"] if "control" in result else result["shuffled"]

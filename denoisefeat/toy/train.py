@@ -600,7 +600,7 @@ def export(
     FileNotFoundError
         If the run has no checkpoint.
     """
-    from denoisefeat.models import ClassConditionalImagePipeline
+    from denoisefeat.pipelines import ClassConditionalImagePipeline
 
     checkpoint = latest_checkpoint(out_dir)
     if checkpoint is None:
