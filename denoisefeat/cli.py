@@ -598,10 +598,6 @@ def demo(
     console.print(f"time: {timing}", highlight=False)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
-
-
 @toy_app.command("train")
 @_friendly
 def toy_train(
@@ -739,3 +735,7 @@ def view(
                       markup=False, highlight=False)
     console.print(f"viewing {run.path} at http://{host}:{port}/ (Ctrl-C to stop)", markup=False, highlight=False)
     serve(run, host=host, port=port)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -103,6 +103,31 @@ def test_step_slider_moves_the_frame(page, store):
     assert page.errors() == []
 
 
+def test_band_picker_shows_the_band_pass_image(page, store):
+    from skimage.color import rgb2gray
+
+    from denoisefeat.frequency import band_pass
+
+    radio = page.evaluate("(function () { var e = Array.from(document.querySelectorAll('#band input'))"
+                          ".filter(function (i) { return i.value === 'high'; })[0].getBoundingClientRect(); "
+                          "return [e.x + e.width / 2, e.y + e.height / 2]; })()")
+    page.click(*radio)
+    page.poll("document.querySelector('#frame-caption').textContent.indexOf('high band') === 0", timeout=20)
+    step = int(page.evaluate("document.querySelector('#frame-caption').textContent").split("step ")[1].split()[0])
+    rgb = dft.open_run(store)["images"].isel(sample=0, step=step).values.astype(np.float64)
+    high = band_pass(rgb2gray(np.moveaxis(rgb, 0, -1)))[2]  # documented: 0 at mid-grey, ±max|band| at the ends
+    grey = downscale_local_mean(0.5 + 0.5 * high / np.abs(high).max(), (2, 2))
+    shown = _shown(page, "#frame")
+    assert (shown[..., 0] == shown[..., 1]).all()
+    assert np.abs(shown[..., 0].astype(int) - np.round(np.clip(grey, 0, 1) * 255)).max() <= 1
+    image = ("Array.from(document.querySelectorAll('#band input'))"
+             ".filter(function (i) { return i.value === 'image'; })[0]")
+    page.click(*page.evaluate(f"(function () {{ var r = {image}.getBoundingClientRect(); "
+                              "return [r.x + r.width / 2, r.y + r.height / 2]; })()"))
+    page.poll("document.querySelector('#frame-caption').textContent.indexOf('x̂0') === 0", timeout=20)
+    assert page.errors() == []
+
+
 def test_clicking_an_attribution_cell_shows_the_window(page, store):
     page.evaluate("document.querySelector('#attribution').scrollIntoView()")
     time.sleep(0.3)
