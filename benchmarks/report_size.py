@@ -15,6 +15,7 @@ budget (``--max-mb``).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import tempfile
@@ -86,6 +87,7 @@ def main() -> None:
         "build_times_s": timing["times_s"],
         "trace_s": None if trace_s is None else round(trace_s, 3),  # or the synthetic store's writing
         "peak_rss_mib": round(peak_rss_mib(), 1),
+        "load_average": [round(v, 1) for v in os.getloadavg()],  # other work on the machine meanwhile
         "machine": machine(),
     })
 

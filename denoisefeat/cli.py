@@ -598,10 +598,6 @@ def demo(
     console.print(f"time: {timing}", highlight=False)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
-
-
 @toy_app.command("train")
 @_friendly
 def toy_train(
@@ -771,3 +767,7 @@ def facts(
         plain.print(f"{key}: {html.unescape(sentence)}", markup=False, highlight=False)
     timing = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.seconds.items())
     console.print(f"wrote {path}; time: {timing}", markup=False, highlight=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -58,8 +58,8 @@ def write_photo_store(path, *, samples: int, steps: int, size: int, seed: int = 
     pathlib.Path
         The store's path.
     """
-    store = RunStore.create(path, run_attrs={"model_id": "synthetic-photos", "seeds": [seed + i for i in range(samples)]},
-                            n_samples=samples, n_steps=steps, chunk_samples=chunk_samples)
+    attrs = {"model_id": "synthetic-photos", "seeds": [seed + i for i in range(samples)]}
+    store = RunStore.create(path, run_attrs=attrs, n_samples=samples, n_steps=steps, chunk_samples=chunk_samples)
     store.write_coordinate("step", np.arange(steps), dim="step")
     store.write_coordinate("timestep", np.linspace(999, 0, steps).round().astype(np.int64), dim="step")
     images = store.ensure_step_array("images", tail_shape=(3, size, size), tail_dims=("rgb", "height", "width"),

@@ -2,11 +2,14 @@
 
 One viewer (a Dash app on 127.0.0.1, a free port) and one browser per module.  The page's frames are
 compared with an independent reference: the 2 × 2 block means of the stored x̂0, rounded to 8 bits.
-The test also writes the screenshot ``docs/viewer.png`` that the README shows.
+The test also makes the screenshot ``docs/viewer.png`` that the README shows: it writes it when the
+file is missing or ``DENOISEFEAT_UPDATE_DOCS=1`` is set (so that a test run leaves the checkout clean;
+the page shows the temporary store's path).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -56,8 +59,9 @@ def page(store):
         with Browser(chromium, width=1280, height=1500, loopback=True) as browser:  # the viewer's own server
             browser.url = f"http://127.0.0.1:{server.server_port}/"
             browser.open(browser.url)
-            browser.poll("document.querySelector('#frame') && document.querySelector('#frame').src"
-                         ".indexOf('data:image/png') === 0 && document.querySelector('#attribution .main-svg')",
+            browser.poll("!!(document.querySelector('#frame') && document.querySelector('#frame').src"
+                         ".indexOf('data:image/png') === 0 && document.querySelector('#attribution .main-svg') && "
+                         "document.querySelector('#step .dash-slider-track, #step .rc-slider-rail'))",
                          timeout=60)
             yield browser
     finally:
@@ -89,12 +93,38 @@ def test_first_frame_is_the_last_step_of_sample_0(page, store):
 
 def test_step_slider_moves_the_frame(page, store):
     before = page.evaluate("document.querySelector('#frame').src")
-    rail = page.evaluate("(function () { var r = document.querySelector('#step .dash-slider-track, #step .rc-slider-rail')"
-                         ".getBoundingClientRect(); return [r.x, r.y + r.height / 2]; })()")
+    rail = page.evaluate("(function () { var r = document.querySelector("
+                         "'#step .dash-slider-track, #step .rc-slider-rail').getBoundingClientRect(); "
+                         "return [r.x, r.y + r.height / 2]; })()")
     page.click(rail[0] + 2, rail[1])  # the left end of the slider's track: step 0
     page.poll(f"document.querySelector('#frame').src !== {before!r}", timeout=20)
     page.poll("document.querySelector('#frame-caption').textContent.indexOf('step 0') >= 0", timeout=20)
     _assert_same(_shown(page, "#frame"), _reference(store, 0, 0))
+    assert page.errors() == []
+
+
+def test_band_picker_shows_the_band_pass_image(page, store):
+    from skimage.color import rgb2gray
+
+    from denoisefeat.frequency import band_pass
+
+    radio = page.evaluate("(function () { var e = Array.from(document.querySelectorAll('#band input'))"
+                          ".filter(function (i) { return i.value === 'high'; })[0].getBoundingClientRect(); "
+                          "return [e.x + e.width / 2, e.y + e.height / 2]; })()")
+    page.click(*radio)
+    page.poll("document.querySelector('#frame-caption').textContent.indexOf('high band') === 0", timeout=20)
+    step = int(page.evaluate("document.querySelector('#frame-caption').textContent").split("step ")[1].split()[0])
+    rgb = dft.open_run(store)["images"].isel(sample=0, step=step).values.astype(np.float64)
+    high = band_pass(rgb2gray(np.moveaxis(rgb, 0, -1)))[2]  # documented: 0 at mid-grey, ±max|band| at the ends
+    grey = downscale_local_mean(0.5 + 0.5 * high / np.abs(high).max(), (2, 2))
+    shown = _shown(page, "#frame")
+    assert (shown[..., 0] == shown[..., 1]).all()
+    assert np.abs(shown[..., 0].astype(int) - np.round(np.clip(grey, 0, 1) * 255)).max() <= 1
+    image = ("Array.from(document.querySelectorAll('#band input'))"
+             ".filter(function (i) { return i.value === 'image'; })[0]")
+    page.click(*page.evaluate(f"(function () {{ var r = {image}.getBoundingClientRect(); "
+                              "return [r.x + r.width / 2, r.y + r.height / 2]; })()"))
+    page.poll("document.querySelector('#frame-caption').textContent.indexOf('x̂0') === 0", timeout=20)
     assert page.errors() == []
 
 
@@ -115,7 +145,7 @@ def test_clicking_an_attribution_cell_shows_the_window(page, store):
     assert page.errors() == []
 
 
-def test_only_the_viewer_is_contacted_and_screenshot(page):
+def test_only_the_viewer_is_contacted_and_screenshot(page, tmp_path):
     page.evaluate("window.scrollTo(0, 0)")
     time.sleep(0.3)
     shot = page.screenshot()
@@ -124,7 +154,9 @@ def test_only_the_viewer_is_contacted_and_screenshot(page):
     assert remote == []
     from PIL import Image
 
-    Image.fromarray(shot).save(DOCS / "viewer.png", optimize=True)
+    Image.fromarray(shot).save(tmp_path / "viewer.png", optimize=True)
+    if os.environ.get("DENOISEFEAT_UPDATE_DOCS") == "1" or not (DOCS / "viewer.png").exists():
+        (DOCS / "viewer.png").write_bytes((tmp_path / "viewer.png").read_bytes())
     assert page.errors() == []
 
 

@@ -149,10 +149,12 @@ def _layout(run, source: _Source):
     scrubber = html.Div([html.Span("step", style={"fontWeight": "bold"}),
                          dcc.Slider(id="step", min=0, max=last, step=1, value=last, marks=marks, updatemode="drag")],
                         style={"maxWidth": "720px", "margin": "10px 0"})
-    images = html.Div([
-        html.Figure([html.Img(id="frame", style={"width": "256px", "imageRendering": "pixelated"}),
-                     html.Figcaption(id="frame-caption")], style=_PANEL),
-        html.Figure([html.Img(id="final", style={"width": "256px", "imageRendering": "pixelated"}),
+    images = html.Div([  # the first frame is in the page itself: no round trip before it shows
+        html.Figure([html.Img(id="frame", src=_uri(source, source.frame(0, last)) if source.has_images else None,
+                              style={"width": "256px", "imageRendering": "pixelated"}),
+                     html.Figcaption(_frame_caption(source, 0, last, _IMAGE), id="frame-caption")], style=_PANEL),
+        html.Figure([html.Img(id="final", src=_uri(source, source.final(0)) if source.has_images else None,
+                              style={"width": "256px", "imageRendering": "pixelated"}),
                      html.Figcaption("final image")], style=_PANEL),
     ])
     profile_choices = source.profile_choices()
@@ -193,6 +195,13 @@ def _layout(run, source: _Source):
                                  "margin": "0 auto", "padding": "0 24px 48px"})
 
 
+def _frame_caption(source: _Source, sample: int, step: int, band: str) -> str:
+    timesteps = source.dataset["timestep"].values if "timestep" in source.dataset else None
+    when = f"step {step}" + ("" if timesteps is None else f" (timestep {float(timesteps[step]):g})")
+    what = "x̂0" if band == _IMAGE else f"{band} band of x̂0's luminance"
+    return f"{what} of sample {sample}, {when}"
+
+
 def _sample(value, n: int) -> int:
     try:
         sample = int(value)
@@ -205,19 +214,17 @@ def _callbacks(app, run, source: _Source) -> None:
     from dash import Input, Output, State, no_update
 
     n_samples, n_steps = run.store.n_samples, run.store.n_steps
-    timesteps = source.dataset["timestep"].values if "timestep" in source.dataset else None
 
     if source.has_images:
         @app.callback(Output("frame", "src"), Output("frame-caption", "children"),
-                      Input("sample", "value"), Input("step", "value"), Input("band", "value"))
+                      Input("sample", "value"), Input("step", "value"), Input("band", "value"),
+                      prevent_initial_call=True)
         def show_frame(sample, step, band):
             sample, step = _sample(sample, n_samples), int(step)
             frame = source.frame(sample, step) if band == _IMAGE else source.band_frame(sample, step, band)
-            when = f"step {step}" + ("" if timesteps is None else f" (timestep {float(timesteps[step]):g})")
-            what = "x̂0" if band == _IMAGE else f"{band} band of x̂0's luminance"
-            return _uri(source, frame), f"{what} of sample {sample}, {when}"
+            return _uri(source, frame), _frame_caption(source, sample, step, band)
 
-        @app.callback(Output("final", "src"), Input("sample", "value"))
+        @app.callback(Output("final", "src"), Input("sample", "value"), prevent_initial_call=True)
         def show_final(sample):
             return _uri(source, source.final(_sample(sample, n_samples)))
 
