@@ -1,32 +1,46 @@
-"""Throughput of the default metric set: ``compute_metrics`` vs a naive per-image scikit-image loop.
+"""Throughput of the default metric set, and analysis vs generation of one toy run.
 
-    OMP_NUM_THREADS=1 python benchmarks/features_throughput.py SIZE [SAMPLES STEPS]   # prints JSON
+    OMP_NUM_THREADS=1 python benchmarks/features_throughput.py                  # CPU, prints JSON
+    python benchmarks/features_throughput.py --device cuda --sizes 32 64 256 512  # a GPU node
 
-Both sides compute the same metrics on the same synthetic DiffShapes trajectories (issue 4).
+Part 1, per image size (ratios measured in one run, on the same images): the naive per-image
+scikit-image loop (below) vs ``compute_metrics`` (numpy, batched) vs ``device_metrics`` (torch on
+``--device``, float64 and float32).  All compute the default metrics on the same synthetic
+DiffShapes trajectories (issue 4); the naive loop covers the metrics that existed when it was
+written (not the object-level ones), so the batched sides do more work than it does.
+
+Part 2 (``--run-samples`` > 0): the toy model's run (``--run-samples`` × ``--run-steps``) generated
+with ``trace`` (keeping xt, x0 and images) vs ``features(run)`` of that run on the host (numpy)
+and with ``device=--device``.
 """
+import argparse
 import json
 import sys
-import time
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pywt
+import torch
 from scipy import ndimage as ndi
 from skimage import color, feature, filters, measure
 from skimage import metrics as skm
 
 import denoisefeat.metrics as M
 from denoisefeat.frequency import DEFAULT_BANDS, band_pass
+from denoisefeat.metrics.device import device_metrics
 from denoisefeat.toy.diffshapes import generate
 
-size = int(sys.argv[1]) if len(sys.argv) > 1 else 32
-S = int(sys.argv[2]) if len(sys.argv) > 2 else 8
-T = int(sys.argv[3]) if len(sys.argv) > 3 else 8
-b = generate(S, seed=0, size=size)
-ims = b.images.astype(np.float64)
-rng = np.random.default_rng(0)
-traj = np.stack([np.clip((t / (T - 1)) * ims + (1 - t / (T - 1)) * 0.5
-                         + 0.1 * (1 - t / (T - 1)) * rng.standard_normal(ims.shape), 0, 1) for t in range(T)], 1)
-ref = ims[:, None]
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine, timed  # noqa: E402
+
+
+def trajectory(size, S, T):
+    ims = generate(S, seed=0, size=size).images.astype(np.float64)
+    rng = np.random.default_rng(0)
+    traj = np.stack([np.clip((t / (T - 1)) * ims + (1 - t / (T - 1)) * 0.5
+                             + 0.1 * (1 - t / (T - 1)) * rng.standard_normal(ims.shape), 0, 1) for t in range(T)], 1)
+    return traj, ims[:, None]
 
 
 def naive_one(x, r):
@@ -75,24 +89,86 @@ def naive_one(x, r):
     return out
 
 
-def best(f, repeat=3):
+def best(f, repeat):
+    """Median of ``repeat`` timed calls after one warm-up call (device work synchronised)."""
     f()
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
+    return timed(f, repeats=repeat)["median_s"]
 
 
-n = S * T
-t_fast = best(lambda: M.compute_metrics(traj, ref))
-t_naive = best(lambda: [naive_one(traj[i, j], ref[i, 0]) for i in range(S) for j in range(T)], repeat=2)
-print(json.dumps({
-    "size": size, "images": n,
-    "us_per_image_compute_metrics": round(t_fast / n * 1e6, 1),
-    "us_per_image_naive_loop": round(t_naive / n * 1e6, 1),
-    "images_per_s": round(n / t_fast, 1),
-    "speedup": round(t_naive / t_fast, 2),
-    "n_metrics": len(M.compute_metrics(traj[:1, :1], ref[:1])),
-}))
+def throughput(size, S, T, device, repeat):
+    traj, ref = trajectory(size, S, T)
+    n = S * T
+    x64, r64 = torch.from_numpy(traj).to(device), torch.from_numpy(ref).to(device)
+    x32, r32 = x64.float(), r64.float()
+    t = {
+        "naive_loop": best(lambda: [naive_one(traj[i, j], ref[i, 0]) for i in range(S) for j in range(T)], 1),
+        "compute_metrics": best(lambda: M.compute_metrics(traj, ref), repeat),
+        "device_metrics_float64": best(lambda: device_metrics(x64, r64), repeat),
+        "device_metrics_float32": best(lambda: device_metrics(x32, r32), repeat),
+    }
+    return {
+        "size": size, "images": n,
+        "us_per_image": {k: round(v / n * 1e6, 1) for k, v in t.items()},
+        "speedup_vs_naive": {k: round(t["naive_loop"] / v, 2) for k, v in t.items() if k != "naive_loop"},
+    }
+
+
+def analysis_vs_generation(S, steps, device, repeat):
+    from denoisefeat.features import features
+    from denoisefeat.models import load_pipeline
+    from denoisefeat.trajectory import trace
+
+    pipe = load_pipeline("toy")
+    tmp = Path(tempfile.mkdtemp())
+    count = [0]
+
+    def generate_run():
+        count[0] += 1
+        trace(pipe, class_labels=[i % 4 for i in range(S)], seed=list(range(S)), steps=steps, batch_size=S,
+              store=tmp / f"run{count[0]}.zarr", keep=("xt", "x0", "images"))
+
+    t_gen = best(generate_run, repeat)
+    run = tmp / "run1.zarr"
+
+    def analyse(**kwargs):
+        def go():
+            features(run, overwrite=True, **kwargs)
+        return go
+
+    t_host = best(analyse(), repeat)
+    t_dev = best(analyse(device=device), repeat)
+    size = int(pipe.unet.config.sample_size)
+    return {
+        "model": "toy", "samples": S, "steps": steps, "image_size": size,
+        "seconds": {"generate_trace": round(t_gen, 3), "features_numpy": round(t_host, 3),
+                    f"features_device_{device}": round(t_dev, 3)},
+        "ratio_analysis_over_generation": {"numpy": round(t_host / t_gen, 2),
+                                           f"device_{device}": round(t_dev / t_gen, 2)},
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 256, 512])
+    parser.add_argument("--images", type=int, default=16,
+                        help="images (samples x 4 steps) at 32 px; fewer at larger sizes (same pixels, at least 4)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--run-samples", type=int, default=8)
+    parser.add_argument("--run-steps", type=int, default=30)
+    args = parser.parse_args()
+    results = []
+    for size in args.sizes:
+        n = max(4, int(args.images * (32 / size) ** 2) // 4 * 4)
+        results.append(throughput(size, n // 4, 4, args.device, args.repeats))
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    out = {"benchmark": "features_throughput", "device": args.device, "machine": machine(),
+           "throughput": results}
+    if args.run_samples > 0:
+        out["analysis_vs_generation"] = analysis_vs_generation(args.run_samples, args.run_steps, args.device,
+                                                               args.repeats)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

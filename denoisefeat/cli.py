@@ -265,6 +265,8 @@ def analyze(
     samples: str = typer.Option(
         None, "--samples", help="A:B, only these samples (whole store chunks; a task's share)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute features that are already stored."),
+    device: str = typer.Option(None, "--device", help="Compute the features in torch on this device (cuda, cpu); "
+                               "default numpy on the host."),
 ) -> None:
     """Compute per-step features into STORE's features/ group, then print when each feature emerges."""
     from rich.markup import escape
@@ -273,7 +275,8 @@ def analyze(
     from denoisefeat.temporal import emergence_order, profiles
 
     names = None if metrics is None else [m.strip() for m in metrics.split(",") if m.strip()]
-    feats = features(store, metrics=names, samples=_sample_range(samples), overwrite=overwrite, progress=True)
+    feats = features(store, metrics=names, samples=_sample_range(samples), overwrite=overwrite, progress=True,
+                     device=device)
     prof = profiles(feats)
     n_steps = feats.sizes["step"]
     table = Table(title=f"feature emergence: {escape(str(store))} ({feats.sizes['sample']} samples × {n_steps} steps; "
@@ -506,6 +509,8 @@ def attribute_stats(
     layers: str = typer.Option(None, "--layers", help="Recorded layers, comma-separated (default: all)."),
     features: str = typer.Option(
         None, "--features", help="Feature variables of features/, comma-separated (default: the metrics)."),
+    of: str = typer.Option(
+        "change", "--of", help="Activity of the layer's per-step change (default) or of its value."),
     stat: str = typer.Option("norm", "--stat", help="Activity per (sample, step): norm, mean or rms."),
     kind: str = typer.Option(
         None, "--kind", help="correlation: pearson (default) or spearman; regression: ols (default) or mixedlm."),
@@ -531,7 +536,7 @@ def attribute_stats(
     acts = {}
     for name in names:  # under classifier-free guidance: the conditional branch
         data = run.acts(name)
-        acts[name] = activity(data, stat=stat, branch="cond" if "branch" in data.dims else None)
+        acts[name] = activity(data, of=of, stat=stat, branch="cond" if "branch" in data.dims else None)
     feats = load_features(store)
     scalar = [name for name in feats.data_vars if feats[name].dims == ("sample", "step")]  # one value per step
     wanted = _split(features) or scalar
@@ -612,10 +617,6 @@ def demo(
     timing = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary.seconds.items())
     Console(soft_wrap=True).print(escape(summary.text()), highlight=False)
     console.print(f"time: {timing}", highlight=False)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    app()
 
 
 @toy_app.command("train")
@@ -721,12 +722,74 @@ def report(
     title: str = typer.Option(None, "--title", help="Report title (default: from the run)."),
     static: Path = typer.Option(None, "--static", help="Also export every figure to this folder (needs .[static])."),
     formats: str = typer.Option("png", "--formats", help="Static formats, comma-separated: png,svg,pdf."),
+    max_mb: float = typer.Option(25.0, "--max-mb", help="Most MiB the HTML may weigh: pictures shrink to fit."),
 ) -> None:
     """Write one self-contained HTML report with every figure of what the store holds."""
     from denoisefeat.viz.report import build_report
 
     with console.status("building the report"):
-        path = build_report(store, out, title=title, static_dir=static,
+        path = build_report(store, out, title=title, static_dir=static, max_mb=max_mb,
                             static_formats=tuple(f.strip() for f in formats.split(",") if f.strip()))
     console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)", markup=False, highlight=False)
 
+
+
+@app.command()
+@_friendly
+def view(
+    store: Path = typer.Argument(..., help="A denoisefeat zarr store."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (default: this machine only)."),
+    port: int = typer.Option(8050, "--port", help="TCP port."),
+) -> None:
+    """Browse a whole store in a local web app (read-only; needs the viewer extra: Dash)."""
+    import importlib.util
+
+    from denoisefeat.store import open_run
+
+    run = open_run(store, allow_incomplete=True)  # refused here, with the same messages as every command
+    if importlib.util.find_spec("dash") is None:
+        _error("denoisefeat view needs Dash: pip install 'denoisefeat[viewer]'")
+        raise typer.Exit(code=2)
+    from denoisefeat.viewer import is_loopback, serve
+
+    if not is_loopback(host):
+        console.print(f"warning: {host} is not loopback: anyone who can reach it can read this store",
+                      markup=False, highlight=False)
+    console.print(f"viewing {run.path} at http://{host}:{port}/ (Ctrl-C to stop)", markup=False, highlight=False)
+    serve(run, host=host, port=port)
+
+
+@app.command()
+@_friendly
+@_SCAN_RUN_OPTIONS
+def facts(
+    model: str = typer.Argument(..., help="toy, tiny-*, a save_pretrained folder or a hub id."),
+    out: Path = typer.Option(Path("denoisefeat-facts"), "--out", "-o", help="Folder for facts.zarr and facts.html."),
+    n_boot: int = _N_BOOT,
+    device: str = _DEVICE,
+    fp16: bool = _FP16,
+    overwrite: bool = _OVERWRITE,
+    run: dict = None,
+) -> None:
+    """Measure the field's four known facts on MODEL and write a report with a "Known facts" section."""
+    import html
+
+    from denoisefeat.analyses.facts import known_facts
+    from denoisefeat.viz.facts import fact_sentences
+    from denoisefeat.viz.report import build_report
+
+    pipe = _scan_pipe(model, device, fp16)
+    out.mkdir(parents=True, exist_ok=True)
+    with console.status("measuring the known facts (trace, band SNR, step similarity, skip spectra, perturbations)"):
+        result = known_facts(pipe, **run, n_boot=n_boot, store=out / "facts.zarr", overwrite=overwrite, model_id=model)
+    with console.status("building the report"):
+        path = build_report(result.run, out / "facts.html", title=f"denoisefeat known facts: {model}", facts=result)
+    plain = Console(soft_wrap=True)
+    for key, sentence in fact_sentences(result).items():
+        plain.print(f"{key}: {html.unescape(sentence)}", markup=False, highlight=False)
+    timing = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.seconds.items())
+    console.print(f"wrote {path}; time: {timing}", markup=False, highlight=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

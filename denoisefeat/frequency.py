@@ -10,7 +10,9 @@ Two backends give the same results:
 * a :class:`torch.Tensor` in, a tensor out on the same device, so the Fourier
   functions run on the GPU when the data is there.  The wavelet functions are
   the exception: PyWavelets works on NumPy arrays, so tensors are copied to the
-  host, transformed there and the result is moved back to the input's device.
+  host, transformed there and the result is moved back to the input's device,
+  except :func:`wavelet_energy` in its default ``periodization`` mode, which runs
+  on the device (:mod:`denoisefeat.dwt`).
 
 Conventions
 -----------
@@ -1185,9 +1187,11 @@ def wavelet_energy(images, *, wavelet="haar", level=None, mode="periodization") 
     (Parseval).  Other modes add boundary coefficients and biorthogonal
     wavelets are not energy-preserving; the energies are then only indicative.
 
-    PyWavelets works on NumPy arrays: tensors are detached and copied to the
-    host, and the result is returned on the input's device (not
-    differentiable).
+    Tensors with ``mode="periodization"`` (the default) are transformed on
+    their own device by :func:`denoisefeat.dwt.wavedec2_periodization` (equal
+    to PyWavelets, batched, differentiable); with other modes PyWavelets
+    works on NumPy arrays: tensors are detached and copied to the host, and
+    the result is returned on the input's device (not differentiable).
 
     References
     ----------
@@ -1197,6 +1201,8 @@ def wavelet_energy(images, *, wavelet="haar", level=None, mode="periodization") 
     import pywt
 
     xp, x, xn, wav, level = _wavelet_setup(images, wavelet, level, mode)
+    if xp.is_torch and mode == "periodization" and wav.name in pywt.wavelist(kind="discrete"):
+        return _wavelet_energy_torch(x, wav.name, level)
     coeffs = pywt.wavedec2(xn, wav, mode=mode, level=level, axes=(-2, -1))
 
     def energy(c):
@@ -1214,6 +1220,21 @@ def wavelet_energy(images, *, wavelet="haar", level=None, mode="periodization") 
     return WaveletEnergy(
         approximation=approx, details=details, wavelet=wav.name, level=level, mode=mode
     )
+
+
+def _wavelet_energy_torch(x, wavelet: str, level: int) -> WaveletEnergy:
+    """:func:`wavelet_energy` of a tensor with ``mode="periodization"``, on its device (differentiable)."""
+    from denoisefeat.dwt import wavedec2_periodization
+
+    coeffs = wavedec2_periodization(x, wavelet=wavelet, level=level)
+    acc = _TorchNS().acc
+
+    def energy(c):
+        return acc(c).square().sum(dim=(-2, -1)).to(x.dtype)
+
+    details = [_TorchNS().torch.stack([energy(c) for c in coeffs[-j]], dim=-1) for j in range(1, level + 1)]
+    return WaveletEnergy(approximation=energy(coeffs[0]), details=_TorchNS().torch.stack(details, dim=-2),
+                         wavelet=wavelet, level=level, mode="periodization")
 
 
 def wavelet_band_pass(images, *, wavelet="haar", level=None, mode="periodization"):

@@ -34,6 +34,7 @@ __all__ = [
     "NoiseLevel",
     "derive_original_sample",
     "initial_noise_scale",
+    "loop_noise_levels",
     "make_scheduler",
     "noise_level",
     "predicted_original_sample",
@@ -250,6 +251,26 @@ def noise_level(scheduler, *, timestep, step_index: int) -> NoiseLevel:
         return NoiseLevel(signal=alpha, noise=sigma * alpha)
     alpha_bar = float(scheduler.alphas_cumprod[int(timestep)])
     return NoiseLevel(signal=alpha_bar**0.5, noise=(1.0 - alpha_bar) ** 0.5)
+
+
+def loop_noise_levels(scheduler_class: str, scheduler_config: dict, steps: int) -> list[NoiseLevel]:
+    """The :func:`noise_level` of every loop step of a run, from the scheduler its attributes name.
+
+    Parameters
+    ----------
+    scheduler_class, scheduler_config
+        ``run.attrs["scheduler_class"]`` and ``run.attrs["scheduler_config"]``.
+    steps : int
+        ``run.attrs["steps"]`` (``num_inference_steps``).
+
+    Returns
+    -------
+    list of NoiseLevel
+        One per loop step (one per denoiser call: Heun's doubled schedule included).
+    """
+    scheduler = make_scheduler(scheduler_class, base_config=scheduler_config)
+    scheduler.set_timesteps(int(steps))
+    return [noise_level(scheduler, timestep=t, step_index=i) for i, t in enumerate(scheduler.timesteps)]
 
 
 def derive_original_sample(

@@ -261,8 +261,30 @@ def _attrs_of(name: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def _gray(images):
+    """(..., C, H, W) in [0, 1] → (..., H, W): :func:`denoisefeat.metrics.luminance`, or its device twin."""
+    if images.shape[-3] == 1:
+        return images[..., 0, :, :]
+    if not isinstance(images, np.ndarray):  # a tensor: its device's twin of rgb2gray
+        from denoisefeat.metrics.device import luminance
+
+        return luminance(images)
+    from denoisefeat.metrics import luminance
+
+    return luminance(images)
+
+
+def _host(values) -> np.ndarray:
+    return values if isinstance(values, np.ndarray) else values.detach().cpu().numpy()
+
+
 def _image_features(images, reference, *, config, bands) -> dict[str, np.ndarray]:
-    """Metrics and frequency features of a block: images (n, t, C, H, W), reference (n, 1, C, H, W)."""
+    """Metrics and frequency features of a block: images (n, t, C, H, W), reference (n, 1, C, H, W).
+
+    numpy arrays are computed on the host (:func:`~denoisefeat.metrics.compute_metrics`),
+    tensors on their device (:func:`~denoisefeat.metrics.device.device_metrics`, the torch
+    paths of :mod:`denoisefeat.frequency`); the values come back as numpy arrays.
+    """
     from denoisefeat.frequency import (
         band_correlation,
         band_energy,
@@ -270,22 +292,26 @@ def _image_features(images, reference, *, config, bands) -> dict[str, np.ndarray
         radial_power_spectrum,
         wavelet_energy,
     )
-    from denoisefeat.metrics import compute_metrics, luminance
 
     out = {}
     if config["metrics"]:
-        out.update(compute_metrics(images, reference, names=config["metrics"]))
-    gray, gray_ref = luminance(images), luminance(reference)
+        if isinstance(images, np.ndarray):
+            from denoisefeat.metrics import compute_metrics as metrics_of
+        else:
+            from denoisefeat.metrics.device import device_metrics as metrics_of
+        out.update(metrics_of(images, reference, names=config["metrics"]))
+    gray, gray_ref = _gray(images), _gray(reference)
     out["band_energy"] = band_energy(gray, bands=bands)
     out["band_relative_error"] = band_relative_error(gray, gray_ref, bands=bands)
     out["band_correlation"] = band_correlation(gray, gray_ref, bands=bands)
     out["rapsd"] = radial_power_spectrum(gray).power
     energy = wavelet_energy(gray, wavelet=config["wavelet"], level=config["wavelet_level"])
-    wav = np.full((*energy.details.shape[:-1], len(_ORIENTATIONS)), np.nan)
-    wav[..., :3] = energy.details
-    wav[..., -1, 3] = energy.approximation
+    details = _host(energy.details)
+    wav = np.full((*details.shape[:-1], len(_ORIENTATIONS)), np.nan)
+    wav[..., :3] = details
+    wav[..., -1, 3] = _host(energy.approximation)
     out["wavelet_energy"] = wav
-    return out
+    return {name: _host(values) for name, values in out.items()}
 
 
 def _scheduler_snr(x0_final, alpha_bar, *, bands) -> np.ndarray:
@@ -344,12 +370,25 @@ def _to_unit(x0: np.ndarray) -> np.ndarray:
     return np.clip(x0 / 2.0 + 0.5, 0.0, 1.0)
 
 
-def _compute_samples(store, todo: np.ndarray, *, config, bands, batch_size, signal) -> dict[str, np.ndarray]:
-    """Every variable for samples ``todo`` (absolute indices), all steps."""
+def _compute_samples(store, todo: np.ndarray, *, config, bands, batch_size, signal,
+                     device=None) -> dict[str, np.ndarray]:
+    """Every variable for samples ``todo`` (absolute indices), all steps.
+
+    With a ``device``, each block of images (and its final images) is copied there, its image
+    features are computed there and the values are copied back, block by block.
+    """
     group = store.group
     T = store.n_steps
     source = group[config["source"]]
     final = np.asarray(group["final"].oindex[todo], dtype=np.float64)
+    if device is None:
+        def to_device(a):
+            return a
+    else:
+        import torch
+
+        def to_device(a):
+            return torch.from_numpy(a).to(device)
     want_sched = "band_snr_scheduler" in config["variables"]
     want_meas = "band_snr_measured" in config["variables"]
     x0_final = _read(group["x0"], todo, T - 1) if (want_sched or want_meas) else None
@@ -365,7 +404,7 @@ def _compute_samples(store, todo: np.ndarray, *, config, bands, batch_size, sign
             images = _read(source, todo[rows], steps)
             if config["source"] == "x0":
                 images = _to_unit(images)
-            block = _image_features(images, final[rows, None], config=config, bands=bands)
+            block = _image_features(to_device(images), to_device(final[rows, None]), config=config, bands=bands)
             if want_sched:
                 block["band_snr_scheduler"] = _scheduler_snr(x0_final[rows], alpha_bar[steps], bands=bands)
             if want_meas:
@@ -485,6 +524,21 @@ class _Progress:
         return False
 
 
+def _check_device(device):
+    """None, or a usable torch.device (a clear error for a bad name or an absent accelerator)."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(device)
+        torch.zeros(1, device=device)
+    except (RuntimeError, TypeError, AssertionError) as error:
+        raise ValueError(f"device={device!r} is not usable here ({str(error).splitlines()[0]}); "
+                         "pass e.g. device='cpu', device='cuda' on a GPU machine, or None for numpy.") from None
+    return device
+
+
 def features(
     run,
     *,
@@ -495,6 +549,7 @@ def features(
     overwrite: bool = False,
     batch_size: int = 128,
     progress: bool = False,
+    device=None,
 ):
     """Compute (or read) the per-step features of a run and store them in its ``features/`` group.
 
@@ -523,6 +578,12 @@ def features(
         chunk.
     progress : bool
         Show a progress bar (samples).
+    device : str or torch.device, optional
+        Compute the metrics and frequency features in torch on this device (``"cuda"``,
+        ``"cpu"``, ...): blocks of ``batch_size`` images stream from the store to the device and
+        their values back (:func:`denoisefeat.metrics.device.device_metrics`).  The stored
+        values equal those of the default numpy path (float64 on both; stored as float32).
+        Default ``None``: numpy on the host.
 
     Returns
     -------
@@ -554,6 +615,7 @@ def features(
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    device = _check_device(device)
     store = _store_of(run, mode="r+")
     config = _config(store, metrics=metrics, bands=bands, wavelet=wavelet)
     chunks = _owned_chunks(store, samples)
@@ -582,7 +644,7 @@ def features(
         with _Progress(progress, int(sum(todo.size for _, todo in work))) as advance:
             for _chunk, todo in work:
                 values = _compute_samples(store, todo, config=config, bands=bands_, batch_size=int(batch_size),
-                                          signal=signal)
+                                          signal=signal, device=device)
                 for name in config["variables"]:
                     fgroup[name].oindex[todo] = values[name].astype(np.float32)
                 marker.oindex[todo] = True  # last: a sample is complete only with all its variables

@@ -78,8 +78,8 @@ dft.viz.attribution_heatmap(scan, layers=list_layers(pipe))
 # ## Regression of feature change on layer activity
 #
 # One clean run with the blocks' `channel_mean` recorded at every step. Per step we know how much
-# each feature of x̂0 moved (`feature_change`) and how active each block was (`activity`, the norm
-# of its channel means). `regress` fits, per feature × block × window, an OLS of the feature
+# each feature of x̂0 moved (`feature_change`) and how much each block's output changed (`activity`, the norm
+# of the change of its channel means). `regress` fits, per feature × block × window, an OLS of the feature
 # change on standardised activity with step fixed effects and sample-clustered errors
 # (statsmodels).
 

@@ -48,15 +48,24 @@ def test_activity_statistics_match_numpy():
     a = rng.normal(size=(4, 2, 3, 5))
     acts = xr.DataArray(a, dims=("sample", "branch", "step", "channel"), coords={"branch": ["uncond", "cond"]},
                         name="mid_block/channel_mean")
-    norm = activity(acts, branch="cond")
+    norm = activity(acts, of="value", branch="cond")
     assert norm.dims == ("sample", "step") and norm.name == "mid_block"
     np.testing.assert_allclose(norm.values, np.linalg.norm(a[:, 1], axis=-1))
-    np.testing.assert_allclose(activity(acts, stat="mean", branch="uncond").values, a[:, 0].mean(-1))
-    np.testing.assert_allclose(activity(acts, stat="rms", branch="cond").values, np.sqrt((a[:, 1] ** 2).mean(-1)))
+    np.testing.assert_allclose(activity(acts, of="value", stat="mean", branch="uncond").values, a[:, 0].mean(-1))
+    np.testing.assert_allclose(activity(acts, of="value", stat="rms", branch="cond").values,
+                               np.sqrt((a[:, 1] ** 2).mean(-1)))
+    # the default: the change brought by each step's call, labelled with that step (step 0 has none)
+    change = activity(acts.assign_coords(step=[4, 5, 6]), branch="cond")
+    assert change["step"].values.tolist() == [5, 6] and change.name == "mid_block"
+    np.testing.assert_allclose(change.values, np.linalg.norm(np.diff(a[:, 1], axis=1), axis=-1))
     with pytest.raises(ValueError, match="pass branch="):
         activity(acts)
     with pytest.raises(ValueError, match="stat must be"):
         activity(acts, stat="max", branch="cond")
+    with pytest.raises(ValueError, match="of must be"):
+        activity(acts, of="delta", branch="cond")
+    with pytest.raises(ValueError, match="consecutive recorded steps"):
+        activity(acts.assign_coords(step=[0, 2, 3]), branch="cond")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,7 +89,9 @@ def test_correlation_equals_scipy_and_bh_equals_statsmodels(method, reference):
         se = (1.0 if method == "pearson" else 1.06) ** 0.5 / np.sqrt(25 - 3)
         assert row.p == pytest.approx(2 * stats.norm.sf(abs(np.arctanh(expected.statistic)) / se), rel=1e-9)
         assert (row.p < 0.05) == (row.ci_low > 0 or row.ci_high < 0)
-        assert row.ci_low <= row.effect <= row.ci_high and row.n == 25 and row.effect_std == row.effect
+        assert row.ci_low <= row.effect <= row.ci_high and row.n == 25
+        # standardised: the slope on z(activity), r · SD_s(Δf), in SDs of Δf over the whole run
+        assert row.effect_std == pytest.approx(row.effect * y.std() / dy.values.std(), rel=1e-9)
     np.testing.assert_allclose(table["p_adj"], multipletests(table["p"], method="fdr_bh")[1])
 
 

@@ -223,3 +223,18 @@ def test_cli_analyze(fresh):
         assert result.exit_code == 2, result.output
         assert result.output.startswith("error:") and "Traceback" not in result.output
         assert message in result.output
+
+
+def test_device_path_stores_the_same_features(computed, fresh):
+    """features(run, device="cpu"): blocks streamed through torch store what the numpy path stores."""
+    _, expected = computed
+    got = features(open_run(fresh), device="cpu", batch_size=4)  # 4 images a block: several blocks per chunk
+    assert list(got.data_vars) == list(expected.data_vars)
+    for name in expected.data_vars:
+        np.testing.assert_allclose(got[name].values, expected[name].values, rtol=2e-6, atol=1e-6, err_msg=name)
+    with pytest.raises(ValueError, match="device="):
+        features(open_run(fresh), device="no-such-device", overwrite=True)
+    from denoisefeat.cli import app
+
+    result = CliRunner().invoke(app, ["analyze", str(fresh), "--device", "no-such-device"])
+    assert result.exit_code != 0 and "device=" in result.output and "Traceback" not in result.output

@@ -41,11 +41,14 @@ def find_chromium() -> str | None:
 class Browser:
     """One headless Chromium with one page; events are collected in :attr:`events`.
 
-    Use as a context manager; the browser process is ended (by its own PID) on exit.
+    Use as a context manager; the browser process is ended (by its own PID) on exit.  With
+    ``loopback=True`` the page may reach servers on 127.0.0.1 (the viewer's) and nothing else.
     """
 
-    def __init__(self, executable: str, *, width: int = 1280, height: int = 1600, timeout: float = 60.0):
+    def __init__(self, executable: str, *, width: int = 1280, height: int = 1600, timeout: float = 60.0,
+                 loopback: bool = False):
         self.executable = executable
+        self.loopback = loopback
         self.width, self.height = width, height
         self.timeout = timeout
         self.events: list[dict] = []
@@ -59,7 +62,8 @@ class Browser:
             self.executable, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
             "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--metrics-recording-only", "--mute-audio",
-            "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
+            "--proxy-server=http://127.0.0.1:9",
+            "--proxy-bypass-list=" + ("127.0.0.1" if self.loopback else "<-loopback>"),
             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
             "--remote-debugging-port=0", "--remote-allow-origins=*", f"--user-data-dir={self._profile}",
             f"--window-size={self.width},{self.height}", "about:blank",
@@ -81,7 +85,7 @@ class Browser:
                                               suppress_origin=True)
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.send(f"{domain}.enable")
-        self.send("Network.emulateNetworkConditions", offline=True, latency=0, downloadThroughput=-1,
+        self.send("Network.emulateNetworkConditions", offline=not self.loopback, latency=0, downloadThroughput=-1,
                   uploadThroughput=-1)
         self.send("Page.setLifecycleEventsEnabled", enabled=True)
         return self

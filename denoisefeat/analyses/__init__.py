@@ -6,7 +6,11 @@
   :func:`write_attribution` / :func:`read_attribution` / :func:`attribution_names` (run store),
   :func:`to_xarray`, :func:`rank`, :func:`benjamini_hochberg`;
 * ``correlate``, ``feature_change`` (:mod:`~denoisefeat.analyses.correlation`) and ``regress``
-  (:mod:`~denoisefeat.analyses.regression`), imported on first use.
+  (:mod:`~denoisefeat.analyses.regression`), imported on first use;
+* the field's known facts, one analysis each, imported on first use: ``band_snr``
+  (coarse-to-fine per-band SNR), ``skip_spectrum`` (skip vs backbone spectra), ``step_similarity``
+  (adjacent-step similarity of blocks) and ``perturbation_timing`` (early vs late perturbations), and
+  ``known_facts`` (:mod:`~denoisefeat.analyses.facts`), all four on one model.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from denoisefeat.analyses.table import (
     write_attribution,
 )
 
-_LAZY = {"correlate": ".correlation", "feature_change": ".correlation", "regress": ".regression"}
+_LAZY = {"correlate": ".correlation", "feature_change": ".correlation", "regress": ".regression",
+         "band_snr": ".coarse_to_fine", "skip_spectrum": ".skips", "step_similarity": ".similarity",
+         "perturbation_timing": ".perturbation", "known_facts": ".facts"}
 
 __all__ = [
     "ABLATION_METHODS",

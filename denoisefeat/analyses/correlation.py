@@ -33,10 +33,14 @@ from scipy import stats
 from denoisefeat.analyses.inference import fisher_z_inference
 from denoisefeat.analyses.table import COLUMNS, benjamini_hochberg, validate
 
-__all__ = ["METHODS", "STATS", "activity", "aligned", "as_activity", "as_features", "correlate", "feature_change"]
+__all__ = [
+    "ACTIVITY_OF", "METHODS", "STATS", "activity", "aligned", "as_activity", "as_features", "change_scale", "correlate",
+    "feature_change",
+]
 
 METHODS = ("pearson", "spearman")
 STATS = ("norm", "mean", "rms")
+ACTIVITY_OF = ("change", "value")
 _LEAD = ("sample", "branch", "step")
 
 
@@ -44,7 +48,12 @@ _LEAD = ("sample", "branch", "step")
 # Preparing the inputs
 # ---------------------------------------------------------------------------------------------
 def activity(
-    acts: xr.DataArray, *, stat: str = "norm", keep: Sequence[str] = (), branch: str | None = None
+    acts: xr.DataArray,
+    *,
+    of: str = "change",
+    stat: str = "norm",
+    keep: Sequence[str] = (),
+    branch: str | None = None,
 ) -> xr.DataArray:
     """Summarise recorded activations to one number per (sample, step).
 
@@ -52,6 +61,14 @@ def activity(
     ----------
     acts : xarray.DataArray, dims (sample, [branch,] step, ...)
         E.g. ``run.acts("mid_block", "channel_mean")``.
+    of : {"change", "value"}
+        What is summarised at step ``s``.  ``"change"`` (default): the change of the layer's
+        output brought by the denoiser call of step ``s``, ``acts[s] − acts[s − 1]`` (step 0 has
+        none and is dropped), which is what pairs with :func:`feature_change`: a per-step change
+        of a feature is related to the per-step change of a layer.  ``"value"``: the activations
+        themselves (a level paired with a change: on the planted-truth models it names the wrong
+        module for texture, see docs/reading-attribution-tables.md).  ``"change"`` needs
+        consecutive recorded steps.
     stat : {"norm", "mean", "rms"}
         Over every dim after ``step`` except ``keep``: the L2 norm, the mean, or the root mean square.
     keep : sequence of str
@@ -66,6 +83,8 @@ def activity(
     """
     if stat not in STATS:
         raise ValueError(f"stat must be one of {', '.join(map(repr, STATS))}; got {stat!r}.")
+    if of not in ACTIVITY_OF:
+        raise ValueError(f"of must be one of {', '.join(map(repr, ACTIVITY_OF))}; got {of!r}.")
     if not isinstance(acts, xr.DataArray) or not {"sample", "step"} <= set(acts.dims):
         raise ValueError(
             "acts must be an xarray.DataArray with dims (sample, [branch,] step, ...), e.g. run.acts(layer)."
@@ -80,6 +99,14 @@ def activity(
         raise ValueError(f"keep: dims {unknown} are not in acts {acts.dims}.")
     reduce = [d for d in acts.dims if d not in (*_LEAD, *keep)]
     values = acts.astype(float)
+    if of == "change":
+        steps = values["step"].values if "step" in values.coords else np.arange(values.sizes["step"])
+        if len(steps) < 2 or not np.all(np.diff(steps) == 1):
+            raise ValueError(
+                f"activity(of='change') needs at least 2 consecutive recorded steps; got steps {list(steps)[:10]}. "
+                "Record every step of the window (record_steps=None) or use of='value'."
+            )
+        values = values.diff("step", label="upper")  # the change brought by the call of step s
     if stat == "norm":
         out = np.sqrt((values**2).sum(reduce, skipna=False))
     elif stat == "mean":
@@ -216,6 +243,40 @@ def _spearman(x, y, axis=-1):
     return _pearson(stats.rankdata(x, axis=axis), stats.rankdata(y, axis=axis), axis=axis)
 
 
+def change_scale(change: np.ndarray) -> float:
+    """The scale of a feature's per-step change: its SD over every finite (sample, step) value.
+
+    Correlation and regression express their standardised effect (``effect_std``) in this unit,
+    one per feature over the whole run, so that a step where the feature hardly changes (late
+    steps of a converged feature, whose changes are at rounding level) cannot rank with the steps
+    that make the feature.
+
+    Parameters
+    ----------
+    change : numpy.ndarray
+        The feature's per-step change, any shape (NaN where undefined).
+
+    Returns
+    -------
+    float
+        Its standard deviation over every finite value.
+
+    Raises
+    ------
+    ValueError
+        The feature never changes (the standardised effect is undefined).
+    """
+    values = np.asarray(change, dtype=float)
+    values = values[np.isfinite(values)]
+    scale = float(np.std(values)) if values.size else 0.0
+    if not scale > 0:
+        raise ValueError(
+            "a feature's per-step change is constant over the run (or has no finite value): its "
+            "standardised effect is undefined; drop it from the features."
+        )
+    return scale
+
+
 def _cell(x, y, *, method, alpha) -> tuple[float, float, float, float]:
     """r, CI low, CI high, p of one (feature, layer, step) cell (Fisher z); NaN when undefined."""
     if len(x) < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
@@ -250,8 +311,10 @@ def correlate(
     -------
     pandas.DataFrame
         The attribution table: ``feature``, ``layer``, ``step_start`` = s, ``step_stop`` = s + 1,
-        ``method``, ``effect`` (the correlation coefficient; ``effect_std`` the same, it is
-        scale-free), ``ci_low``, ``ci_high`` (the Fisher-z interval) and ``p`` (the z-test of the
+        ``method``, ``effect`` (the correlation coefficient), ``effect_std`` (the slope of the
+        change on standardised activity, ``r · SD_s(Δf)``, in units of :func:`change_scale`:
+        ``r`` weighted by how much the feature changes at that step), ``ci_low``, ``ci_high`` (the
+        Fisher-z interval) and ``p`` (the z-test of the
         same standard error: the interval excludes 0 exactly when ``p < 1 − ci``), ``p_adj``
         (Benjamini–Hochberg over all rows), ``n`` (samples with both values finite);
         ``disruption`` and ``specificity`` are NaN (not an intervention).  Cells with fewer than 4
@@ -266,15 +329,19 @@ def correlate(
     steps = acts["step"].values
     for feature in changes.data_vars:
         dy = changes[feature].values.astype(float)
+        scale = change_scale(dy)
         for layer in acts.data_vars:
             x_all = acts[layer].values.astype(float)
             for j, step in enumerate(steps):
                 x, y = x_all[:, j], dy[:, j]
                 finite = np.isfinite(x) & np.isfinite(y)
                 r, low, high, p = _cell(x[finite], y[finite], method=method, alpha=1 - ci)
-                # r is scale-free; a correlation does not intervene: no disruption, no specificity
+                # effect_std: the slope of the change on standardised activity, r · SD_s(Δf), in
+                # units of the run's change scale; a correlation does not intervene: no
+                # disruption, no specificity
+                effect_std = r * float(np.std(y[finite])) / scale if np.isfinite(r) else np.nan
                 rows.append((str(feature), str(layer), int(step), int(step) + 1, method, r, low, high, p, np.nan,
-                             int(finite.sum()), r, np.nan, np.nan))
+                             int(finite.sum()), effect_std, np.nan, np.nan))
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     table["p_adj"] = benjamini_hochberg(table["p"].to_numpy())
     table.attrs.update(alpha=1 - ci, ci_level=ci, inference="fisher-z")

@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from denoisefeat.analyses.correlation import aligned, as_activity
+from denoisefeat.analyses.correlation import aligned, as_activity, change_scale
 from denoisefeat.analyses.table import COLUMNS, benjamini_hochberg, validate
 from denoisefeat.steps import step_windows
 
@@ -106,8 +106,10 @@ def regress(
         (``"ols"`` or ``"mixedlm"``), ``effect`` (β: Δfeature per SD of activity), ``ci_low``,
         ``ci_high`` (Wald interval) and ``p`` (the Wald test of β = 0 with the same standard error:
         the interval excludes 0 exactly when ``p < 1 − ci``), ``p_adj`` (Benjamini–Hochberg over
-        all rows), ``n`` (samples), ``effect_std`` (β in SDs of the window's feature change: the
-        standardised coefficient); ``disruption`` and ``specificity`` are NaN (not an
+        all rows), ``n`` (samples), ``effect_std`` (β in units of
+        :func:`~denoisefeat.analyses.correlation.change_scale`, the SD of the feature's per-step change
+        over every sample and step: one scale per feature, so windows where the feature hardly changes
+        get small standardised effects); ``disruption`` and ``specificity`` are NaN (not an
         intervention).  Extra column ``n_obs``: the (sample, step) rows used.  A cell whose
         activity is constant, or with too few rows to fit (e.g. a window holding only the step
         that has no feature change), is NaN.
@@ -141,6 +143,7 @@ def regress(
     rows = []
     for feature in changes.data_vars:
         dy = changes[feature].values.astype(float)  # (sample, step)
+        scale = change_scale(dy)
         for start, stop in spans:
             inside = (steps >= start) & (steps < stop)
             y_win = dy[:, inside]
@@ -154,8 +157,9 @@ def regress(
                 ok = np.isfinite(y_rows) & np.isfinite(x).all(axis=1)
                 n_obs, n = int(ok.sum()), len(np.unique(row_sample[ok]))
                 estimates = np.full((4, len(chosen)), np.nan)
-                X = _design(x[ok], row_step[ok], step_effects=step_effects) if n_obs else None
-                if X is not None and np.all(x[ok].std(axis=0) > 0) and n_obs > X.shape[1] and n >= 2:
+                varies = n_obs > 0 and bool(np.all(x[ok].std(axis=0) > 0))  # else β is undefined: NaN
+                X = _design(x[ok], row_step[ok], step_effects=step_effects) if varies else None
+                if X is not None and n_obs > X.shape[1] and n >= 2:
                     if np.linalg.matrix_rank(X) == X.shape[1]:
                         try:
                             estimates = np.array(_fit(
@@ -164,10 +168,9 @@ def regress(
                             ))
                         except (np.linalg.LinAlgError, ValueError):
                             pass
-                spread = float(np.std(y_rows[ok])) if n_obs else np.nan  # SD of the feature change in the window
                 for k, layer_index in enumerate(chosen):
                     effect, low, high, p = estimates[:, k]
-                    effect_std = float(effect) / spread if spread > 0 else np.nan
+                    effect_std = float(effect) / scale
                     rows.append((str(feature), str(layers[layer_index]), int(start), int(stop), model,
                                  float(effect), float(low), float(high), float(p), np.nan, n, effect_std,
                                  np.nan, np.nan, n_obs))

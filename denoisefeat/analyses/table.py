@@ -95,10 +95,11 @@ DIRECTIONS: dict[str, str] = {
     "spearman": "magnitude",
     "ols": "magnitude",
     "mixedlm": "magnitude",
+    "perturbation": "magnitude",
 }
 
 #: Method families that intervene on the model: their rows carry a disruption and a specificity.
-INTERVENTIONS = ("ablation", "causal_tracing")
+INTERVENTIONS = ("ablation", "causal_tracing", "perturbation")
 
 #: What :func:`rank` can order by: the standardised effect or the specificity.
 RANK_BY: dict[str, str] = {"effect": "effect_std", "specificity": "specificity"}

@@ -20,7 +20,8 @@ Modules: :mod:`~denoisefeat.metrics.similarity`,
 :mod:`~denoisefeat.metrics.shape`, :mod:`~denoisefeat.metrics.color`,
 :mod:`~denoisefeat.metrics.foreground` (object-level metrics selective for one feature each,
 :data:`FEATURE_GROUPS`),
-:mod:`~denoisefeat.metrics.registry`.
+:mod:`~denoisefeat.metrics.registry`; :mod:`~denoisefeat.metrics.device` computes the same
+metrics batched in torch on the tensors' device.
 """
 
 from denoisefeat.metrics._common import luminance

@@ -21,8 +21,9 @@ import plotly.graph_objects as go
 import xarray as xr
 from plotly.subplots import make_subplots
 
-from denoisefeat.viz._images import png_uri, strip
+from denoisefeat.viz._images import strip
 from denoisefeat.viz._layers import order_layers
+from denoisefeat.viz.frames import FramePolicy
 from denoisefeat.viz.style import DIVERGING, apply_style, axis_title, escape
 
 __all__ = ["COLUMNS", "VALUES", "attribution_heatmap", "correlation_heatmap", "selectivity_map"]
@@ -184,7 +185,7 @@ def _grid(table: pd.DataFrame, *, features, methods, layers, alpha: float, value
 
 def attribution_heatmap(table: pd.DataFrame, *, features=None, methods=None, layers=None,
                         images: Mapping | None = None, clean=None, value: str = "effect", alpha: float = 0.05,
-                        size: str = "screen") -> go.Figure:
+                        size: str = "screen", frames: FramePolicy | None = None) -> go.Figure:
     """Effect of each layer and step window on each feature: a layer × window heatmap.
 
     Parameters
@@ -213,6 +214,9 @@ def attribution_heatmap(table: pd.DataFrame, *, features=None, methods=None, lay
     alpha : float
         Cells with ``p_adj < alpha`` (or, where ``p_adj`` is NaN, a CI excluding 0) are marked ``*``.
     size : {"screen", "column", "page"}
+    frames : FramePolicy, optional
+        Size and encoding of each image of the clean and intervened strips; default
+        ``FramePolicy()``.
 
     Returns
     -------
@@ -222,7 +226,7 @@ def attribution_heatmap(table: pd.DataFrame, *, features=None, methods=None, lay
         ``(ci_low, ci_high, p, p_adj, n, level, step_start, step_stop)``; hover shows effect, CI,
         p and n.  Dotted lines separate resolution levels (labelled ``L<level>``).  With images, two
         ``go.Image`` traces follow (clean, intervened) and ``layout.meta["denoisefeat"]`` holds the
-        PNG of every cell.
+        image strip (a data URI made by ``frames``) of every cell.
     """
     if value not in VALUES:
         raise ValueError(f"value must be one of {', '.join(map(repr, VALUES))}; got {value!r}")
@@ -232,6 +236,7 @@ def attribution_heatmap(table: pd.DataFrame, *, features=None, methods=None, lay
         table, features=features, methods=methods, layers=layers, alpha=alpha, value=value, numeric_steps=False)
     n_heat = len(traces)
     with_images = images is not None
+    frames = FramePolicy() if frames is None else frames
     if with_images:
         if clean is None:
             raise ValueError("images needs clean: the clean images to compare the intervened ones with")
@@ -243,14 +248,15 @@ def attribution_heatmap(table: pd.DataFrame, *, features=None, methods=None, lay
                 layer, (start, stop) = k
             except (TypeError, ValueError):
                 raise ValueError(f"images keys must be (layer, (step_start, step_stop)), got {k!r}") from None
-            cells[f"{layer}|{int(start)}|{int(stop)}"] = png_uri(strip(array))
+            cells[f"{layer}|{int(start)}|{int(stop)}"] = frames.encode(strip(array, max_px=frames.max_px))
         fig = make_subplots(rows=2, cols=2, column_widths=[0.68, 0.32], specs=[[{"rowspan": 2}, {}], [None, {}]],
                             subplot_titles=["", "clean", "intervened"], horizontal_spacing=0.12,
                             vertical_spacing=0.12)
         for trace in traces:
             fig.add_trace(trace, row=1, col=1)
         first = next(iter(images))
-        fig.add_trace(go.Image(source=png_uri(strip(clean)), name="clean", hoverinfo="skip"), row=1, col=2)
+        fig.add_trace(go.Image(source=frames.encode(strip(clean, max_px=frames.max_px)), name="clean",
+                               hoverinfo="skip"), row=1, col=2)
         fig.add_trace(go.Image(source=cells[f"{first[0]}|{int(first[1][0])}|{int(first[1][1])}"], name="intervened",
                                hoverinfo="skip"), row=2, col=2)
         title_index = [a.text for a in fig.layout.annotations].index("intervened")

@@ -13,17 +13,30 @@ data:
 * **Attribution** (``attribution/`` group): layer × step-window heatmaps per feature and method, probe
   selectivity maps.
 * **Activations** (``acts/``): step-to-step change of each recorded layer.
+* **Known facts** (``facts=``, :func:`denoisefeat.analyses.known_facts`): each fact in one sentence worded
+  from its measured numbers and interval, with its figure (:mod:`denoisefeat.viz.facts`).
 
 Every string that comes from the user (title, prompts, labels, model id, feature and method
 names) is HTML-escaped.
+
+**Size.** The file stays under ``max_mb`` (default 25 MB; plotly.js takes ≈ 4.6 MB of it).  The
+figures with pictures (the x̂0 grid, the band-pass images, the attribution click-images) are built
+from a :class:`~denoisefeat.viz.frames.FramePolicy` (default: frames box-downscaled to at most
+128 px, WebP at quality 80 above 64 px and exact PNG below; at most 50 steps on the x̂0 slider and
+25 on the band-pass slider, evenly spaced with both ends).  What the other figures leave of the
+budget is shared among them (x̂0 grid 60 %, band-pass 25 %, attribution 15 %); a figure over its
+share is rebuilt one rung down :meth:`~denoisefeat.viz.frames.FramePolicy.smaller` (fewer steps,
+then smaller frames, down to 32 px × 7 steps) and left out, saying so, if even that does not fit.
+The header says how frames are shown and what was left out.
 """
 
 from __future__ import annotations
 
 import datetime
+import math
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +51,7 @@ from denoisefeat.temporal import profiles as temporal_profiles
 from denoisefeat.viz.activations import activation_change_heatmap
 from denoisefeat.viz.attribution import attribution_heatmap, correlation_heatmap, selectivity_map
 from denoisefeat.viz.export import write_static
+from denoisefeat.viz.frames import FramePolicy
 from denoisefeat.viz.profiles import emergence_curves
 from denoisefeat.viz.style import escape
 from denoisefeat.viz.trajectory import (
@@ -50,16 +64,21 @@ from denoisefeat.viz.trajectory import (
 
 __all__ = ["build_report"]
 
-_MAX_SLIDER_STEPS = 25  # band-pass images: at most this many steps on the slider (they are not PNGs)
+_MAX_SLIDER_STEPS = 25  # band-pass images: at most this many steps on the slider (heatmaps, not images)
 _ORIENTATIONS = ("horizontal", "vertical", "diagonal", "approximation")
+_SHARES = {"x0_grid": 0.60, "band_pass": 0.25, "attribution": 0.15}  # of the budget left for pictures
+_PAGE_SLACK = 64 * 1024  # bytes kept free for the header's budget line and notes
 
 
 @dataclass
 class _Figure:
-    figure: go.Figure
+    """One figure of the page; ``build`` (policy → figure, caption) makes one that has pictures."""
+
+    figure: go.Figure | None
     name: str
     caption: str
     kind: str = "plot"
+    build: Callable[[FramePolicy], tuple[go.Figure, str]] | None = None
 
 
 @dataclass
@@ -69,6 +88,7 @@ class _Section:
     intro: str
     figures: list[_Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    body: str = ""  # HTML after the intro, before the figures
 
 
 # -- data the store holds ------------------------------------------------------------------------
@@ -174,19 +194,25 @@ def _trajectory(run, features: xr.Dataset | None, max_samples: int) -> _Section:
                        "frequency.")
     n_samples, n_steps = run.store.n_samples, run.store.n_steps
     shown = min(max_samples, n_samples)
-    section.figures.append(_Figure(
-        step_image_grid(run, samples=range(shown)), "x0_grid",
-        f"x̂0 (the decoded predicted clean image) of the first {shown} of {n_samples} samples at every step. "
-        "Drag the slider or press ▶ to follow the denoising; the title gives the scheduler timestep."))
-    steps = None
-    if n_steps > _MAX_SLIDER_STEPS:
-        steps = sorted({int(round(v)) for v in np.linspace(0, n_steps - 1, _MAX_SLIDER_STEPS)})
-    section.figures.append(_Figure(
-        band_pass_grid(run, sample=0, steps=steps), "band_pass",
-        "Sample 0 split into frequency bands (ideal radial filters on the luminance; the band images add up to "
-        "it). Low frequencies hold layout and global shape, mid frequencies textures and parts, high "
-        "frequencies edges and pixel-scale detail"
-        + (f"; {len(steps)} of the {n_steps} steps are on the slider." if steps else ".")))
+
+    def x0_grid(policy: FramePolicy) -> tuple[go.Figure, str]:
+        steps = policy.steps(n_steps)
+        caption = (f"x̂0 (the decoded predicted clean image) of the first {shown} of {n_samples} samples at "
+                   + ("every step" if len(steps) == n_steps else f"{len(steps)} of the {n_steps} steps (evenly "
+                      "spaced, first and last included)")
+                   + ". Drag the slider or press ▶ to follow the denoising; the title gives the scheduler timestep.")
+        return step_image_grid(run, samples=range(shown), steps=steps, frames=policy), caption
+
+    def bands(policy: FramePolicy) -> tuple[go.Figure, str]:
+        steps = policy.steps(n_steps)
+        caption = ("Sample 0 split into frequency bands (ideal radial filters on the luminance; the band images add "
+                   "up to it). Low frequencies hold layout and global shape, mid frequencies textures and parts, "
+                   "high frequencies edges and pixel-scale detail"
+                   + (f"; {len(steps)} of the {n_steps} steps are on the slider." if len(steps) < n_steps else "."))
+        return band_pass_grid(run, sample=0, steps=steps, frames=policy), caption
+
+    section.figures.append(_Figure(None, "x0_grid", "", build=x0_grid))
+    section.figures.append(_Figure(None, "band_pass", "", build=bands))
     if _has_dims(features, "rapsd", {"sample", "step", "freq"}):
         rapsd, source = features["rapsd"], "the features group"
     else:
@@ -252,6 +278,7 @@ def _feature_section(features: xr.Dataset) -> _Section:
 
 
 def _attribution_section(table: pd.DataFrame, *, layers, images, clean) -> _Section:
+    """The attribution figures; the heatmap with click-images is built within the picture budget."""
     section = _Section("attribution", "Attribution",
                        "Which layers and denoising steps drive each feature. Cells marked * are significant after "
                        "Benjamini–Hochberg correction (p_adj < 0.05); dotted lines separate resolution levels. "
@@ -260,13 +287,19 @@ def _attribution_section(table: pd.DataFrame, *, layers, images, clean) -> _Sect
                        "(docs/reading-attribution-tables.md).")
     probe = table["method"].astype(str).str.startswith("probe")
     if (~probe).any():
-        figure = attribution_heatmap(table[~probe], layers=layers, images=images, clean=clean, value="effect_std")
-        section.figures.append(_Figure(
-            figure, "attribution",
-            "Standardised effect of each layer (rows, network order) in each step window (columns) on the feature "
-            "chosen in the first menu, by the method chosen in the second. Hover a cell for the effect, its CI, p "
-            "and n." + (" Click a cell to see the clean and intervened images." if images else ""),
-            kind="attribution"))
+        caption = ("Standardised effect of each layer (rows, network order) in each step window (columns) on the "
+                   "feature chosen in the first menu, by the method chosen in the second. Hover a cell for the "
+                   "effect, its CI, p and n." + (" Click a cell to see the clean and intervened images." if images
+                                                 else ""))
+
+        def heatmap(policy: FramePolicy) -> tuple[go.Figure, str]:
+            return attribution_heatmap(table[~probe], layers=layers, images=images, clean=clean, value="effect_std",
+                                       frames=policy), caption
+
+        if images:
+            section.figures.append(_Figure(None, "attribution", caption, kind="attribution", build=heatmap))
+        else:
+            section.figures.append(_Figure(heatmap(FramePolicy())[0], "attribution", caption, kind="attribution"))
     specific = ~probe & table["specificity"].notna()
     if specific.any():
         section.figures.append(_Figure(
@@ -302,6 +335,16 @@ def _metric_selectivity(table: pd.DataFrame):
     return selectivity_heatmap(metric_selectivity(metrics=shown, n_pairs=32, size=32))
 
 
+def _facts_section(facts) -> _Section:
+    from denoisefeat.viz.facts import fact_figures, facts_html
+
+    section = _Section("facts", "Known facts",
+                       "Whether this model behaves like the models in the literature, one fact at a time; every "
+                       "number is measured on this model, with its interval in brackets.", body=facts_html(facts))
+    section.figures.extend(_Figure(figure, name, caption) for figure, name, caption in fact_figures(facts))
+    return section
+
+
 def _activation_section(run, *, layers) -> _Section:
     section = _Section("activations", "Activations",
                        "How much each recorded layer's output changes from one step to the next.")
@@ -334,6 +377,7 @@ table.dft-attrs td { padding: 3px 0; overflow-wrap: anywhere; }
 figure.dft-figure { margin: 18px 0 30px; }
 figcaption { font-size: 0.92em; color: #444; margin-top: 4px; max-width: 900px; }
 p.dft-note { font-size: 0.9em; color: #8a5a00; }
+p.dft-budget { font-size: 0.9em; color: #555; margin: 4px 0; }
 footer { margin-top: 40px; font-size: 0.85em; color: #777; }
 """
 
@@ -374,14 +418,75 @@ def _figure_html(item: _Figure, index: int) -> str:
             "</figcaption></figure>")
 
 
-def _page(title: str, overview: str, sections: list[_Section], notes: list[str]) -> str:
+def _fit(item: _Figure, index: int, policy: FramePolicy, budget: float) -> FramePolicy | None:
+    """Build ``item`` at the largest rung of ``policy``'s ladder whose HTML fits in ``budget`` bytes.
+
+    A rung whose size, predicted from the last one built (pictures scale with px² × steps), is over
+    the budget is skipped unbuilt.  Returns the policy used, or None (``item.figure`` stays None)
+    when even the smallest does not fit.
+    """
+    current, measured = policy, None
+    while current is not None:
+        if measured is not None:
+            built, size = measured
+            predicted = size * (current.max_px / built.max_px) ** 2 * min(1.0, current.max_steps / built.max_steps)
+            if predicted > budget and current.smaller() is not None:
+                current = current.smaller()
+                continue
+        item.figure, item.caption = item.build(current)
+        size = len(_figure_html(item, index).encode("utf-8"))
+        if size <= budget:
+            return current
+        measured = (current, size)
+        current = current.smaller()
+    item.figure = None
+    return None
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
+
+
+def _budget(sections: list[_Section], *, frames: FramePolicy, max_mb: float, fixed_bytes: int,
+            stored: tuple[int, int] | None) -> list[str]:
+    """Build the picture figures within what ``max_mb`` leaves; the header's lines on what was shown and left out."""
+    pictures = [item for section in sections for item in section.figures if item.build is not None]
+    if not pictures:
+        return []
+    room = max_mb * 2**20 - fixed_bytes - _PAGE_SLACK
+    if room <= 0:
+        raise ValueError(f"max_mb={max_mb:g} is below the {(fixed_bytes + _PAGE_SLACK) / 2**20:.1f} MB the report "
+                         "needs without its pictures (plotly.js and the plots); raise it")
+    total = sum(_SHARES[item.name] for item in pictures)
+    lines = [] if stored is None else [_sentence(frames.describe(*stored))]
+    index = {id(item): i for i, item in enumerate((it for sec in sections for it in sec.figures), start=1)}
+    for item in pictures:
+        budget = room * _SHARES[item.name] / total
+        start = replace(frames, max_steps=min(frames.max_steps, _MAX_SLIDER_STEPS)) if item.name == "band_pass" \
+            else frames
+        used = _fit(item, index[id(item)], start, budget)
+        what = {"x0_grid": "x̂0 grid", "band_pass": "band-pass images", "attribution": "attribution images"}[item.name]
+        if used is None:
+            lines.append(f"Left out: the {what}, which did not fit in its {budget / 2**20:.1f} MB even at "
+                         "32 px × 7 steps; raise --max-mb or browse the store with `denoisefeat view`.")
+        elif used != start:
+            lines.append(f"To fit its {budget / 2**20:.1f} MB, the {what} show at most {used.max_steps} steps at "
+                         f"{used.max_px} px.")
+    for section in sections:
+        section.figures = [item for item in section.figures if item.build is None or item.figure is not None]
+    return lines
+
+
+def _page(title: str, overview: str, sections: list[_Section], notes: list[str],
+          budget_lines: Sequence[str] = ()) -> str:
     from plotly.offline import get_plotlyjs
 
     from denoisefeat import __version__
 
     parts, index = [], 0
     for section in sections:
-        parts.append(f'<section id="{section.key}"><h2>{escape(section.title)}</h2><p>{section.intro}</p>')
+        parts.append(f'<section id="{section.key}"><h2>{escape(section.title)}</h2><p>{section.intro}</p>'
+                     + section.body)
         parts.extend(f'<p class="dft-note">{escape(n)}</p>' for n in section.notes)
         for item in section.figures:
             index += 1
@@ -395,7 +500,9 @@ def _page(title: str, overview: str, sections: list[_Section], notes: list[str])
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
         f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n"
         f"<script type=\"text/javascript\">{get_plotlyjs()}</script>\n</head>\n<body>\n"
-        f"<header><h1>{escape(title)}</h1>{overview}</header>\n"
+        f"<header><h1>{escape(title)}</h1>{overview}"
+        + "".join(f'<p class="dft-budget">{escape(line)}</p>' for line in budget_lines)
+        + "</header>\n"
         f"<nav><ul><li><a href=\"#run\">Run</a></li>{toc}</ul></nav>\n<span id=\"run\"></span>{missing}\n"
         + "\n".join(parts)
         + f"\n<footer>Made by denoisefeat {escape(__version__)} on {escape(now)}; plotly.js embedded, no network "
@@ -405,7 +512,8 @@ def _page(title: str, overview: str, sections: list[_Section], notes: list[str])
 
 def build_report(run, out, *, title: str | None = None, static_dir=None, static_formats: Sequence[str] = ("png",),
                  layers=None, features: xr.Dataset | None = None, attribution: pd.DataFrame | None = None,
-                 attribution_images: Mapping | None = None, max_samples: int = 16) -> Path:
+                 attribution_images: Mapping | None = None, max_samples: int = 16, max_mb: float = 25.0,
+                 frames: FramePolicy | None = None, facts=None) -> Path:
     """Write one self-contained HTML report of a run (and optionally each figure as image files).
 
     Parameters
@@ -435,6 +543,13 @@ def build_report(run, out, *, title: str | None = None, static_dir=None, static_
         :func:`denoisefeat.viz.attribution.attribution_heatmap`).
     max_samples : int
         Samples in the x̂0 grid.
+    max_mb : float
+        The most the HTML file may weigh, in MiB (see the module notes: pictures shrink to fit).
+    frames : FramePolicy, optional
+        Size, encoding and steps of the pictures before any shrinking; default ``FramePolicy()``
+        (128 px, WebP quality 80 above 64 px, 50 steps).
+    facts : denoisefeat.analyses.facts.KnownFacts, optional
+        Add the "Known facts" section.
 
     Returns
     -------
@@ -443,11 +558,18 @@ def build_report(run, out, *, title: str | None = None, static_dir=None, static_
 
     Raises
     ------
+    ValueError
+        ``max_mb`` is not a positive number, or too small for the report without its pictures.
     denoisefeat.viz.export.StaticExportError
         ``static_dir`` is given but kaleido or a browser is missing (the HTML is written first).
     """
     from denoisefeat.store import Run, open_run
 
+    if isinstance(max_mb, bool) or not isinstance(max_mb, (int, float)) or not math.isfinite(max_mb) or max_mb <= 0:
+        raise ValueError(f"max_mb must be a positive number of MiB, got {max_mb!r}")
+    if frames is not None and not isinstance(frames, FramePolicy):
+        raise TypeError(f"frames must be a denoisefeat.viz.frames.FramePolicy, got {type(frames).__name__}")
+    frames = FramePolicy() if frames is None else frames
     if not isinstance(run, Run):
         run = open_run(run)
     out = Path(out)
@@ -482,7 +604,18 @@ def build_report(run, out, *, title: str | None = None, static_dir=None, static_
         notes.append("No attribution results in the store (ablation, patching, probes): no attribution maps.")
     if run.layers():
         sections.append(_activation_section(run, layers=layers))
-    out.write_text(_page(title, _overview(run), sections, notes), encoding="utf-8")
+    if facts is not None:
+        sections.append(_facts_section(facts))
+    overview = _overview(run)
+    plain = [replace(section, figures=[item for item in section.figures if item.build is None])
+             for section in sections]
+    fixed = len(_page(title, overview, plain, notes).encode("utf-8"))
+    stored = tuple(run["images"].shape[-2:]) if "images" in run.dataset else None
+    budget_lines = _budget(sections, frames=frames, max_mb=max_mb, fixed_bytes=fixed, stored=stored)
+    if "images" in run.dataset and run.store.n_samples > max_samples:
+        budget_lines.append(f"The x̂0 grid shows {max_samples} of the {run.store.n_samples} samples; "
+                            "`denoisefeat view` browses all of them.")
+    out.write_text(_page(title, overview, sections, notes, budget_lines), encoding="utf-8")
     if static_dir is not None:
         items = [item for section in sections for item in section.figures]
         write_static([item.figure for item in items], static_dir,

@@ -2,8 +2,9 @@
 
 Every builder returns a :class:`plotly.graph_objects.Figure` and never shows it.  Step sliders use
 plotly frames: each frame holds one denoising step, and the slider has one position per step
-shown.  Images are embedded as 8-bit PNGs (``go.Image`` with a ``source`` data URI), which keeps a
-figure of many steps small.
+shown.  Images are embedded as data URIs (``go.Image`` with a ``source``) sized and encoded by a
+:class:`denoisefeat.viz.frames.FramePolicy` (small frames as exact PNGs, large ones box-downscaled
+and WebP), which keeps a figure of many steps small.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from plotly.subplots import make_subplots
 
 from denoisefeat.frequency import DEFAULT_BANDS, band_pass
 from denoisefeat.metrics import luminance
-from denoisefeat.viz._images import png_uri, to_uint8
+from denoisefeat.viz.frames import FramePolicy, downscale
 from denoisefeat.viz.style import DIVERGING, SEQUENTIAL, apply_style, axis_title, escape
 
 __all__ = ["band_pass_grid", "rapsd_curves", "rapsd_heatmap", "step_image_grid", "wavelet_heatmap"]
@@ -94,7 +95,21 @@ def _frame_title(prefix: str, step: int, timestep: float | None) -> str:
     return f"{prefix} — step {step}" + ("" if timestep is None else f" (timestep {timestep:g})")
 
 
-def step_image_grid(run, *, samples=None, steps=None, ncols: int | None = None, size: str = "screen") -> go.Figure:
+_READ_BYTES = 256 * 2**20  # images read from the store at a time (a block of samples)
+
+
+def _frames_of(images: xr.DataArray, sample_idx: list[int], step_idx: list[int],
+               frames: FramePolicy) -> np.ndarray:
+    """(sample, step, h, w, 3) uint8 frames, read from the store a block of samples at a time."""
+    per_sample = len(step_idx) * int(np.prod(images.shape[2:])) * images.dtype.itemsize
+    block = max(1, _READ_BYTES // max(per_sample, 1))
+    parts = [frames.frames(images.isel(sample=sample_idx[i:i + block], step=step_idx).values)
+             for i in range(0, len(sample_idx), block)]
+    return np.concatenate(parts)
+
+
+def step_image_grid(run, *, samples=None, steps=None, ncols: int | None = None, size: str = "screen",
+                    frames: FramePolicy | None = None) -> go.Figure:
     """x̂0 of several samples, one panel each, with a slider over the denoising steps.
 
     Parameters
@@ -109,17 +124,22 @@ def step_image_grid(run, *, samples=None, steps=None, ncols: int | None = None, 
         Panels per row; default ``min(4, number of samples)``.
     size : {"screen", "column", "page"}
         See :func:`denoisefeat.viz.style.apply_style`.
+    frames : FramePolicy, optional
+        Size and encoding of the frames (its ``max_steps`` is not applied here: pass ``steps``);
+        default ``FramePolicy()``.
 
     Returns
     -------
     plotly.graph_objects.Figure
-        One ``go.Image`` per sample (8-bit PNG ``source``), one frame per step (named by the step),
-        a slider with one position per step starting at the last one.
+        One ``go.Image`` per sample (``source`` a data URI of the frame made by ``frames``), one
+        frame per step (named by the step), a slider with one position per step starting at the
+        last one.
     """
+    frames = FramePolicy() if frames is None else frames
     images = _images_of(run)
     sample_idx = _indices(samples, images.sizes["sample"], name="samples", default=8)
     step_idx = _indices(steps, images.sizes["step"], name="steps")
-    data = to_uint8(images.isel(sample=sample_idx, step=step_idx).values)  # (s, t, H, W, 3)
+    data = _frames_of(images, sample_idx, step_idx, frames)  # (s, t, h, w, 3)
     step_values = [int(v) for v in images["step"].values[step_idx]]
     timesteps = _timesteps(run, step_idx)
     labels = _condition_labels(run, sample_idx)
@@ -133,12 +153,12 @@ def step_image_grid(run, *, samples=None, steps=None, ncols: int | None = None, 
                         vertical_spacing=0.08 if nrows > 1 else 0.0)
     last = len(step_idx) - 1
     for i in range(n):
-        fig.add_trace(go.Image(source=png_uri(data[i, last]), name=titles[i],
+        fig.add_trace(go.Image(source=frames.encode(data[i, last]), name=titles[i],
                                hovertemplate=f"{titles[i]}<br>x %{{x}}, y %{{y}}<extra></extra>"),
                       row=i // ncols + 1, col=i % ncols + 1)
     fig.frames = [
         go.Frame(name=str(step), traces=list(range(n)),
-                 data=[go.Image(source=png_uri(data[i, k])) for i in range(n)],
+                 data=[go.Image(source=frames.encode(data[i, k])) for i in range(n)],
                  layout=dict(title_text=_frame_title("x̂0", step, t)))
         for k, (step, t) in enumerate(zip(step_values, timesteps, strict=True))
     ]
@@ -155,7 +175,7 @@ def step_image_grid(run, *, samples=None, steps=None, ncols: int | None = None, 
 
 
 def band_pass_grid(run, *, sample: int = 0, steps=None, bands: Mapping = DEFAULT_BANDS,
-                   size: str = "screen") -> go.Figure:
+                   size: str = "screen", frames: FramePolicy | None = None) -> go.Figure:
     """One sample's x̂0 and its band-pass images, with a slider over the denoising steps.
 
     Parameters
@@ -169,13 +189,17 @@ def band_pass_grid(run, *, sample: int = 0, steps=None, bands: Mapping = DEFAULT
     bands : mapping of str to (float, float)
         Frequency bands in cycles/pixel (see :data:`denoisefeat.frequency.DEFAULT_BANDS`).
     size : {"screen", "column", "page"}
+    frames : FramePolicy, optional
+        Size and encoding of the x̂0 frame and size of the band images (its ``max_steps`` is not
+        applied here: pass ``steps``); default ``FramePolicy()``.
 
     Returns
     -------
     plotly.graph_objects.Figure
         Trace 0 is the RGB x̂0 (``go.Image``); trace ``1 + b`` a heatmap whose ``z`` is
         ``denoisefeat.frequency.band_pass(gray)[step, b]`` of the luminance
-        (``skimage.color.rgb2gray``) of x̂0.  The first band (it holds the mean) is drawn in grey, the
+        (``skimage.color.rgb2gray``) of x̂0, computed at the stored size and then box-downscaled
+        like the frames (float32).  The first band (it holds the mean) is drawn in grey, the
         others on a diverging scale centred on 0; each band keeps one colour range over all steps.
         One frame and one slider position per step.
 
@@ -184,16 +208,18 @@ def band_pass_grid(run, *, sample: int = 0, steps=None, bands: Mapping = DEFAULT
     The band-pass images of all bands add up to the luminance image (the bands partition the
     spectrum), so the panels show where in the picture each band's content lies at each step.
     """
+    frames = FramePolicy() if frames is None else frames
     images = _images_of(run)
     (sample_idx,) = _indices([sample], images.sizes["sample"], name="samples")
     step_idx = _indices(steps, images.sizes["step"], name="steps")
     rgb = images.isel(sample=sample_idx, step=step_idx).values  # (t, 3, H, W)
     gray = luminance(np.clip(rgb, 0.0, 1.0))
     parts = np.asarray(band_pass(gray, bands=bands), dtype=np.float32)  # (t, n_bands, H, W)
+    parts = downscale(parts, max_px=frames.max_px)  # box filter: linear, the bands still add up
     names = list(bands)
     step_values = [int(v) for v in images["step"].values[step_idx]]
     timesteps = _timesteps(run, step_idx)
-    uris = [png_uri(u) for u in to_uint8(rgb)]
+    uris = [frames.encode(u) for u in frames.frames(rgb)]
     titles = ["x̂0"] + [f"{escape(name)} band<br>[{lo:g}, {hi:g}) c/px" for name, (lo, hi) in bands.items()]
     fig = make_subplots(rows=1, cols=1 + len(names), subplot_titles=titles, horizontal_spacing=0.03)
     last = len(step_idx) - 1
