@@ -1,6 +1,5 @@
 """The shipped toy model: loads offline, samples fast, and passes a loose quality gate."""
 
-import time
 
 import numpy as np
 import pytest
@@ -25,10 +24,8 @@ def test_weights_are_small_fp16_safetensors():
     assert {t.dtype for t in tensors.values()} == {torch.float16}
 
 
-def test_loads_offline_in_under_a_second():
-    start = time.perf_counter()
+def test_loads_offline():  # its time budget (< 1 s) is measured by benchmarks/toy_model.py
     pipe = load_pipeline("toy")
-    assert time.perf_counter() - start < 1.0
     assert isinstance(pipe, ClassConditionalImagePipeline)
     assert pipe.null_class == NULL_LABEL and pipe.unet.dtype == torch.float32  # CPU-friendly by default
 
