@@ -50,6 +50,7 @@ import zarr
 
 __all__ = [
     "COMPRESSORS",
+    "FAST_COMPRESSORS",
     "SCHEMA_VERSION",
     "Damage",
     "DamagedStoreError",
@@ -71,6 +72,9 @@ _MARKER = "denoisefeat"
 _TARGET_CHUNK_BYTES = 2**21  # 2 MiB: "chunks ≥ 1 MB" while keeping the step buffer small
 #: Compression of every array of a store: zstd with its content checksum, so a flipped byte fails to decode.
 COMPRESSORS = (zarr.codecs.ZstdCodec(level=0, checksum=True),)
+#: The fast codec of ``full`` activations (large, nearly incompressible floats): zstd's fast mode (level -1,
+#: about 3× the throughput of the default level for a few percent more bytes), with the same checksum.
+FAST_COMPRESSORS = (zarr.codecs.ZstdCodec(level=-1, checksum=True),)
 
 # A chunk that holds only fill values is written too: a missing chunk file is then damage, not NaN.
 zarr.config.set({"array.write_empty_chunks": True})
@@ -630,11 +634,14 @@ class RunStore:
         chunks: Sequence[int] | None = None,
         fill_value=None,
         attrs: Mapping | None = None,
+        compressors: Sequence = COMPRESSORS,
     ) -> zarr.Array:
         """Create array ``name`` (a path inside the group) or check an existing one matches.
 
         Per-sample arrays are chunked along ``sample`` by ``chunk_samples`` so writers never
-        share a chunk; the other chunk sizes default to whole axes.
+        share a chunk; the other chunk sizes default to whole axes.  ``compressors``: the codec
+        (:data:`COMPRESSORS`, or :data:`FAST_COMPRESSORS` for large incompressible arrays); every
+        codec of a store carries a checksum.
         """
         shape = tuple(int(s) for s in shape)
         if len(dims) != len(shape):
@@ -654,10 +661,11 @@ class RunStore:
         try:
             array = self.group.create_array(
                 name, shape=shape, chunks=tuple(chunks), dtype=dtype, dimension_names=tuple(dims),
-                fill_value=fill_value, compressors=COMPRESSORS,
+                fill_value=fill_value, compressors=tuple(compressors),
             )
         except zarr.errors.ContainsArrayError:  # another writer created it first
-            return self.ensure_array(name, shape=shape, dims=dims, dtype=dtype, chunks=chunks, fill_value=fill_value)
+            return self.ensure_array(name, shape=shape, dims=dims, dtype=dtype, chunks=chunks, fill_value=fill_value,
+                                     compressors=compressors)
         if attrs:
             array.attrs.update(_jsonable(dict(attrs)))
         return array
@@ -669,18 +677,24 @@ class RunStore:
 
     def ensure_step_array(self, name: str, *, tail_shape: Sequence[int], tail_dims: Sequence[str], dtype,
                           lead_dims: Sequence[str] = ("sample", "step"), lead_shape: Sequence[int] | None = None,
-                          attrs: Mapping | None = None) -> zarr.Array:
-        """A ``(sample, [branch,] step, *tail)`` array chunked by sample chunk × about 2 MiB of steps."""
+                          attrs: Mapping | None = None, compressors: Sequence = COMPRESSORS,
+                          step_multiple: int = 1) -> zarr.Array:
+        """A ``(sample, [branch,] step, *tail)`` array chunked by sample chunk × about 2 MiB of steps.
+
+        ``step_multiple``: the steps per chunk are a multiple of it (so that every step chunk of
+        an array written every ``k``-th step holds one of those steps).
+        """
         if lead_shape is None:
             lead_shape = (self.n_samples, self.n_steps)
         itemsize = np.dtype(dtype).itemsize
         per_sample_step = itemsize * int(np.prod(tail_shape, dtype=np.int64))
         per_sample_step *= int(np.prod(lead_shape[1:-1], dtype=np.int64))  # a branch axis between sample and step
         step_chunk = self.step_chunk_size(per_sample_step)
+        step_chunk = min(lead_shape[-1], max(step_multiple, step_chunk // step_multiple * step_multiple))
         chunks = (self.chunk_samples, *lead_shape[1:-1], step_chunk, *tail_shape)
         return self.ensure_array(
             name, shape=(*lead_shape, *tail_shape), dims=(*lead_dims, *tail_dims), dtype=dtype, chunks=chunks,
-            attrs=attrs,
+            attrs=attrs, compressors=compressors,
         )
 
     def write_coordinate(self, name: str, values, *, dim: str) -> None:
@@ -717,47 +731,83 @@ class RunStore:
 
 
 class StepWriter:
-    """Buffers per-step arrays of one sample chunk and writes them a step chunk at a time.
+    """Buffers per-step arrays of one sample chunk and writes them a step chunk at a time, on a writer pool.
 
     Memory is bounded by one sample chunk × one step chunk of every array (plus at most two step
-    chunks in flight), whatever the number of steps.  Each write covers whole chunks, so nothing is
-    read back and rewritten.  Writes run on one background thread so that compression and disk I/O
-    overlap with the denoiser; :meth:`close` waits for them and re-raises any error.
+    chunks per worker in flight), whatever the number of steps.  Each write covers whole chunks, so
+    nothing is read back and rewritten.  Stacking a step chunk, compressing it and writing it run on
+    a pool of background threads (each step chunk is one job, and two jobs never share a chunk
+    file), so that all of it overlaps with the denoiser; :meth:`close` waits for them and re-raises
+    any error.  The chunk files are the same whatever the number of workers.
 
     Parameters
     ----------
     store : RunStore
     samples : slice
         The sample chunk this writer owns.
+    workers : int, optional
+        Writer threads; default ``min(4, os.cpu_count())``.
     """
 
-    _MAX_IN_FLIGHT = 2
-
-    def __init__(self, store: RunStore, samples: slice):
+    def __init__(self, store: RunStore, samples: slice, *, workers: int | None = None):
         from concurrent.futures import ThreadPoolExecutor
 
+        if workers is None:
+            workers = min(4, os.cpu_count() or 1)
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {workers!r}.")
         self.store = store
         self.samples = samples
         self._declared: dict[str, tuple[tuple[str, ...], str, dict]] = {}
         self._steps: dict[str, frozenset[int] | None] = {}
         self._arrays: dict[str, tuple[zarr.Array, int]] = {}
-        self._buffers: dict[str, dict[int, np.ndarray]] = {}
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="denoisefeat-writer")
+        self._buffers: dict[str, dict[int, tuple[np.ndarray, object]]] = {}
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="denoisefeat-writer")
+        self._max_in_flight = 2 * workers
         self._in_flight: list = []
 
     def declare(self, name: str, *, tail_dims: Sequence[str], dtype, lead_dims: Sequence[str] = ("sample", "step"),
                 lead_shape: Sequence[int] | None = None, attrs: Mapping | None = None,
-                steps: frozenset[int] | None = None) -> None:
+                steps: frozenset[int] | None = None, compressors: Sequence = COMPRESSORS,
+                step_multiple: int = 1) -> None:
         """Say how to create ``name`` when its first step arrives (its trailing shape is known then).
 
-        ``steps``: the only steps that will be appended (``None``: all), so that a step chunk is
-        written as soon as its selected steps are in.
+        Parameters
+        ----------
+        name : str
+            The array's path in the store.
+        tail_dims : sequence of str
+            Names of the axes after ``step``.
+        dtype : str or numpy.dtype
+            The stored dtype (appended data is cast to it).
+        lead_dims, lead_shape : sequence, optional
+            The axes up to ``step`` and their sizes (default ``("sample", "step")``, the run's).
+        attrs : mapping, optional
+            Attributes of the array.
+        steps : frozenset of int, optional
+            The only steps that will be appended (``None``: all), so that a step chunk is
+            written as soon as its selected steps are in.
+        compressors : sequence of codecs
+            :data:`COMPRESSORS` or :data:`FAST_COMPRESSORS`.
+        step_multiple : int
+            Steps per chunk are a multiple of it (:meth:`RunStore.ensure_step_array`).
         """
         self._steps[name] = steps
         self._declared[name] = (tuple(tail_dims), dtype, {"lead_dims": tuple(lead_dims), "lead_shape": lead_shape,
-                                                          "attrs": attrs})
+                                                          "attrs": attrs, "compressors": compressors,
+                                                          "step_multiple": step_multiple})
 
     def declared(self, name: str) -> bool:
+        """Whether :meth:`declare` was called for ``name``.
+
+        Parameters
+        ----------
+        name : str
+
+        Returns
+        -------
+        bool
+        """
         return name in self._declared
 
     def _array(self, name: str, data: np.ndarray) -> tuple[zarr.Array, int]:
@@ -773,36 +823,52 @@ class StepWriter:
             self._arrays[name] = (array, step_axis)
         return self._arrays[name]
 
-    def append(self, name: str, step: int, data: np.ndarray) -> None:
-        """Add step ``step`` of array ``name``: ``data`` is one step of the chunk's samples (no step axis)."""
+    def append(self, name: str, step: int, data: np.ndarray, *, ready=None) -> None:
+        """Add step ``step`` of array ``name``: ``data`` is one step of the chunk's samples (no step axis).
+
+        Parameters
+        ----------
+        name : str
+        step : int
+        data : numpy.ndarray
+            Not read before ``ready()`` returns, and only on a writer thread.
+        ready : callable, optional
+            Waits until ``data`` holds its values (an asynchronous device→host copy); default: it does.
+        """
         data = np.asarray(data)
         array, step_axis = self._array(name, data)
         step_chunk = array.chunks[step_axis]
         buffer = self._buffers.setdefault(name, {})
-        buffer[step] = data
+        buffer[step] = (data, ready)
         first = (step // step_chunk) * step_chunk
         last = min(first + step_chunk, array.shape[step_axis])
         selected = self._steps.get(name)
         expected = [s for s in range(first, last) if selected is None or s in selected]
         if all(s in buffer for s in expected):
             if len(expected) == last - first:
-                block = np.stack([buffer.pop(s) for s in expected], axis=step_axis)
-                self._submit(array, step_axis, slice(first, last), block)
-            else:  # a partial step chunk: write the selected steps one by one
-                for s in expected:
-                    self._submit(array, step_axis, s, buffer.pop(s))
+                self._submit(array, step_axis, [(slice(first, last), [buffer.pop(s) for s in expected])])
+            else:  # a partial step chunk: the selected steps one by one, in one job (one chunk file)
+                self._submit(array, step_axis, [(s, [buffer.pop(s)]) for s in expected])
 
-    def _submit(self, array, step_axis, steps, block) -> None:
-        region = [slice(None)] * array.ndim
-        region[0] = self.samples
-        region[step_axis] = steps
-        while len(self._in_flight) >= self._MAX_IN_FLIGHT:  # back-pressure bounds memory
+    def _submit(self, array, step_axis, writes) -> None:
+        """One job per chunk file: ``writes`` are ``(steps, parts)`` of one step chunk, done in order."""
+        regions = []
+        for steps, parts in writes:
+            region = [slice(None)] * array.ndim
+            region[0] = self.samples
+            region[step_axis] = steps
+            regions.append((tuple(region), parts))
+        while len(self._in_flight) >= self._max_in_flight:  # back-pressure bounds memory
             self._in_flight.pop(0).result()
-        block = block.astype(array.dtype, copy=False)
-        self._in_flight.append(self._executor.submit(array.__setitem__, tuple(region), block))
+        self._in_flight.append(self._executor.submit(_write_blocks, array, step_axis, regions))
 
     def pending(self) -> dict[str, list[int]]:
-        """Steps still buffered, by array (empty once every step chunk is whole)."""
+        """Steps still buffered, by array (empty once every step chunk is whole).
+
+        Returns
+        -------
+        dict of str to list of int
+        """
         return {name: sorted(b) for name, b in self._buffers.items() if b}
 
     def close(self) -> None:
@@ -810,13 +876,26 @@ class StepWriter:
         try:
             for name, buffer in self._buffers.items():
                 array, step_axis = self._arrays[name]
-                for step in sorted(buffer):
-                    self._submit(array, step_axis, step, buffer.pop(step))
+                step_chunk = array.chunks[step_axis]
+                for chunk in sorted({s // step_chunk for s in buffer}):
+                    steps = [s for s in sorted(buffer) if s // step_chunk == chunk]
+                    self._submit(array, step_axis, [(s, [buffer.pop(s)]) for s in steps])
             for future in self._in_flight:
                 future.result()
         finally:
             self._in_flight.clear()
             self._executor.shutdown(wait=True)
+
+
+def _write_blocks(array: zarr.Array, step_axis: int, regions) -> None:
+    """A writer job: for each region, wait for its parts' copies, stack them along ``step``, cast, write."""
+    for region, parts in regions:
+        for _, ready in parts:
+            if ready is not None:
+                ready()
+        stacked = isinstance(region[step_axis], slice)
+        block = np.stack([data for data, _ in parts], axis=step_axis) if stacked else parts[0][0]
+        array[region] = block.astype(array.dtype, copy=False)
 
 
 @dataclass

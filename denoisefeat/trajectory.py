@@ -38,7 +38,15 @@ from denoisefeat.families import PipelineFamily, family_of
 from denoisefeat.options import RunOptions, TraceRequest
 from denoisefeat.progress import progress_bar
 from denoisefeat.steps import BRANCHES, StepClock, steps_selection
-from denoisefeat.store import Run, RunMismatchError, RunStore, StepWriter, StoreError
+from denoisefeat.store import (
+    COMPRESSORS,
+    FAST_COMPRESSORS,
+    Run,
+    RunMismatchError,
+    RunStore,
+    StepWriter,
+    StoreError,
+)
 
 __all__ = ["DenoisingLoop", "LoopState", "PrefixCache", "trace"]
 
@@ -305,6 +313,9 @@ def trace(
     only_samples: slice | None = None,
     keep: Sequence[str] = ("xt", "x0", "images"),
     store_dtype: str = "float32",
+    decode_every: int = 1,
+    decode_batch: int | None = None,
+    writers: int | None = None,
     record=None,
     record_steps=None,
     intervene=None,
@@ -338,6 +349,15 @@ def trace(
         Which per-step arrays to store (``final`` is always stored).
     store_dtype : {"float32", "float16"}
         dtype of the stored per-step arrays.
+    decode_every : int
+        Decode x̂0 to ``images`` at every ``decode_every``-th step only (steps 0, k, 2k, … and the
+        last); the other steps of ``images`` stay NaN.  Recorded in ``attrs["run"]["extra"]``.
+    decode_batch : int, optional
+        Steps whose x̂0 are decoded together in one call (one VAE batch of ``decode_batch`` ×
+        ``batch_size`` images); default as many as make at most 32 images.
+    writers : int, optional
+        Writer threads that compress and write the store while the loop runs (default
+        ``min(4, os.cpu_count())``; the chunk files do not depend on it).
     record : str, sequence of str or mapping, optional
         Layers to record and their reducers (see :class:`denoisefeat.hooks.record`), e.g.
         ``{"mid_block": "channel_mean", "up_blocks.1": ["spatial_energy", "full"]}``; stored under
@@ -395,6 +415,9 @@ def trace(
         raise ValueError(f"backend must be 'torch' or 'nnsight', got {backend!r}.")
     if store_dtype not in ("float32", "float16"):
         raise ValueError(f"store_dtype must be 'float32' or 'float16', got {store_dtype!r}.")
+    for name, value in (("decode_every", decode_every), ("decode_batch", decode_batch), ("writers", writers)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     if overwrite and resume:
         raise ValueError("Pass overwrite or resume, not both: overwrite starts the store again, resume completes it.")
     if repair and not resume:
@@ -403,13 +426,17 @@ def trace(
         raise ValueError("overwrite cannot be combined with only_samples (a task writes its share of a shared store).")
     request, scheduler = options.request(pipe, decode="images" in keep, model_id=model_id)
     loop = DenoisingLoop(pipe, request, scheduler)
-    current: dict[str, StepWriter] = {}
+    current: dict[str, _ChunkCapture] = {}
     recorder, editor = _hook_managers(pipe, request, record, record_steps, intervene, loop, current)
     if recorder is not None or editor is not None:
         extra = {"record": None if recorder is None else [[n, r.name] for n, r in recorder.plan],
                  "record_steps": None if recorder is None or recorder.steps is None else sorted(recorder.steps),
                  "interventions": None if editor is None else editor.describe()}
         request = replace(request, extra=extra)
+    if decode_every != 1 and "images" in keep:
+        request = replace(request, extra={**request.extra, "decode_every": int(decode_every)})
+    decoding = _Decoding.of(loop, decode_every=int(decode_every), decode_batch=decode_batch,
+                            batch_size=options.batch_size) if "images" in keep else None
     with contextlib.ExitStack() as lock:
         if store is not None and only_samples is None:  # a cluster task holds its own task lock instead
             lock.enter_context(_store_lock(store))
@@ -429,6 +456,7 @@ def trace(
                                                              label="denoising") as advance:
             for samples in chunks:
                 _trace_chunk(loop, run_store, samples, current, keep=keep, store_dtype=store_dtype,
+                             decoding=decoding, capture_acts=recorder is not None, writers=writers,
                              prefixes=prefixes, advance=advance)
         if only_samples is None:  # a task's store is consolidated once, after the last writer (jobs merge)
             run_store.finalize()
@@ -466,23 +494,100 @@ def _owned_chunks(run_store: RunStore, only_samples: slice | None) -> list[slice
     return [c for c in chunks if c.start >= start and c.stop <= stop]
 
 
+class _ChunkCapture:
+    """What one sample chunk sends to the store: device tensors in, one host copy per step out.
+
+    On CUDA the step's tensors are packed on the device and copied with one non-blocking copy into
+    pinned host memory at the end of the step; the writer threads wait for the copy, so the loop
+    never does.  On other devices each tensor is copied to the host as it arrives.
+    """
+
+    def __init__(self, writer: StepWriter, device: torch.device):
+        self.writer = writer
+        self.deferred = device.type == "cuda"
+        self._staged: list[tuple[str, int, torch.Tensor]] = []
+
+    def add(self, name: str, step: int, tensor: torch.Tensor) -> None:
+        """Send ``tensor`` (already in its stored dtype) as step ``step`` of array ``name``."""
+        if self.deferred:  # a device copy: the module may reuse its output before the step ends
+            self._staged.append((name, step, tensor.detach().clone()))
+        else:
+            self.writer.append(name, step, tensor.detach().to("cpu", copy=True).numpy())
+
+    def flush(self) -> None:
+        """Copy what the step staged to the host (CUDA: one packed non-blocking copy per dtype)."""
+        staged, self._staged = self._staged, []
+        for dtype in dict.fromkeys(t.dtype for _, _, t in staged):
+            group = [(name, step, t) for name, step, t in staged if t.dtype == dtype]
+            packed = torch.cat([t.reshape(-1) for _, _, t in group])
+            cuda = packed.is_cuda
+            host = torch.empty(packed.shape, dtype=dtype, pin_memory=cuda)
+            host.copy_(packed, non_blocking=cuda)
+            ready = None
+            if cuda:  # the writer threads wait for the copy, the loop goes on
+                done = torch.cuda.Event()
+                done.record()
+                ready = done.synchronize
+            offset = 0
+            for name, step, t in group:
+                part = host[offset:offset + t.numel()].view(t.shape)
+                offset += t.numel()
+                self.writer.append(name, step, part.numpy(), ready=ready)
+
+
+@dataclass(frozen=True)
+class _Decoding:
+    """Which steps' x̂0 are decoded to ``images``, and how many steps go into one decoder call."""
+
+    steps: frozenset[int]
+    batch: int
+    every: int
+
+    @classmethod
+    def of(cls, loop: DenoisingLoop, *, decode_every: int, decode_batch: int | None, batch_size: int) -> _Decoding:
+        last = loop.n_steps - 1
+        steps = frozenset(range(0, loop.n_steps, decode_every)) | {last}
+        batch = decode_batch if decode_batch is not None else max(1, 32 // batch_size)
+        return cls(steps=steps, batch=int(batch), every=decode_every)
+
+
+def _stored(tensor: torch.Tensor, dtype: str) -> torch.Tensor:
+    """``tensor`` in the store's dtype, converted on its device (float32 for dtypes numpy lacks)."""
+    return tensor.to(getattr(torch, dtype))
+
+
 def _trace_chunk(loop: DenoisingLoop, run_store: RunStore, samples: slice, current: dict, *, keep, store_dtype,
-                 prefixes, advance) -> None:
+                 decoding: _Decoding | None, capture_acts: bool, writers, prefixes, advance) -> None:
     """Run one sample chunk, writing its steps and its final images, then mark it complete."""
-    writer = current["writer"] = StepWriter(run_store, samples)
+    writer = StepWriter(run_store, samples, workers=writers)
+    capture = current["capture"] = _ChunkCapture(writer, loop.family.device)
     for name in keep:
-        writer.declare(name, tail_dims=_DIMS[name], dtype=store_dtype)
+        selected = decoding.steps if name == "images" and decoding.every > 1 else None
+        writer.declare(name, tail_dims=_DIMS[name], dtype=store_dtype, steps=selected,
+                       step_multiple=decoding.every if name == "images" else 1)
+    undecoded: list[tuple[int, torch.Tensor]] = []  # (step, x̂0) waiting for one batched decode
+    last = loop.n_steps - 1
+
+    def decode() -> None:
+        images = loop.to_images(torch.cat([x0 for _, x0 in undecoded]))
+        for (step, _), image in zip(undecoded, images.split(samples.stop - samples.start), strict=True):
+            capture.add("images", step, _stored(image, store_dtype))
+        undecoded.clear()
 
     def write_step(step: int, x: torch.Tensor, x0: torch.Tensor) -> None:
         if "xt" in keep:
-            writer.append("xt", step, _numpy(x))
+            capture.add("xt", step, _stored(x, store_dtype))
         if "x0" in keep:
-            writer.append("x0", step, _numpy(x0))
-        if "images" in keep:
-            writer.append("images", step, _numpy(loop.to_images(x0)))
+            capture.add("x0", step, _stored(x0, store_dtype))
+        if decoding is not None and step in decoding.steps:
+            undecoded.append((step, x0))
+            if len(undecoded) == decoding.batch or step == last:
+                decode()
+        capture.flush()
 
     try:
-        final = loop.run(samples, prefixes=prefixes, on_step=write_step if keep else None, advance=advance)
+        final = loop.run(samples, prefixes=prefixes, on_step=write_step if keep or capture_acts else None,
+                         advance=advance)
     finally:
         writer.close()
     run_store.ensure_array(
@@ -512,9 +617,10 @@ def _hook_managers(pipe, request, record, record_steps, edits, loop, current):
 
     recorder = editor = None
     if record is not None:
-        def sink(layer, reducer, step, array, dims, branched):
-            writer = current["writer"]
-            name = f"acts/{layer}/{reducer}"
+        def sink(layer, reducer, step, tensor, dims, branched):
+            capture = current["capture"]
+            writer, name = capture.writer, f"acts/{layer}/{reducer}"
+            dtype = "float16" if tensor.dtype == torch.float16 else "float32"  # fp16 models: fp16 storage
             if not writer.declared(name):
                 attrs = {"layer": layer, "reducer": reducer}
                 if branched:
@@ -523,9 +629,10 @@ def _hook_managers(pipe, request, record, record_steps, edits, loop, current):
                     attrs["bands"] = list(band_coords())
                 lead = ("sample", "branch", "step") if branched else ("sample", "step")
                 shape = (request.n_samples, 2, n_loop) if branched else (request.n_samples, n_loop)
-                writer.declare(name, tail_dims=dims, dtype="float32", lead_dims=lead, lead_shape=shape,
-                               attrs=attrs, steps=recorder.steps)
-            writer.append(name, step, array)
+                writer.declare(name, tail_dims=dims, dtype=dtype, lead_dims=lead, lead_shape=shape,
+                               attrs=attrs, steps=recorder.steps,
+                               compressors=FAST_COMPRESSORS if reducer == "full" else COMPRESSORS)
+            capture.add(name, step, _stored(tensor, dtype))
 
         recorder = hooks.record(pipe, record, steps=steps_selection(record_steps, n_loop), clock=clock, sink=sink)
     if edits is not None:

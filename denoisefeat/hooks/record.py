@@ -82,7 +82,21 @@ class Recording:
         self._branched: dict[tuple[str, str], bool] = {}
         self.layers: list[str] = []
 
-    def add(self, layer: str, reducer: str, step: int, data: np.ndarray, dims: tuple[str, ...], branched: bool):
+    def add(self, layer: str, reducer: str, step: int, data: torch.Tensor, dims: tuple[str, ...], branched: bool):
+        """Keep one step of one layer's reduced output (copied to the host, float32).
+
+        Parameters
+        ----------
+        layer, reducer : str
+        step : int
+        data : torch.Tensor
+            ``(batch, [branch,] ...)`` as the hook reduced it, on the model's device.
+        dims : tuple of str
+            Names of the axes after ``batch`` (and ``branch``).
+        branched : bool
+            Whether axis 1 is the CFG ``branch``.
+        """
+        data = data.float().cpu().numpy()
         key = (layer, reducer)
         if layer not in self.layers:
             self.layers.append(layer)
@@ -136,8 +150,10 @@ class record(HookManager):
     clock : StepClock, optional
         Supplied by :func:`denoisefeat.trace`; without it a step is one root call of the denoiser.
     sink : callable, optional
-        ``sink(layer, reducer, step, array, dims, branched)`` instead of the in-memory
-        :class:`Recording` (``trace`` streams to the store this way).
+        ``sink(layer, reducer, step, tensor, dims, branched)`` instead of the in-memory
+        :class:`Recording`: ``tensor`` is the reduced output on the model's device, in the dtype the
+        reducer made (``trace`` copies each step's tensors to the host at once and streams them to
+        the store).
 
     Examples
     --------
@@ -177,8 +193,7 @@ class record(HookManager):
                 for reducer in reducers:
                     reduced = split_branches(reducer(tensor), self.clock.branches)
                     dims = reducer.dims(positions)[: reduced.ndim - 1 - (self.clock.branches is not None)]
-                    array = reduced.float().cpu().numpy()
-                    self.sink(name, reducer.name, step, array, tuple(dims), self.clock.branches is not None)
+                    self.sink(name, reducer.name, step, reduced, tuple(dims), self.clock.branches is not None)
             return None
 
         return hook
