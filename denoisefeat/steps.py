@@ -37,11 +37,15 @@ class StepClock:
     branches : tuple of str or None
         Under classifier-free guidance, the order of the halves of the denoiser's batch
         (e.g. ``("uncond", "cond")``); ``None`` without guidance.
+    lanes : int
+        How many copies of ``samples`` the batch holds (several edited trajectories of one sample
+        chunk denoised together, lane-major within each CFG half: rows ``lane * n + i``).
     """
 
     step: int | None = None
     samples: slice | None = None
     branches: tuple[str, ...] | None = None
+    lanes: int = 1
 
 
 def uncond_cond(first, second, branches):

@@ -225,15 +225,18 @@ class DenoisingLoop:
         """
         return self.family.to_images(x)
 
-    def _begin(self, samples: slice, start: LoopState | None):
-        generators = [torch.Generator(device=self.family.device).manual_seed(s) for s in self.request.seeds[samples]]
+    def _begin(self, samples: slice, start: LoopState | None, lanes: int):
+        seeds = self.request.seeds[samples] * lanes  # lane-major: every lane has every sample's generator
+        generators = [torch.Generator(device=self.family.device).manual_seed(s) for s in seeds]
         if start is None:
             scheduler = copy.deepcopy(self.template)
             scheduler.set_timesteps(self.request.steps, device=self.family.device)
             return 0, self.family.initial_sample(generators, scheduler), scheduler, generators
-        for generator, state in zip(generators, start.generator_states, strict=True):
+        for generator, state in zip(generators, start.generator_states * lanes, strict=True):
             generator.set_state(state)
-        return start.step, start.x.clone(), copy.deepcopy(start.scheduler), generators
+        n = samples.stop - samples.start
+        scheduler = _tiled(copy.deepcopy(start.scheduler), n, lanes)
+        return start.step, _tiled(start.x.clone(), n, lanes), scheduler, generators
 
     @torch.no_grad()
     def run(
@@ -244,6 +247,7 @@ class DenoisingLoop:
         prefixes: PrefixCache | None = None,
         on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
         advance: Callable[[], None] | None = None,
+        lanes: int = 1,
     ) -> torch.Tensor:
         """Denoise the samples ``samples`` to the end, from noise or from a kept state.
 
@@ -263,20 +267,27 @@ class DenoisingLoop:
             sample the scheduler held and the scheduler's x̂0 (a writer, a callback).
         advance : callable, optional
             Called once per denoiser call (a progress bar).
+        lanes : int
+            Denoise ``lanes`` copies of the chunk in one batch, lane-major (``clock.lanes`` tells
+            the hooks; :class:`denoisefeat.hooks.intervene` with ``lane=`` edits one copy): several
+            edited trajectories for the price of one bigger denoiser call.  Each copy has its own
+            generators and (from ``start``) its own copy of the scheduler's per-sample state, so
+            each is the trajectory a one-copy run makes.
 
         Returns
         -------
         torch.Tensor
-            The final images ``(batch, 3, H, W)`` in [0, 1].
+            The final images ``(lanes * batch, 3, H, W)`` in [0, 1].
         """
         family, request, clock = self.family, self.request, self.clock
-        first, x, scheduler, generators = self._begin(samples, start)
+        first, x, scheduler, generators = self._begin(samples, start, lanes)
         key = (samples.start, samples.stop)
         if key not in self._conditioning:
             self._conditioning[key] = family.conditioning(samples)
-        cond = self._conditioning[key]
+        cond = _tiled(self._conditioning[key], samples.stop - samples.start, lanes, halves=2 if family.guided else 1)
         step_kwargs = _step_kwargs(scheduler, generators, request.eta)
         clock.samples, clock.branches = samples, (family.branches if family.guided else None)
+        clock.lanes = lanes
         try:
             for i, t in enumerate(scheduler.timesteps):
                 if i < first:
@@ -298,7 +309,44 @@ class DenoisingLoop:
                     advance()
         finally:
             clock.step = clock.samples = clock.branches = None
+            clock.lanes = 1
         return family.to_images(x)
+
+
+def _tiled(value, n: int, lanes: int, *, halves: int = 1):
+    """``lanes`` lane-major copies of every per-sample tensor in ``value`` (a tensor, a dict, a list, a scheduler).
+
+    A tensor is per-sample when its first axis holds the ``n`` samples (``halves * n`` rows under
+    classifier-free guidance: each half is tiled, ``[u_0 … u_L, c_0 … c_L]``) and, for a
+    scheduler's state, when it has a sample's axes too (at least 2-d: its 1-d schedule arrays stay).
+    """
+    if lanes == 1:
+        return value
+    if torch.is_tensor(value):
+        if value.ndim and value.shape[0] == halves * n:
+            parts = value.reshape(halves, n, *value.shape[1:])
+            return parts.repeat(1, lanes, *([1] * (value.ndim - 1))).reshape(halves * lanes * n, *value.shape[1:])
+        if halves != 1 and value.ndim and value.shape[0] == n:  # a per-sample input outside the CFG doubling
+            return value.repeat(lanes, *([1] * (value.ndim - 1)))
+        return value
+    if isinstance(value, dict):
+        return {k: _tiled(v, n, lanes, halves=halves) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_tiled(v, n, lanes, halves=halves) for v in value)
+    if hasattr(value, "config") and hasattr(value, "step"):  # a scheduler: its per-sample state (multistep history)
+        for name, attr in vars(value).items():
+            if torch.is_tensor(attr) and attr.ndim >= 2 or isinstance(attr, (list, tuple)):
+                setattr(value, name, _tiled_state(attr, n, lanes))
+        return value
+    return value
+
+
+def _tiled_state(value, n: int, lanes: int):
+    if torch.is_tensor(value):
+        return _tiled(value, n, lanes) if value.ndim >= 2 else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_tiled_state(v, n, lanes) for v in value)
+    return value
 
 
 # ---------------------------------------------------------------------------------------------

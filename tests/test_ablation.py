@@ -255,3 +255,87 @@ def test_bad_inputs(noop_pipe):
     expanded = resolve_features(["color", "delta_e2000", "object_color_distance"])
     assert expanded == [*FEATURE_GROUPS["color"], "delta_e2000"]
     assert resolve_features("bands") == ["band_error:low", "band_error:mid", "band_error:high"]
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "dpm++"])  # stochastic DDPM, multistep DPM-Solver (tiled history)
+def test_a_lane_does_not_depend_on_the_other_lanes(noop_pipe, scheduler):
+    """Each lane of a batched run is its edit's run in a batch of that size, bit for bit, whatever the other
+    lanes do: no edit, mean, noise or generator leaks across lanes (prefix start, CFG, two sample chunks)."""
+    import contextlib
+
+    from denoisefeat.hooks import intervene
+
+    scan = EditScan(noop_pipe, RunOptions.of(dict(class_labels=[0, 1, 2], steps=4, batch_size=2, guidance_scale=2.0,
+                                                  scheduler=scheduler), caller="test"))
+    edits = [Edit("mid_block", "mean", steps=range(1, 3)), Edit("up_blocks.0", "resample", steps=range(1, 4)),
+             Edit("down_blocks.1.resnets.0", "zero", steps=range(1, 2)),
+             Edit("up_blocks.0", "noise", value=0.5, steps=range(1, 4))]
+    scan.run_base(edits)
+
+    def lanes_of(group):
+        with contextlib.ExitStack() as hooks:
+            for lane, edit in enumerate(group):
+                hooks.enter_context(intervene(noop_pipe, [edit], clock=scan.loop.clock, lane=lane))
+            return [scan.loop.run(chunk, start=scan._prefixes.state(chunk, 1), lanes=len(group)).numpy()
+                    .reshape(len(group), chunk.stop - chunk.start, -1) for chunk in scan.chunks]
+
+    mixed = lanes_of(edits)
+    for lane, edit in enumerate(edits):
+        alone = lanes_of([edit] * len(edits))  # the same batch size, every lane this edit
+        for chunk_mixed, chunk_alone in zip(mixed, alone, strict=True):
+            np.testing.assert_array_equal(chunk_mixed[lane], chunk_alone[0])
+            np.testing.assert_array_equal(chunk_alone[0], chunk_alone[-1])
+
+
+@pytest.mark.parametrize("scheduler", [None, "ddpm", "dpm++"])  # DDIM, stochastic DDPM, multistep DPM-Solver
+def test_batched_edited_runs_equal_one_at_a_time(noop_pipe, scheduler):
+    """Edited runs sharing one denoiser batch (lanes) make each cell's final images of one run at a time, to
+    the denoiser's batch-size rounding, and the same table to that rounding, in fewer denoiser calls."""
+    run = dict(class_labels=[0, 1, 2], steps=4, batch_size=2, guidance_scale=2.0, scheduler=scheduler)
+    edits = [Edit(layer, method, steps=range(a, b)) for layer in ["down_blocks.1.resnets.0", "up_blocks.0"]
+             for a, b in [(0, 2), (2, 4), (1, 4)] for method in ["zero", "mean", "resample"]]
+    finals = {}
+    for lanes in (1, 4):
+        scan = EditScan(noop_pipe, RunOptions.of(dict(run), caller="test"), lanes=lanes)
+        scan.run_base(edits)
+        finals[lanes] = list(scan.run_edits(edits))
+        assert scan.calls == scan.planned_calls(edits)
+    # 6 edits per start (2 layers x 3 methods) -> 2 batches of <= 4 lanes per start, 2 sample chunks
+    assert scan.calls == 2 * (4 + 2 * sum(4 - s for s in (0, 2, 1)))
+    clean = as_images(scan.base["final"].values)
+    for one, batched in zip(finals[1], finals[4], strict=True):
+        assert np.abs(one - clean).max() > 1e-2  # the edit does something
+        np.testing.assert_allclose(batched, one, rtol=0, atol=1e-4)
+
+    kw = dict(layers=["down_blocks.1.resnets.0", "up_blocks.0"], windows=[(0, 2), (2, 4), (1, 4)],
+              method=["zero", "mean", "resample"], features=["color", "delta_e2000", "band_error:mid"], **run)
+    one, batched = ablation_scan(noop_pipe, lanes=1, **kw), ablation_scan(noop_pipe, lanes=4, **kw)
+    assert (batched[["feature", "layer", "method", "n"]] == one[["feature", "layer", "method", "n"]]).all().all()
+    for column in ("effect", "effect_std", "specificity", "ci_low", "ci_high", "p"):
+        np.testing.assert_allclose(batched[column], one[column], rtol=2e-2, atol=1e-6, err_msg=column)
+    np.testing.assert_allclose(batched["disruption"], one["disruption"], rtol=1e-5)
+    assert batched.attrs["denoiser_calls"] < one.attrs["denoiser_calls"]
+    assert batched.attrs["denoiser_calls_uncached"] == one.attrs["denoiser_calls_uncached"]
+
+
+def test_batched_patching_equals_one_at_a_time(noop_pipe):
+    kw = dict(layers=["down_blocks.1.resnets.0", "up_blocks.0"], windows=2, features=["color", "delta_e2000"],
+              class_labels=[0, 1, 2], steps=4, batch_size=2, guidance_scale=2.0, n_boot=100)
+    one = causal_trace(noop_pipe, lanes=1, **kw)
+    batched = causal_trace(noop_pipe, lanes=3, **kw)
+    assert (batched[["feature", "layer", "step_start"]] == one[["feature", "layer", "step_start"]]).all().all()
+    for column in ("effect", "restored", "disruption"):
+        np.testing.assert_allclose(batched[column], one[column], rtol=2e-2, atol=1e-6, err_msg=column)
+    assert batched.attrs["denoiser_calls"] < one.attrs["denoiser_calls"]
+
+
+def test_lanes_are_refused_where_they_cannot_work(noop_pipe):
+    with pytest.raises(ValueError, match="lanes must be a positive integer"):
+        ablation_scan(noop_pipe, layers=["mid_block"], windows=1, lanes=0, samples=2, steps=2)
+    scan = EditScan(noop_pipe, RunOptions.of(dict(samples=2, steps=2), caller="test"))
+    with dft.hooks.record(noop_pipe, {"mid_block": "channel_mean"}, clock=scan.loop.clock):
+        with pytest.raises(ValueError, match="record cannot split"):
+            scan.loop.run(slice(0, 2), lanes=2)
+    with dft.hooks.intervene(noop_pipe, [Edit("mid_block", "zero")], clock=scan.loop.clock):
+        with pytest.raises(ValueError, match=r"give intervene\(\.\.\., lane=i\)"):
+            scan.loop.run(slice(0, 2), lanes=2)

@@ -306,6 +306,7 @@ def ablation_scan(
     features=_DEFAULT_FEATURES,
     alpha: float = 0.05,
     cache: bool = True,
+    lanes: int | None = None,
     store=None,
     overwrite: bool = False,
     progress: bool = False,
@@ -334,6 +335,11 @@ def ablation_scan(
     cache : bool
         Start each ablated trajectory from the cached clean prefix (module notes); ``False`` runs
         every trajectory from step 0 (same results, more denoiser calls).
+    lanes : int, optional
+        The most ablated trajectories that share one denoiser batch (those starting at the same
+        step; :class:`~denoisefeat.analyses.scan.EditScan`): the same table, fewer and larger
+        denoiser calls.  Default: 1 on a CPU (no faster there), on CUDA as many as fit in half the
+        free memory.
     store : str or path, optional
         Write the clean trajectory there (every step, :func:`denoisefeat.trace`) and the table
         under ``attribution/ablation`` (:func:`~denoisefeat.analyses.table.write_attribution`).
@@ -383,7 +389,7 @@ def ablation_scan(
     methods = _methods(method)
     names = resolve_features(features)
     layer_names = _layers(pipe, layers)
-    scan = EditScan(pipe, _scan_options(run, caller="ablation_scan"), cache=cache, progress=progress)
+    scan = EditScan(pipe, _scan_options(run, caller="ablation_scan"), cache=cache, progress=progress, lanes=lanes)
     _check_counts(scan.n_samples, alpha)
     cells = [(layer, pair, m) for layer in layer_names for pair in step_windows(windows, scan.n_steps)
              for m in methods]
@@ -398,7 +404,8 @@ def ablation_scan(
                              **stats, baseline=float(np.nanmean(ref.features[name])), scale=ref.scale[name],
                              resolution=ref.resolution[name]))
     frame = _finish(rows, alpha=alpha, inference="t", image_resolution=resolution)
-    frame.attrs.update(denoiser_calls=scan.calls, denoiser_calls_uncached=scan.planned_calls(edits, cache=False))
+    frame.attrs.update(denoiser_calls=scan.calls,
+                       denoiser_calls_uncached=scan.planned_calls(edits, cache=False, lanes=1))
     if store is not None:
         write_attribution(store, frame, name="ablation", overwrite=overwrite)
     return frame
@@ -473,6 +480,7 @@ def causal_trace(
     n_boot: int = 1000,
     alpha: float = 0.05,
     cache: bool = True,
+    lanes: int | None = None,
     store=None,
     overwrite: bool = False,
     progress: bool = False,
@@ -502,7 +510,7 @@ def causal_trace(
         The corrupted conditions, one per sample or one for all.
     corrupt_seed : int or sequence of int, optional
         The corrupted run's seeds (``corrupt="noise"``).
-    features, cache
+    features, cache, lanes
         As for :func:`ablation_scan`; prefix caching shares the corrupted run's prefix.
     n_boot : int
         Paired bootstrap resamples of the samples for each row's interval and p-value (one
@@ -553,7 +561,7 @@ def causal_trace(
     bad_prompts, bad_labels, bad_seeds = _corrupted_conditions(
         pipe, request, corrupt, corrupt_class_labels, corrupt_prompts, corrupt_seed)
     scan = EditScan(pipe, replace(options, prompts=bad_prompts, class_labels=bad_labels, seed=list(bad_seeds)),
-                    cache=cache, progress=progress)
+                    cache=cache, progress=progress, lanes=lanes)
     cells = [(layer, pair) for layer in layer_names for pair in step_windows(windows, scan.n_steps)]
     window_steps = sorted({s for _, (start, stop) in cells for s in range(start, stop)})
     clean_run = trace(pipe, record={layer: "full" for layer in layer_names}, record_steps=window_steps,
@@ -576,7 +584,8 @@ def causal_trace(
                              **stats, baseline=float(np.nanmean(ref.features[name])),
                              corrupted=float(np.nanmean(f_bad[name])), corruption=corrupt))
     frame = _finish(rows, alpha=alpha, inference="bootstrap", image_resolution=resolution, n_boot=n_boot)
-    frame.attrs.update(denoiser_calls=scan.calls, denoiser_calls_uncached=scan.planned_calls(edits, cache=False))
+    frame.attrs.update(denoiser_calls=scan.calls,
+                       denoiser_calls_uncached=scan.planned_calls(edits, cache=False, lanes=1))
     if store is not None:
         write_attribution(store, frame, name="causal_tracing", overwrite=overwrite)
     return frame

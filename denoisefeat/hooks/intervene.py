@@ -191,9 +191,16 @@ class intervene(HookManager):
         Supplied by :func:`denoisefeat.trace` (which also says which samples are in the batch, the
         CFG branch order, and checks patch sources); without it a step is one root call of the
         denoiser and the batch is samples ``0 … B−1``.
+    lane : int, optional
+        In a loop that denoises several copies of its sample chunk at once (``clock.lanes``, the
+        scans' batched edited runs), edit only copy ``lane``; every batch-dependent method
+        (``mean``, ``resample``, ``noise``) sees that copy's rows exactly as a one-copy run does.
     """
 
-    def __init__(self, pipe_or_denoiser, edits, *, clock: StepClock | None = None):
+    def __init__(self, pipe_or_denoiser, edits, *, clock: StepClock | None = None, lane: int | None = None):
+        if lane is not None and (isinstance(lane, bool) or not isinstance(lane, int) or lane < 0):
+            raise ValueError(f"lane must be a non-negative integer, got {lane!r}.")
+        self.lane = lane
         self.denoiser = denoiser_of(pipe_or_denoiser)
         if isinstance(edits, Edit):
             edits = [edits]
@@ -219,18 +226,29 @@ class intervene(HookManager):
                     f"{list(seeds)[:6]}…: patch between runs with the same seeds and samples."
                 )
 
-    def _rows(self, edit: Edit, batch: int) -> torch.Tensor:
-        samples = self.clock.samples or slice(0, batch // (2 if self.clock.branches else 1))
+    def _rows(self, edit: Edit, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows to edit: in the batch, and in one copy of the sample chunk (a patch source's rows)."""
+        lanes = self.clock.lanes
+        if lanes != 1 and self.lane is None:
+            raise ValueError(f"The loop denoises {lanes} copies of its samples at once; give intervene(..., lane=i).")
+        if self.lane is not None and self.lane >= lanes:
+            raise ValueError(f"lane={self.lane}, but the loop denoises {lanes} copies of its samples.")
+        halves = 2 if self.clock.branches else 1
+        samples = self.clock.samples or slice(0, batch // halves // lanes)
         n = samples.stop - samples.start
         keep = np.ones(n, dtype=bool)
         if edit.samples is not None:
             keep = np.isin(np.arange(samples.start, samples.stop), np.asarray(list(edit.samples)))
         if self.clock.branches is None:
-            mask = keep
+            parts = [keep]
         else:
-            halves = [keep if edit.branch in (None, b) else np.zeros(n, bool) for b in self.clock.branches]
-            mask = np.concatenate(halves)
-        return torch.from_numpy(np.flatnonzero(mask))
+            parts = [keep if edit.branch in (None, b) else np.zeros(n, bool) for b in self.clock.branches]
+        single = torch.from_numpy(np.flatnonzero(np.concatenate(parts)))
+        if lanes == 1:
+            return single, single
+        lane_mask = np.zeros((halves, lanes, n), dtype=bool)  # lane-major within each CFG half
+        lane_mask[:, self.lane] = np.stack(parts)
+        return torch.from_numpy(np.flatnonzero(lane_mask.reshape(-1))), single
 
     def _make_hook(self, edits: list[Edit]):
         def hook(module, args, output):
@@ -241,21 +259,23 @@ class intervene(HookManager):
             tensor = first_tensor(output)
             edited = tensor
             for edit in active:
-                rows = self._rows(edit, tensor.shape[0])
+                rows, single = self._rows(edit, tensor.shape[0])
                 if rows.numel() == 0:
                     continue
                 source_rows = None
                 if edit.method == "patch":
                     source = self._sources[(id(edit.source), edit.layer)]
-                    samples = self.clock.samples or slice(0, tensor.shape[0] // (2 if self.clock.branches else 1))
+                    lanes = self.clock.lanes
+                    samples = self.clock.samples or slice(0, tensor.shape[0] // lanes // (2 if self.clock.branches
+                                                                                         else 1))
                     full = source.rows(samples, step, self.clock.branches)
                     full = _from_channel_first(full, tensor).to(tensor.device, tensor.dtype)
-                    if full.shape != tensor.shape:
+                    if (full.shape[0] * lanes, *full.shape[1:]) != tuple(tensor.shape):
                         raise ValueError(
                             f"Patch source activations of {edit.layer!r} have shape {tuple(full.shape)}, the run's "
                             f"have {tuple(tensor.shape)}: patch between runs of the same model and batch layout."
                         )
-                    source_rows = full[rows]
+                    source_rows = full[single]
                 edited = _edit_tensor(edit, edited, step=step, rows=rows, source_rows=source_rows)
             if edited is tensor:
                 return None

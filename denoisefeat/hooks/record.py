@@ -188,6 +188,9 @@ class record(HookManager):
             tensor = args[0] if self.inputs else first_tensor(output)
             if tensor is None:
                 return None
+            if self.clock.lanes != 1:
+                raise ValueError("record cannot split a loop that denoises several copies of its samples at once "
+                                 "(lanes > 1); record in a one-copy run.")
             with torch.no_grad():
                 tensor, positions = channel_first(tensor.detach())
                 for reducer in reducers:
