@@ -15,7 +15,9 @@ def tiny_pipes():
     """Every tiny pipeline family, built once per session (they are never modified by tests)."""
     from denoisefeat.models import load_pipeline
 
-    return {name: load_pipeline(name) for name in ("tiny-unet", "tiny-class-unet", "tiny-sd", "tiny-sdxl", "tiny-dit")}
+    from denoisefeat.tiny import TINY_BUILDERS
+
+    return {name: load_pipeline(name) for name in TINY_BUILDERS}
 
 
 @pytest.fixture(scope="module")
