@@ -323,7 +323,7 @@ def trace(
     pipe : diffusers.DiffusionPipeline
         From :func:`denoisefeat.load_pipeline` or diffusers directly.  Supported: DDPM/DDIM
         pipelines, :class:`~denoisefeat.pipelines.ClassConditionalImagePipeline`, Stable Diffusion
-        1.x/2.x, SDXL and DiT.
+        1.x/2.x, SDXL, DiT, Stable Diffusion 3, Flux and PixArt-Σ.
     store : str or path, optional
     overwrite : bool
         Replace an existing denoisefeat store at ``store``.  The new store is written beside the

@@ -231,8 +231,9 @@ def dummy_inputs(denoiser: torch.nn.Module, *, batch: int = 1, size: int | None 
         ids = torch.zeros(side, side, 3)
         ids[..., 1], ids[..., 2] = torch.arange(side)[:, None], torch.arange(side)[None, :]
         tokens = torch.randn(batch, side * side, config.in_channels, generator=generator).to(device, dtype)
+        text = torch.zeros(batch, 4, config.joint_attention_dim, device=device, dtype=dtype)
         kwargs = {"hidden_states": tokens, "timestep": torch.full((batch,), 0.5, device=device, dtype=dtype),
-                  "encoder_hidden_states": torch.zeros(batch, 4, config.joint_attention_dim, device=device, dtype=dtype),
+                  "encoder_hidden_states": text,
                   "pooled_projections": torch.zeros(batch, config.pooled_projection_dim, device=device, dtype=dtype),
                   "txt_ids": torch.zeros(4, 3, device=device, dtype=dtype),
                   "img_ids": ids.reshape(-1, 3).to(device, dtype)}
