@@ -162,6 +162,30 @@ def test_record_and_intervene_on_a_transformer_block(tiny_pipes, name, layer):
     assert (values[:, 1:] == 0).all() and np.array_equal(values[:, 0], acts.values[:, 0]), "recorded after the edit"
 
 
+@pytest.mark.parametrize(("name", "layer"), [("tiny-sd3", "transformer_blocks.1"),
+                                              ("tiny-flux", "single_transformer_blocks.0")])
+def test_nnsight_backend_gives_identical_tensors_on_joint_blocks(tiny_pipes, name, layer):
+    pipe = tiny_pipes[name]
+    edits = [Edit(layer, "scale", value=0.5, steps=[1])]
+    runs = [trace(pipe, prompts=["a", "b"], steps=3, record={layer: "channel_mean"}, intervene=edits, backend=backend,
+                  keep=("x0",), **SIZE) for backend in ("torch", "nnsight")]
+    for array in ("x0", "final"):
+        np.testing.assert_array_equal(runs[0].dataset[array].values, runs[1].dataset[array].values)
+    np.testing.assert_array_equal(runs[0].acts(layer).values, runs[1].acts(layer).values)
+
+
+def test_sd3_without_its_t5_encoder(tiny_pipes):
+    """The documented subset: SD3 without text_encoder_3 conditions on the CLIP tokens (T5 part zero)."""
+    base = tiny_pipes["tiny-sd3"]
+    pipe = type(base)(**{**base.components, "text_encoder_3": None, "tokenizer_3": None})
+    pipe.set_progress_bar_config(disable=True)
+    run = trace(pipe, prompts=["a red square", "b"], steps=3, seed=4, keep=(), **SIZE)
+    expected = _pipeline_output("tiny-sd3", pipe, run.attrs, steps=3)
+    np.testing.assert_allclose(run.dataset["final"].values, expected, atol=2e-5)
+    full = trace(base, prompts=["a red square", "b"], steps=3, seed=4, keep=(), **SIZE)
+    assert np.abs(full.dataset["final"].values - run.dataset["final"].values).max() > 1e-4
+
+
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_listed_names_equal_named_modules(tiny_pipes, name):
     pipe = tiny_pipes[name]
