@@ -45,7 +45,6 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import xarray as xr
 
-from denoisefeat.metrics import luminance
 from denoisefeat.temporal import profile_names
 from denoisefeat.temporal import profiles as temporal_profiles
 from denoisefeat.viz.activations import activation_change_heatmap
