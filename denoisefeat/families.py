@@ -41,6 +41,10 @@ class PipelineFamily:
     #: Whether the denoiser is a flow-matching model (it needs a flow-matching scheduler).
     flow_matching = False
 
+    #: Conditioning inputs that are not per sample (position ids): a batch of several copies of the
+    #: samples (:meth:`denoisefeat.trajectory.DenoisingLoop.run` with ``lanes``) shares them as they are.
+    shared_inputs: tuple[str, ...] = ()
+
     def __init__(self, pipe, request):
         self.pipe = pipe
         self.request = request
@@ -264,6 +268,7 @@ class _FluxFamily(_StableDiffusionFamily):
     branches = None
     flow_matching = True
     shifted_latents = True
+    shared_inputs = ("txt_ids", "img_ids")
 
     def __init__(self, pipe, request):
         super().__init__(pipe, request)

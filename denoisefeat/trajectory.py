@@ -285,7 +285,9 @@ class DenoisingLoop:
         key = (samples.start, samples.stop)
         if key not in self._conditioning:
             self._conditioning[key] = family.conditioning(samples)
-        cond = _tiled(self._conditioning[key], samples.stop - samples.start, lanes, halves=2 if family.guided else 1)
+        halves, n = 2 if family.guided else 1, samples.stop - samples.start
+        cond = {name: value if name in family.shared_inputs else _tiled(value, n, lanes, halves=halves)
+                for name, value in self._conditioning[key].items()}
         step_kwargs = _step_kwargs(scheduler, generators, request.eta)
         clock.samples, clock.branches = samples, (family.branches if family.guided else None)
         clock.lanes = lanes

@@ -339,3 +339,16 @@ def test_lanes_are_refused_where_they_cannot_work(noop_pipe):
     with dft.hooks.intervene(noop_pipe, [Edit("mid_block", "zero")], clock=scan.loop.clock):
         with pytest.raises(ValueError, match=r"give intervene\(\.\.\., lane=i\)"):
             scan.loop.run(slice(0, 2), lanes=2)
+
+
+@pytest.mark.parametrize("name", ["tiny-sd", "tiny-sdxl", "tiny-dit", "tiny-sd3", "tiny-flux", "tiny-pixart"])
+def test_lanes_run_every_family(tiny_pipes, name):
+    """Two copies of a chunk in one batch (CFG halves, prompts, pooled embeddings, position ids, masks tiled)
+    each make the one-copy trajectory."""
+    pipe = tiny_pipes[name] if name in tiny_pipes else dft.load_pipeline(name)
+    condition = {"class_labels": [1, 2]} if name == "tiny-dit" else {"prompts": ["a red square", "a blue circle"]}
+    scan = EditScan(pipe, RunOptions.of(dict(steps=2, guidance_scale=3.0, **condition), caller="test"))
+    one = scan.loop.run(slice(0, 2)).numpy()
+    both = scan.loop.run(slice(0, 2), lanes=2).numpy()
+    np.testing.assert_array_equal(both[:2], both[2:])
+    np.testing.assert_allclose(both[:2], one, rtol=0, atol=1e-4)
