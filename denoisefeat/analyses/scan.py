@@ -26,12 +26,15 @@ Batched edited runs
 Edited runs that start at the same step share one denoiser batch: ``lanes`` copies of a sample
 chunk, each edited by its own :class:`~denoisefeat.hooks.intervene` (``lane=i``), with its own
 generators and its own copy of the scheduler's state (:meth:`DenoisingLoop.run` with ``lanes``).
-Batch-dependent edits (``mean``, ``resample``) see their own copy's rows, exactly those of a one-copy
-run, so every cell is what it is one at a time (bit for bit on one CPU thread; to the denoiser's
-batch-size rounding otherwise).  A GPU runs a batch of ``lanes × batch_size`` samples in about the
-time of a few small ones; a CPU takes about as long per sample whatever the batch (measured on the
-toy model), so by default lanes are used on CUDA only, as many as fit in half the free memory
-given what the unedited run needed per sample chunk.
+Batch-dependent edits (``mean``, ``resample``, ``noise``) see their own copy's rows, exactly those
+of a one-copy run: each lane is its edit's run in a batch of that size, bit for bit, whatever the
+other lanes do (tested).  The denoiser's kernels round differently at another batch size, so a cell
+equals its one-at-a-time run to that rounding (about 1e-5 of the final image on the CPU;
+``docs/pitfalls/prefix-caching-and-batch-mean.md``).  A GPU runs a batch of ``lanes × batch_size``
+samples in about the time of a few small ones; a CPU takes about as long per sample whatever the
+batch (measured on the toy model), so by default lanes are used on CUDA only, as many as fit in half
+the free memory given what the unedited run needed.  The final images of cells that finish before
+their turn wait in host memory (at most every cell's, ``(sample, 3, H, W)`` float32 each).
 """
 
 from __future__ import annotations
@@ -197,7 +200,8 @@ class EditScan:
         ------
         numpy.ndarray
             ``(sample, 3, H, W)``, float64 in [0, 1]: every sample, in chunks of the run's batch
-            size (so that batch-dependent edits such as ``mean`` see the batches ``trace`` makes).
+            size (so that batch-dependent edits such as ``mean`` see the batches ``trace`` makes);
+            edits that start at the same step run as lanes of one batch (module notes).
 
         Raises
         ------
