@@ -441,7 +441,7 @@ def trace(
                 acts.attrs["layers"] = recorder.layers
         if maps is not None:
             run_store.declare_attention(maps.layers, words)
-        managers = [m for m in (editor, recorder, maps) if m is not None]  # edits first: recordings show the edited flow
+        managers = [m for m in (editor, recorder, maps) if m is not None]  # edits first: records show the edited flow
         with _hooked(loop, managers, backend), progress_bar(progress, total=len(chunks) * loop.n_steps,
                                                              label="denoising") as advance:
             for samples in chunks:
