@@ -22,6 +22,11 @@ permutation procedure); ``p_adj`` is Benjamini–Hochberg over the whole table. 
 strata is exact under the null that the factor does not matter; the seeds shared across conditions
 make it conservative (the observed levels have the same seeds, a permutation mixes them).
 
+The p-value is two-sided, like every table's: a significant *negative* effect says the levels agree
+more than chance allows — at the first step, before the condition has acted, every condition's
+sample of a seed is the same noise.  :func:`~denoisefeat.analyses.table.rank` counts such rows as
+wrong-signed.
+
 Activation vectors enter only through inner products, so wide ones are replaced by their
 coordinates in the span of the samples (an SVD, exact) before permuting.  An activation that is
 constant within every stratum (no variance: a module that ignores the factor and its inputs) gets
@@ -173,8 +178,6 @@ def _activation_sources(run, layers, reducer: str | None, branch: str):
 
 def _word_slots(spec: QuerySpec, words_of: dict) -> list[tuple[str, list[tuple[int, int]]]]:
     """``[(label, span per condition)]``: each template word and its tokens in each condition's prompt."""
-    if spec.prompts is None:
-        raise QuerySpecError("Attention contrasts need a prompt query (a template), not class conditions.")
     if spec.template is not None:
         labels = spec.template.split()
         counts = [[len(word.format(**c).split()) for word in labels] for c in spec.conditions]
@@ -265,6 +268,8 @@ def contrast(
     if n_permutations < min_resamples(alpha):
         raise ValueError(f"n_permutations={n_permutations} cannot give p < alpha={alpha}; use at least "
                          f"{min_resamples(alpha)} (999 or more for stable intervals).")
+    if source == "attention" and spec.prompts is None:
+        raise QuerySpecError("Attention contrasts need a prompt query (a template), not class conditions.")
     spec.check_run(run)
     names = list(spec.factors) if factors is None else list(factors)
     for factor in names:

@@ -19,10 +19,10 @@ two conditions' samples differ in the condition only.  Written as TOML (:meth:`Q
 
 ``"one-at-a-time"`` runs the base condition and, for each factor, each of its other levels with
 every other factor at its base level; ``"factorial"`` runs every combination.  Explicit conditions
-are ``[[conditions]]`` tables giving each factor's level (and a ``prompt`` where there is no
-template).  For the DiffShapes toy model (``classes = "diffshapes"``) the factors are among
-``shape``, ``color`` and ``texture`` and ``[base]`` names all three: each condition is the class
-label of its (shape, color, texture).
+are ``[[conditions]]`` tables giving each factor's level (and a ``prompt``, or a ``class_label``
+of any class-conditional model, where there is no template).  For the DiffShapes toy model
+(``classes = "diffshapes"``) the factors are among ``shape``, ``color`` and ``texture``, and
+``[base]`` names all three: each condition is the class label of its (shape, color, texture).
 
 A spec is refused (:class:`QuerySpecError`) when a factor has one level, a level is unknown, or two
 factors are confounded: no two conditions differ in a factor alone, so its effect cannot be told
@@ -33,12 +33,16 @@ from __future__ import annotations
 
 import itertools
 import string
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 
 __all__ = ["DESIGNS", "QuerySpec", "QuerySpecError"]
 
@@ -130,9 +134,9 @@ class QuerySpec:
             if len(set(levels)) < 2 or len(set(levels)) != len(levels):
                 raise QuerySpecError(f"Factor {factor!r} needs at least two distinct levels, got {list(levels)}.")
         template, classes = data.get("template"), data.get("classes")
-        if (template is None) == (classes is None) and "conditions" not in data:
-            raise QuerySpecError("Give a prompt template (template = \"a {color} {shape}\") or class conditions "
-                                 "(classes = \"diffshapes\"), not both.")
+        if (template is not None and classes is not None) or (template is classes is None and "conditions" not in data):
+            raise QuerySpecError("Give one of a prompt template (template = \"a {color} {shape}\"), toy-model classes "
+                                 "(classes = \"diffshapes\") or a list of [[conditions]] with prompts or class labels.")
         if classes is not None and classes != "diffshapes":
             raise QuerySpecError(f"classes must be \"diffshapes\" (the toy model's conditions), got {classes!r}.")
         base = {f: str(data.get("base", {}).get(f, levels[0])) for f, levels in factors.items()}
@@ -145,13 +149,18 @@ class QuerySpec:
                 raise QuerySpecError(f"The template {template!r} must name every factor once as {{factor}}; "
                                      f"factors: {sorted(factors)}.")
             prompts = tuple(template.format(**c) for c in conditions)
-        elif classes is None:
-            prompts = tuple(str(c.pop("prompt", "")) for c in conditions)
-            if not all(prompts):
-                raise QuerySpecError("Without a template or classes, every [[conditions]] entry needs a prompt.")
         else:
             prompts = None
         labels = _toy_labels(conditions, factors, base) if classes is not None else None
+        if template is None and classes is None:
+            given = [(c.pop("prompt", None), c.pop("class_label", None)) for c in conditions]
+            if all(p is not None and q is None for p, q in given):
+                prompts = tuple(str(p) for p, _ in given)
+            elif all(p is None and q is not None for p, q in given):
+                labels = tuple(int(q) for _, q in given)
+            else:
+                raise QuerySpecError("Without a template or classes, every [[conditions]] entry needs a prompt, "
+                                     "or every one a class_label.")
         samples, seed = data.get("samples", 4), data.get("seed", 0)
         if not isinstance(samples, int) or samples < 2:
             raise QuerySpecError(f"samples (seeds per condition) must be an integer >= 2, got {samples!r}.")
@@ -274,7 +283,8 @@ def _conditions(data: Mapping, factors: dict, base: dict) -> list[dict[str, str]
         raise QuerySpecError(f"Unknown design {design!r}; choose one of {list(DESIGNS)} or list [[conditions]].")
     for factor, level in base.items():
         if factor in factors and level not in factors[factor]:
-            raise QuerySpecError(f"The base level {level!r} of {factor!r} is none of its levels {list(factors[factor])}.")
+            raise QuerySpecError(f"The base level {level!r} of {factor!r} is none of its levels "
+                                 f"{list(factors[factor])}.")
     if design == "factorial":
         return [dict(zip(factors, combo, strict=True)) for combo in itertools.product(*factors.values())]
     first = {f: base[f] for f in factors}
@@ -292,7 +302,8 @@ def _toy_labels(conditions: Sequence[dict], factors: dict, base: dict) -> tuple[
         raise QuerySpecError(f"The toy model's factors are {list(_TOY_PARTS)}; unknown: {sorted(unknown)}.")
     fixed = [p for p in _TOY_PARTS if p not in factors and p not in base]
     if fixed:
-        raise QuerySpecError(f"Give the toy model's {fixed} in [base]: every condition needs a shape, color and texture.")
+        raise QuerySpecError(f"Give the toy model's {fixed} in [base]: every condition needs a shape, color "
+                             "and texture.")
     try:
         return tuple(condition_label(**{p: c.get(p, base.get(p)) for p in _TOY_PARTS}) for c in conditions)
     except ValueError as error:
