@@ -159,7 +159,10 @@ def test_toy_model_every_factor_significant_somewhere():
 # ---------------------------------------------------------------------------------------------
 # Prompts: which words' attention maps carry a factor
 # ---------------------------------------------------------------------------------------------
-def test_attention_word_contrast_on_tiny_sd():
+def test_attention_word_contrast_on_tiny_sd(tmp_path):
+    from denoisefeat.viz.attention import word_contrast_heatmap, word_step_grid
+    from denoisefeat.viz.report import build_report
+
     pipe = dft.load_pipeline("tiny-sd")
     spec = QuerySpec.from_toml('template = "a {color} {shape}"\nsamples = 3\n'
                                '[factors]\ncolor = ["red", "blue"]\nshape = ["circle", "square"]\n')
@@ -170,3 +173,11 @@ def test_attention_word_contrast_on_tiny_sd():
     assert set(table["method"]) == {"contrast:attention"}
     top = rank(table, feature="color")
     assert set(top["layer"]) <= set(run.attention_layers())
+    # the report sections: per-word maps × steps, and the word × layer contrast
+    grid = word_step_grid(run, run.attention_layers()[0], max_steps=2)
+    assert len(grid.data) == 3 * 2 and grid.data[0].z.shape == (4, 4)
+    assert word_contrast_heatmap(table, feature="shape").data[0].z.shape == (3, len(run.attention_layers()))
+    with pytest.raises(ValueError, match="no 'word' column"):
+        word_contrast_heatmap(table.drop(columns="word"), feature="shape")
+    html = build_report(run, tmp_path / "report.html", attribution=table).read_text()
+    assert 'id="attention"' in html and 'id="contrasts"' in html and "{color}" in html
