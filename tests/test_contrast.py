@@ -181,3 +181,27 @@ def test_attention_word_contrast_on_tiny_sd(tmp_path):
         word_contrast_heatmap(table.drop(columns="word"), feature="shape")
     html = build_report(run, tmp_path / "report.html", attribution=table).read_text()
     assert 'id="attention"' in html and 'id="contrasts"' in html and "{color}" in html
+
+
+def test_cli_contrast_and_extract_attention(tmp_path):
+    from typer.testing import CliRunner
+
+    from denoisefeat.analyses import attribution_names
+    from denoisefeat.cli import app
+
+    spec = tmp_path / "query.toml"
+    spec.write_text('template = "a {color} {shape}"\nsamples = 2\n'
+                    '[factors]\ncolor = ["red", "blue"]\nshape = ["circle", "square"]\n')
+    out = tmp_path / "query.zarr"
+    runner = CliRunner()
+    result = runner.invoke(app, ["contrast", str(spec), "tiny-sd", "--out", str(out), "--steps", "2",
+                                 "--attention", "all", "--windows", "1", "--permutations", "99"])
+    assert result.exit_code == 0, result.output
+    assert attribution_names(out) == ["contrast_attention"] and "attention contrast" in result.output
+    result = runner.invoke(app, ["contrast", str(spec), "tiny-sd", "--out", str(tmp_path / "x.zarr")])
+    assert result.exit_code == 2 and "Name what to contrast" in result.output
+    run_out = tmp_path / "run.zarr"
+    result = runner.invoke(app, ["extract", "tiny-sd", "--prompt", "a red circle", "--steps", "2", "--out",
+                                 str(run_out), "--attention", "mid_block.**.attn2"])
+    assert result.exit_code == 0, result.output
+    assert dft.open_run(run_out).attention_layers() == ["mid_block.attentions.0.transformer_blocks.0.attn2"]
