@@ -26,7 +26,9 @@ import torch
 sys.path.insert(0, "benchmarks")
 from denoisefeat.models import load_pipeline
 from denoisefeat.trajectory import trace
-model, samples, steps, maps, resolution, device = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", int(sys.argv[5]), sys.argv[6]
+model, device = sys.argv[1], sys.argv[6]
+samples, steps, resolution = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[5])
+maps = sys.argv[4] == "1"
 if model == "sd15":
     from _common import random_sd15_pipeline
     pipe = random_sd15_pipeline(device=device, dtype=torch.float16 if device.startswith("cuda") else torch.float32)

@@ -167,3 +167,40 @@ def test_bad_input_clear_errors(sd, runs, tmp_path):
         dft.trace(dft.load_pipeline("tiny-class-unet"), attention=True, samples=1, class_labels=[0], steps=2)
     with pytest.raises(ValueError, match="resolution"):
         attention_maps(sd, resolution=0)
+
+
+def test_joint_attention_text_columns_are_what_the_model_attended_with():
+    """A one-head SD3 transformer whose image values are zero: each image token's attention output is
+    exactly Σ_j P(token → text j) · v_j, so the stored text columns must reproduce the module's own output."""
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(0)
+    model = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
+                                  num_attention_heads=1, joint_attention_dim=16, caption_projection_dim=8,
+                                  pooled_projection_dim=8, out_channels=4, pos_embed_max_size=16).eval()
+    layer = "transformer_blocks.0.attn"
+    attn = dict(model.named_modules())[layer]
+    with torch.no_grad():
+        attn.to_v.weight.zero_()
+        attn.to_v.bias.zero_()
+    assert cross_attention_layers(model) == ["transformer_blocks.0.attn", "transformer_blocks.1.attn"]
+    seen = {}
+    hooks = [attn.register_forward_pre_hook(lambda m, a, k: seen.update(text=k["encoder_hidden_states"]),
+                                            with_kwargs=True),
+             attn.to_out[0].register_forward_pre_hook(lambda m, a: seen.update(out=a[0]))]
+    inputs = dict(hidden_states=torch.randn(2, 4, 8, 8), encoder_hidden_states=torch.randn(2, 5, 16),
+                  pooled_projections=torch.randn(2, 8), timestep=torch.tensor([500.0, 500.0]), return_dict=False)
+    try:
+        with torch.no_grad():
+            plain = model(**inputs)[0]
+            with attention_maps(model, layers=[layer]) as rec:
+                mapped = model(**inputs)[0]
+    finally:
+        for handle in hooks:
+            handle.remove()
+    assert torch.equal(plain, mapped)
+    maps = rec.maps(layer).values[:, 0]  # (sample, text token, 4, 4): 8² latents in 2² patches
+    probs = torch.from_numpy(maps).flatten(2).transpose(1, 2).double()  # (sample, image token, text token)
+    values = attn.add_v_proj(seen["text"]).double()
+    np.testing.assert_allclose((probs @ values).detach().numpy(), seen["out"].double().detach().numpy(), atol=1e-5)
+    assert np.all(maps.sum(axis=1) < 1)  # the text's share of a joint softmax over image and text keys
