@@ -566,7 +566,8 @@ def _attention_recorder(pipe, request, layers, resolution, steps, loop, current)
     from denoisefeat.hooks.attention import attention_maps, word_spans
     from denoisefeat.store import attention_path
 
-    tokenizer = getattr(pipe, "tokenizer", None)
+    # the tokenizer of the text tokens the denoiser attends to: Flux's are T5's (CLIP gives only the pooled vector)
+    tokenizer = getattr(pipe, "tokenizer_2" if request.family == "flux" else "tokenizer", None)
     if request.prompts is None or tokenizer is None:
         raise ValueError("attention maps need a text-conditional pipeline traced with prompts; "
                          f"{type(pipe).__name__} takes none.")

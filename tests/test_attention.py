@@ -204,3 +204,55 @@ def test_joint_attention_text_columns_are_what_the_model_attended_with():
     values = attn.add_v_proj(seen["text"]).double()
     np.testing.assert_allclose((probs @ values).detach().numpy(), seen["out"].double().detach().numpy(), atol=1e-5)
     assert np.all(maps.sum(axis=1) < 1)  # the text's share of a joint softmax over image and text keys
+
+
+def test_flux_double_stream_text_columns_are_what_the_model_attended_with():
+    """As for SD3, on a one-head Flux transformer (rotary positions, [text; image] order) with zero image values."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                   attention_head_dim=16, num_attention_heads=1, joint_attention_dim=16,
+                                   pooled_projection_dim=8, axes_dims_rope=(4, 4, 8)).eval()
+    layer = "transformer_blocks.0.attn"
+    attn = dict(model.named_modules())[layer]
+    with torch.no_grad():
+        attn.to_v.weight.zero_()
+        attn.to_v.bias.zero_()
+    assert cross_attention_layers(model) == [layer]  # the single-stream blocks are not read
+    seen = {}
+    hooks = [attn.register_forward_pre_hook(lambda m, a, k: seen.update(text=a[1] if len(a) > 1 else
+                                                                         k["encoder_hidden_states"]), with_kwargs=True),
+             attn.to_out[0].register_forward_pre_hook(lambda m, a: seen.update(out=a[0]))]
+    h, w, n_text = 4, 6, 5
+    img_ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(float(h)), torch.arange(float(w)), indexing="ij"), -1)
+    inputs = dict(hidden_states=torch.randn(2, h * w, 4), encoder_hidden_states=torch.randn(2, n_text, 16),
+                  pooled_projections=torch.randn(2, 8), timestep=torch.tensor([0.5, 0.5]),
+                  img_ids=img_ids.reshape(-1, 3).float(), txt_ids=torch.zeros(n_text, 3), return_dict=False)
+    try:
+        with torch.no_grad():
+            plain = model(**inputs)[0]
+            with attention_maps(model) as rec:
+                mapped = model(**inputs)[0]
+    finally:
+        for handle in hooks:
+            handle.remove()
+    assert torch.equal(plain, mapped)
+    maps = rec.maps(layer).values[:, 0]
+    assert maps.shape == (2, n_text, h, w)  # the grid from img_ids, not a guess
+    probs = torch.from_numpy(maps).flatten(2).transpose(1, 2).double()
+    values = attn.add_v_proj(seen["text"]).double()
+    np.testing.assert_allclose((probs @ values).detach().numpy(), seen["out"].double().detach().numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tiny-pixart", "tiny-sd3", "tiny-flux"])
+def test_transformer_families_identity_and_word_spans(name):
+    pipe = dft.load_pipeline(name)
+    run = dict(prompts=PROMPTS, steps=2, keep=(), seed=0)
+    plain, mapped = dft.trace(pipe, **run), dft.trace(pipe, attention=True, **run)
+    assert np.array_equal(plain["final"].values, mapped["final"].values)
+    assert mapped.attention_layers() == cross_attention_layers(pipe)
+    maps = mapped.attention(mapped.attention_layers()[0]).values
+    assert np.all(maps.sum(axis=2) <= 1 + 1e-5) and np.all(maps >= 0)  # PixArt masks the padding: 0
+    tokenizer = pipe.tokenizer_2 if name == "tiny-flux" else pipe.tokenizer  # Flux attends to T5's tokens
+    assert mapped.attention_words()["a red circle"] == word_spans(tokenizer, "a red circle")

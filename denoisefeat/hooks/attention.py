@@ -17,12 +17,15 @@ conditional half of the batch is kept (the unconditional half attends to the emp
 * ``Attention`` modules with cross-attention (SD 1.x/2.x and SDXL ``attn2``, PixArt's cross-attention),
   processed by diffusers' ``AttnProcessor`` or ``AttnProcessor2_0``: ``q = to_q(h)``,
   ``k = to_k(norm_cross(c))``, with ``norm_q``/``norm_k`` where the module has them.
-* Joint attention (SD3's ``JointAttnProcessor2_0``): the image queries' row of the *joint* softmax
+* Joint attention (SD3's ``JointAttnProcessor2_0``, Flux's double-stream blocks with
+  ``FluxAttnProcessor``, rotary positions applied): the image queries' row of the *joint* softmax
   over image and text keys, restricted to its text columns (so a row sums to the text's share of
-  the attention, at most 1).
+  the attention, at most 1).  Flux's single-stream blocks, which attend over one concatenated
+  sequence, are not read.
 
 The grid of a layer is read from the denoiser's input ``(batch, channel, H, W)``: the layer's
-query tokens are ``⌈H/f⌉ · ⌈W/f⌉`` for its downsampling factor (or patch size) ``f``.
+query tokens are ``⌈H/f⌉ · ⌈W/f⌉`` for its downsampling factor (or patch size) ``f``; for packed
+latents (Flux) from the ``img_ids`` positions the denoiser is called with.
 
 Per-word maps
 -------------
@@ -35,6 +38,8 @@ DAAM, Tang et al. 2023, which sums over sub-words too).
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -73,14 +78,18 @@ class WordNotInPromptError(ValueError):
 
 
 def _kind(module: torch.nn.Module) -> str | None:
-    """``"cross"``, ``"joint"`` or ``None`` (not a text-attention module this recorder can read)."""
+    """``"cross"``, ``"joint"``, ``"flux"`` or ``None`` (no text-attention module this recorder can read)."""
     from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0, JointAttnProcessor2_0
+    from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
 
-    if not isinstance(module, Attention):
-        return None
-    processor = module.processor
+    processor = getattr(module, "processor", None)
     if isinstance(processor, _RecordingProcessor):  # while recording: the module's own processor
         processor = processor.original
+    if isinstance(module, FluxAttention):
+        double = module.added_kv_proj_dim is not None and not module.fused_projections
+        return "flux" if double and type(processor) is FluxAttnProcessor else None
+    if not isinstance(module, Attention):
+        return None
     if module.is_cross_attention and type(processor) in (AttnProcessor, AttnProcessor2_0):
         return "cross"
     if type(processor) is JointAttnProcessor2_0 and module.add_k_proj is not None:
@@ -109,15 +118,32 @@ def _heads(attn, x: torch.Tensor) -> torch.Tensor:
     return x.view(x.shape[0], -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
 
 
+def _flux_probabilities(attn, h: torch.Tensor, text: torch.Tensor, rotary) -> torch.Tensor:
+    """Flux's double-stream joint attention: [text; image] queries and keys, rotary positions on both."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    split = lambda x: x.unflatten(-1, (-1, attn.head_dim))  # noqa: E731  (batch, token, heads, d)
+    query = torch.cat([attn.norm_added_q(split(attn.add_q_proj(text))), attn.norm_q(split(attn.to_q(h)))], dim=1)
+    key = torch.cat([attn.norm_added_k(split(attn.add_k_proj(text))), attn.norm_k(split(attn.to_k(h)))], dim=1)
+    if rotary is not None:
+        query = apply_rotary_emb(query, rotary, sequence_dim=1)
+        key = apply_rotary_emb(key, rotary, sequence_dim=1)
+    query, key = query.transpose(1, 2).float(), key.transpose(1, 2).float()  # (batch, heads, token, d)
+    n_text = text.shape[1]
+    probs = (query[:, :, n_text:] @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])).softmax(dim=-1)
+    return probs[..., :n_text]
+
+
 def attention_probabilities(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                            attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                            attention_mask: torch.Tensor | None = None, *,
+                            image_rotary_emb=None) -> torch.Tensor:
     """The attention probabilities of image-token queries over text-token keys of one module call.
 
     Parameters
     ----------
-    attn : diffusers.models.attention_processor.Attention
-        A cross-attention module (``AttnProcessor``/``AttnProcessor2_0``) or a joint-attention one
-        (``JointAttnProcessor2_0``).
+    attn : diffusers.models.attention_processor.Attention or FluxAttention
+        A cross-attention module (``AttnProcessor``/``AttnProcessor2_0``), a joint-attention one
+        (``JointAttnProcessor2_0``) or a Flux double-stream block's (``FluxAttnProcessor``).
     hidden_states : torch.Tensor
         The image tokens the module was called with, ``(batch, token, channel)`` or
         ``(batch, channel, y, x)``.
@@ -125,6 +151,8 @@ def attention_probabilities(attn, hidden_states: torch.Tensor, encoder_hidden_st
         The text tokens, ``(batch, text_token, channel)``.
     attention_mask : torch.Tensor, optional
         The additive mask the module was called with (cross-attention only).
+    image_rotary_emb : tuple of torch.Tensor, optional
+        The rotary position embedding a Flux block was called with.
 
     Returns
     -------
@@ -142,6 +170,8 @@ def attention_probabilities(attn, hidden_states: torch.Tensor, encoder_hidden_st
         raise NotCrossAttentionError(f"{type(attn).__name__} with {type(getattr(attn, 'processor', None)).__name__} "
                                      "is no cross- or joint-attention module.")
     h = hidden_states
+    if kind == "flux":
+        return _flux_probabilities(attn, h, encoder_hidden_states, image_rotary_emb)
     if kind == "joint":
         query, key = attn.to_q(h), attn.to_k(h)
         text_key = _heads(attn, attn.add_k_proj(encoder_hidden_states))
@@ -225,21 +255,30 @@ def bounded(maps: torch.Tensor, resolution: int) -> torch.Tensor:
 
 
 class _RecordingProcessor:
-    """Calls the module's own processor for the output; hands the probabilities of the call to ``deliver``."""
+    """Calls the module's own processor for the output; hands the inputs of the call to ``deliver``.
+
+    It presents the original processor's signature (an instance attribute ``__call__`` wrapping it,
+    which is what diffusers inspects; calls go through the class's ``__call__``): diffusers' attention
+    modules pass a processor only the keyword arguments its signature names, so the original receives
+    exactly what it would have received without the recorder.
+    """
 
     def __init__(self, original, deliver):
         self.original = original
         self.deliver = deliver
+        self._signature = inspect.signature(original.__call__)
+        self.__call__ = functools.wraps(original.__call__)(lambda *args, **kwargs: self._call(*args, **kwargs))
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 *args, **kwargs):
-        options = dict(kwargs, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask)
-        if temb is not None:
-            options["temb"] = temb
-        output = self.original(attn, hidden_states, *args, **options)
-        if encoder_hidden_states is not None:
-            self.deliver(attn, hidden_states, encoder_hidden_states, attention_mask)
+    def _call(self, attn, *args, **kwargs):
+        output = self.original(attn, *args, **kwargs)
+        given = self._signature.bind(attn, *args, **kwargs).arguments
+        if given.get("encoder_hidden_states") is not None:
+            self.deliver(attn, given["hidden_states"], given["encoder_hidden_states"], given.get("attention_mask"),
+                         given.get("image_rotary_emb"))
         return output
+
+    def __call__(self, attn, *args, **kwargs):
+        return self._call(attn, *args, **kwargs)
 
 
 class AttentionRecording:
@@ -329,7 +368,7 @@ class attention_maps(HookManager):
         if wrong or not self.layers:
             raise NotCrossAttentionError(
                 f"{', '.join(wrong) or 'nothing'}: no cross-attention module of {type(self.denoiser).__name__}. "
-                f"Modules with attention to text: {', '.join(available) or 'none (the model takes no text)'}."
+                f"Modules whose attention to text can be read: {', '.join(available) or 'none'}."
             )
         if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 1:
             raise ValueError(f"resolution must be a positive number of pixels, got {resolution!r}.")
@@ -349,15 +388,22 @@ class attention_maps(HookManager):
 
     def _input_size(self, module, args, kwargs) -> None:
         sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
-        self._size = tuple(sample.shape[-2:]) if sample is not None and sample.ndim == 4 else None
+        ids = kwargs.get("img_ids")  # packed latents (Flux): each token's (·, y, x)
+        if sample is not None and sample.ndim == 4:
+            self._size = tuple(sample.shape[-2:])
+        elif ids is not None:
+            self._size = (int(ids[..., 1].max()) + 1, int(ids[..., 2].max()) + 1)
+        else:
+            self._size = None
 
     def _deliverer(self, name: str):
-        def deliver(attn, hidden_states, encoder_hidden_states, attention_mask) -> None:
+        def deliver(attn, hidden_states, encoder_hidden_states, attention_mask, rotary) -> None:
             step = self.clock.step
             if step is None or (self.steps is not None and step not in self.steps):
                 return
             with torch.no_grad():
-                probs = attention_probabilities(attn, hidden_states, encoder_hidden_states, attention_mask)
+                probs = attention_probabilities(attn, hidden_states, encoder_hidden_states, attention_mask,
+                                                image_rotary_emb=rotary)
                 probs = probs.mean(dim=1)  # over heads: (batch, query, text)
                 if self.clock.branches is not None:
                     probs = uncond_cond(*probs.chunk(2), self.clock.branches)[1]
