@@ -225,7 +225,8 @@ def test_flux_double_stream_text_columns_are_what_the_model_attended_with():
                                                                          k["encoder_hidden_states"]), with_kwargs=True),
              attn.to_out[0].register_forward_pre_hook(lambda m, a: seen.update(out=a[0]))]
     h, w, n_text = 4, 6, 5
-    img_ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(float(h)), torch.arange(float(w)), indexing="ij"), -1)
+    grid = torch.meshgrid(torch.zeros(1), torch.arange(float(h)), torch.arange(float(w)), indexing="ij")
+    img_ids = torch.stack(grid, -1)
     inputs = dict(hidden_states=torch.randn(2, h * w, 4), encoder_hidden_states=torch.randn(2, n_text, 16),
                   pooled_projections=torch.randn(2, 8), timestep=torch.tensor([0.5, 0.5]),
                   img_ids=img_ids.reshape(-1, 3).float(), txt_ids=torch.zeros(n_text, 3), return_dict=False)
