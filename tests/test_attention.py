@@ -257,3 +257,13 @@ def test_transformer_families_identity_and_word_spans(name):
     assert np.all(maps.sum(axis=2) <= 1 + 1e-5) and np.all(maps >= 0)  # PixArt masks the padding: 0
     tokenizer = pipe.tokenizer_2 if name == "tiny-flux" else pipe.tokenizer  # Flux attends to T5's tokens
     assert mapped.attention_words()["a red circle"] == word_spans(tokenizer, "a red circle")
+
+
+def test_stored_maps_on_disk_open_and_verify(sd, tmp_path):
+    store = tmp_path / "maps.zarr"
+    dft.trace(sd, attention="mid_block.**.attn2", record_steps=[2], store=store, **RUN)
+    run = dft.open_run(store)  # refuses missing chunks: the unrecorded steps' chunks must be accounted for
+    assert run.store.damage(decode=True) == []
+    maps = run.attention(run.attention_layers()[0])
+    assert np.isfinite(maps.isel(step=2).values).all() and np.isnan(maps.isel(step=0).values).all()
+    assert run.attrs["extra"]["attention"] == run.attention_layers()
