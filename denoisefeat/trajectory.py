@@ -442,9 +442,10 @@ def trace(
                 acts.attrs["layers"] = recorder.layers
         if maps is not None:
             run_store.declare_attention(maps.layers, words)
-        managers = [m for m in (editor, recorder, maps) if m is not None]  # edits first: records show the edited flow
-        with _hooked(loop, managers, backend), progress_bar(progress, total=len(chunks) * loop.n_steps,
-                                                             label="denoising") as advance:
+        managers = [m for m in (editor, recorder) if m is not None]  # edits first: records show the edited flow
+        # the maps come from the attention processors, whichever backend reaches the layers' outputs
+        with _hooked(loop, managers, backend), maps or contextlib.nullcontext(), \
+                progress_bar(progress, total=len(chunks) * loop.n_steps, label="denoising") as advance:
             for samples in chunks:
                 _trace_chunk(loop, run_store, samples, current, keep=keep, store_dtype=store_dtype,
                              prefixes=prefixes, advance=advance)

@@ -267,3 +267,12 @@ def test_stored_maps_on_disk_open_and_verify(sd, tmp_path):
     maps = run.attention(run.attention_layers()[0])
     assert np.isfinite(maps.isel(step=2).values).all() and np.isnan(maps.isel(step=0).values).all()
     assert run.attrs["extra"]["attention"] == run.attention_layers()
+
+
+def test_nnsight_backend_records_the_same_maps(sd, runs):
+    pytest.importorskip("nnsight")
+    _, torch_run = runs
+    run = dft.trace(sd, attention=True, attention_resolution=4, backend="nnsight",
+                    record={"mid_block": "channel_mean"}, **RUN)
+    layer = torch_run.attention_layers()[0]
+    np.testing.assert_array_equal(run.attention(layer).values, torch_run.attention(layer).values)
