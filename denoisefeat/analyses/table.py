@@ -86,7 +86,7 @@ TABLE_FORMAT = 2
 #: ``"magnitude"``: a larger ``|value|`` drives the feature more, either sign is right (ablation:
 #: a change of the feature; correlation and regression: an association); ``"larger"``: a larger
 #: signed value is better and a negative one is wrong-signed (causal tracing: recovered fraction;
-#: probes: selectivity over the control).
+#: probes: selectivity over the control; contrasts: η² over its permutation mean).
 DIRECTIONS: dict[str, str] = {
     "ablation": "magnitude",
     "causal_tracing": "larger",
@@ -96,6 +96,7 @@ DIRECTIONS: dict[str, str] = {
     "ols": "magnitude",
     "mixedlm": "magnitude",
     "perturbation": "magnitude",
+    "contrast": "larger",
 }
 
 #: Method families that intervene on the model: their rows carry a disruption and a specificity.
