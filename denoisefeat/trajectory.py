@@ -733,8 +733,8 @@ def _attention_recorder(pipe, request, layers, resolution, steps, loop, current)
     tokens = max(len(tokenizer(prompt).input_ids) for prompt in words)  # start, words, end: no padding
     n_loop = loop.n_steps
 
-    def sink(layer, step, array):
-        writer = current["writer"]
+    def sink(layer, step, array):  # the maps come to the host in the processor; the writer takes them as they are
+        writer = current["capture"].writer
         name = attention_path(layer)
         if not writer.declared(name):
             writer.declare(name, tail_dims=("token", "y", "x"), dtype="float32", lead_dims=("sample", "step"),
