@@ -69,7 +69,7 @@ def main() -> None:
     emit({
         **bench.header("ablation_scan"),
         "layers": layers, "windows": args.windows, "methods": kwargs["method"], "features": kwargs["features"],
-        "rows": len(tables[True]),
+        "rows": len(tables["cached"]),
         "seconds": {k: round(v, 4) for k, v in med.items()},
         "speedup_vs_naive": {k: round(med["uncached"] / med[k], 3) for k in ("cached", "batched")},
         "denoiser_calls": {k: t.attrs["denoiser_calls"] for k, t in tables.items()},

@@ -31,8 +31,9 @@ of a one-copy run: each lane is its edit's run in a batch of that size, bit for 
 other lanes do (tested).  The denoiser's kernels round differently at another batch size, so a cell
 equals its one-at-a-time run to that rounding (about 1e-5 of the final image on the CPU;
 ``docs/pitfalls/prefix-caching-and-batch-mean.md``).  A GPU runs a batch of ``lanes × batch_size``
-samples in about the time of a few small ones; a CPU takes about as long per sample whatever the
-batch (measured on the toy model), so by default lanes are used on CUDA only, as many as fit in half
+samples in about the time of a few small ones; a CPU gains little (about as long per sample at
+batch 8 and above on one thread; 1.4× over prefix caching alone for the toy model's 2-sample scan on
+2 threads), so by default lanes are used on CUDA only, as many as fit in half
 the free memory given what the unedited run needed.  The final images of cells that finish before
 their turn wait in host memory (at most every cell's, ``(sample, 3, H, W)`` float32 each).
 """
