@@ -2,6 +2,9 @@
 
 * :func:`ablation_scan` — ablate each layer in each step window, measure the feature change;
 * :func:`causal_trace` — restore clean activations in a corrupted run (activation patching);
+* ``attribution_patching`` — a first-order estimate of every layer × step ablation from one backward
+  pass through the sampling chain, and ``attribution_study`` — it ranks, the exact scan checks the
+  top cells (:mod:`~denoisefeat.analyses.attribution_patching`), imported on first use;
 * :mod:`~denoisefeat.analyses.table` — the shared attribution table: :func:`validate`,
   :func:`write_attribution` / :func:`read_attribution` / :func:`attribution_names` (run store),
   :func:`to_xarray`, :func:`rank`, :func:`benjamini_hochberg`;
@@ -38,7 +41,8 @@ from denoisefeat.analyses.table import (
 
 _LAZY = {"correlate": ".correlation", "feature_change": ".correlation", "regress": ".regression",
          "band_snr": ".coarse_to_fine", "skip_spectrum": ".skips", "step_similarity": ".similarity",
-         "perturbation_timing": ".perturbation", "known_facts": ".facts"}
+         "perturbation_timing": ".perturbation", "known_facts": ".facts",
+         "attribution_patching": ".attribution_patching", "attribution_study": ".attribution_patching"}
 
 __all__ = [
     "ABLATION_METHODS",
