@@ -12,9 +12,9 @@
    vs the exact scan of the same grid: its denoiser calls counted (``EditScan.planned_calls`` with
    prefix caching), its wall time extrapolated from the block scan's measured time per call (the
    exact sub-module scan itself would take too long here).  Target: >= 10x cheaper.
-3. **Peak memory vs steps**: attribution patching of the linear planted model at ``--memory-steps``,
-   each in a fresh process (peak RSS above the process's state after loading; bounded: per-step
-   states only).
+3. **Peak memory vs steps**: attribution patching of the linear planted model (64 px, 4 samples) at
+   ``--memory-steps``, each in a fresh process: its peak RSS (``VmHWM``, reset after a warm-up run)
+   above the RSS before the run.  Bounded: one step's graph plus one state per step.
 
 Prints JSON.
 """
@@ -34,16 +34,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit, machine, peak_rss_mib  # noqa: E402
 
 _MEMORY_CHILD = """
-import json, sys, resource
+import json, re, sys
 from denoisefeat.toy.planted import linear_planted_pipeline
 from denoisefeat.analyses.attribution_patching import attribution_patching
+
+def mib(key):
+    return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
+
 pipe = linear_planted_pipeline(size=64)
-attribution_patching(pipe, layers=["layout", "detail"], features=["edges"], samples=2, steps=2, seed=0)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-attribution_patching(pipe, layers=["layout", "detail"], features=["edges"], samples=4, steps=int(sys.argv[1]), seed=0)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"steps": int(sys.argv[1]), "peak_rss_mib": round(after, 1),
-                  "above_warm_mib": round(after - before, 1)}))
+run = dict(layers=["layout", "detail"], features=["edges"], samples=4, seed=0)
+attribution_patching(pipe, steps=2, **run)  # warm: imports, allocator
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+before = mib("VmRSS")
+attribution_patching(pipe, steps=int(sys.argv[1]), **run)
+print(json.dumps({"steps": int(sys.argv[1]), "peak_above_start_mib": round(mib("VmHWM") - before, 1)}))
 """
 
 
@@ -71,11 +75,16 @@ def main() -> None:
     from denoisefeat.hooks import Edit, list_layers, top_level_layers
     from denoisefeat.options import RunOptions
 
+    memory = []
+    for steps in ([] if args.skip_memory else [int(s) for s in args.memory_steps.split(",")]):
+        out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(steps)], capture_output=True, text=True,
+                             check=True)
+        memory.append(json.loads(out.stdout.strip().splitlines()[-1]))
     pipe = dft.load_pipeline("toy")
     run = dict(class_labels=_labels(args.samples), steps=args.steps, seed=0)
     blocks = [b for b in top_level_layers(pipe) if b.split(".")[0] in ("down_blocks", "mid_block", "up_blocks")]
     result = {"machine": machine(), "model": "toy", "samples": args.samples, "steps": args.steps,
-              "windows": args.windows, "method": args.method, "blocks": blocks}
+              "windows": args.windows, "method": args.method, "blocks": blocks, "memory_vs_steps": memory}
 
     start = time.perf_counter()
     estimated = attribution_patching(pipe, layers=blocks, windows=args.windows, method=args.method, **run)
@@ -111,13 +120,6 @@ def main() -> None:
     }
     result["peak_rss_mib"] = round(peak_rss_mib(), 1)
 
-    if not args.skip_memory:
-        memory = []
-        for steps in (int(s) for s in args.memory_steps.split(",")):
-            out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(steps)], capture_output=True, text=True,
-                                 check=True)
-            memory.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        result["memory_vs_steps"] = memory
     emit(result)
 
 

@@ -91,7 +91,6 @@ def test_the_planted_modules_rank_first_for_each_feature_group():
 
 def test_the_study_scans_the_top_cells_exactly_and_reports_agreement(linear, tmp_path):
     store = tmp_path / "run.zarr"
-    dft.trace(linear, store=store, keep=(), **RUN)
     frame = attribution_study(linear, layers=LAYERS, top_k=2, windows=[(0, 3), (3, 5)], features=["edges"],
                               store=store, **RUN)
     methods = set(frame["method"])
@@ -102,6 +101,7 @@ def test_the_study_scans_the_top_cells_exactly_and_reports_agreement(linear, tmp
     assert frame.attrs["agreement"] == agreement(estimated, exact)
     assert frame.attrs["exact_denoiser_calls"] > 0 and frame.attrs["cells_ranked"] == 4
     assert len(read_attribution(store, "attribution_study")) == len(frame)
+    assert len(read_attribution(store, "attribution_patching")) == 4 and dft.open_run(store)["x0"].shape[1] == 5
 
 
 def test_agreement_is_the_rank_correlation_of_the_shared_cells(linear):

@@ -76,7 +76,7 @@ from denoisefeat.models import denoiser_of
 from denoisefeat.options import RunOptions
 from denoisefeat.progress import progress_bar
 from denoisefeat.steps import step_windows
-from denoisefeat.trajectory import DenoisingLoop, PrefixCache
+from denoisefeat.trajectory import DenoisingLoop, PrefixCache, trace
 
 __all__ = [
     "DIFFERENTIABLE_FEATURES",
@@ -413,9 +413,10 @@ def attribution_patching(
     alpha : float
         Rows carry ``1 − alpha`` t-intervals of the mean estimate, dual to the t-test that gives ``p``.
     store : str or path, optional
-        Write the table under ``attribution/attribution_patching`` of this existing run store.
+        Write the clean trajectory there (every step, :func:`denoisefeat.trace`: one more clean run) and
+        the table under ``attribution/attribution_patching``.
     overwrite : bool
-        Replace an existing table there.
+        Replace an existing ``store``.
     progress : bool
         Show a progress bar over the steps.
     **run
@@ -436,7 +437,8 @@ def attribution_patching(
         backward pass per pixel).  Extra columns:
         ``scale``, ``resolution``, ``surrogate`` (the surrogate's description, or ``""``).  ``attrs``:
         ``alpha``, ``ci_level``, ``inference``, ``components`` (``Σ k``), ``denoiser_calls`` (forward
-        calls: the clean run, its last step again, the recomputation of every step),
+        calls: the clean run, its last step again, the recomputation of every step, and the clean run
+        written to ``store``),
         ``backward_passes`` (one per step and component) and ``denoiser_equivalents``
         (``denoiser_calls + 2 × backward_passes``, a backward pass costing about two forward ones).
 
@@ -500,6 +502,9 @@ def attribution_patching(
     frame = pd.DataFrame(rows)
     frame.insert(frame.columns.get_loc("n"), "p_adj", benjamini_hochberg(frame["p"]))
     frame["n"] = frame["n"].astype(np.int64)
+    if store is not None:
+        trace(pipe, store=store, overwrite=overwrite, progress=progress, **vars(options))
+        loop.calls += len(chunks) * loop.n_steps
     backward = len(chunks) * loop.n_steps * k
     frame.attrs.update(alpha=alpha, ci_level=1 - alpha, inference="t", image_resolution=resolution,
                        components=k, denoiser_calls=loop.calls, backward_passes=backward,
@@ -587,9 +592,10 @@ def attribution_study(
         As for :func:`attribution_patching`; the exact scan uses the same method, metrics (the real
         metrics, where the estimate uses a surrogate) and run options.
     store : str or path, optional
-        Write the combined table under ``attribution/attribution_study`` of this existing run store.
+        Write the clean trajectory and the whole estimate there (as :func:`attribution_patching`) and
+        the combined table under ``attribution/attribution_study``.
     overwrite : bool
-        Replace an existing table there.
+        Replace an existing ``store``.
 
     Returns
     -------
@@ -606,7 +612,7 @@ def attribution_study(
     if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 1:
         raise ValueError(f"top_k must be a positive number of cells, got {top_k!r}.")
     estimated = attribution_patching(pipe, layers=layers, windows=windows, method=method, features=features,
-                                     alpha=alpha, progress=progress, **run)
+                                     alpha=alpha, store=store, overwrite=overwrite, progress=progress, **run)
     names = list(pd.unique(estimated["feature"]))
     cells = []
     for feature in names:
@@ -634,5 +640,5 @@ def attribution_study(
                        cells_ranked=int(len(estimated) // max(1, len(names))), cells_scanned=len(cells))
     validate(frame)
     if store is not None:
-        write_attribution(store, frame, name="attribution_study", overwrite=overwrite)
+        write_attribution(store, frame, name="attribution_study", overwrite=True)  # the store is this study's
     return frame
