@@ -154,17 +154,31 @@ def test_regression_and_correlation_name_the_planted_module(factorized_run, grou
         assert (top["layer"], bool(top["significant"])) == (PLANTED_TRUTH[group], True), (method, top.to_dict())
 
 
-def test_the_intermediate_boundaries_sharpen_with_the_layout_first(factorized_run):
-    """Why per-step statistics name ``layout`` for edges on this model (the final image's edges are
-    ``detail``'s): the boundary of the posterior-mean x̂0 belongs to an object that is still a blend of
-    every layout possible, so the boundary width changes most while the layout commits, early, before
-    ``detail`` commits.  A per-step statistic measures what changes x̂0 at each step, not what the
-    final image ends with; ablation, causal tracing and probes (above) answer that."""
+def _explained(values: np.ndarray, groups: np.ndarray) -> float:
+    """The share of the variance of ``values`` explained by ``groups`` (one-way ANOVA's R²)."""
+    total = ((values - values.mean()) ** 2).sum()
+    within = sum(((values[groups == g] - values[groups == g].mean()) ** 2).sum() for g in np.unique(groups))
+    return float(1 - within / total)
+
+
+def test_the_factorized_models_final_boundary_width_is_the_layouts_and_regression_says_so(factorized_run):
+    """The edges cell on ``planted-factorized``, with its truth measured rather than assumed.
+
+    Its images are ``L(a_i) + H(b_j)``: the low band of one object and the high band of *another*
+    (other shape, place and colour).  The only chromatic boundary of the final image is the layout
+    object's, so its boundary width is set by which layout the run ends on far more than by whether
+    the detail object was drawn sharp or soft (the detail's sharp edge lies elsewhere): measured, the
+    layout choice explains 0.67 of the final width's variance, the sharpness 0.07.  The per-step
+    statistics must then name ``layout`` for this metric, and do.  (Edges planted in ``detail`` are
+    checked on ``planted``, whose two bands belong to the same object: ablation, tracing, probes above.)
+    """
     run, feats = factorized_run
-    frame = _change_tables(run, feats)["ols"]
-    top = rank(frame, feature="boundary_width").iloc[0]
-    change = np.abs(feats["boundary_width"].diff("step", label="upper")).mean("sample")  # steps 1…19
-    first = change.sel(step=slice(top["step_start"], top["step_stop"] - 1)).mean()
-    rest = change.sel(step=slice(top["step_stop"], None)).mean()
-    assert (top["layer"], top["step_start"], bool(top["significant"])) == ("layout", 1, True)
-    assert first > 1.5 * rest
+    unet = dft.load_pipeline("planted-factorized").unet
+    final = np.asarray(run.dataset["x0"].isel(step=-1).values) / 2 + 0.5
+    layout, detail = (index.numpy() for index in unet.ends(torch.from_numpy(np.clip(final, 0, 1))))
+    width = feats["boundary_width"].isel(step=-1).values
+    by_layout, by_sharpness = _explained(width, layout), _explained(width, unet.detail_sharp.numpy()[detail])
+    assert by_layout > 0.5 and by_layout > 5 * by_sharpness, (by_layout, by_sharpness)
+    for method, frame in _change_tables(run, feats).items():
+        top = rank(frame, feature="boundary_width").iloc[0]
+        assert (top["layer"], bool(top["significant"])) == ("layout", True), (method, top.to_dict())
