@@ -104,6 +104,15 @@ def test_the_study_scans_the_top_cells_exactly_and_reports_agreement(linear, tmp
     assert len(read_attribution(store, "attribution_patching")) == 4 and dft.open_run(store)["x0"].shape[1] == 5
 
 
+def test_the_package_exports_the_functions_not_the_module():
+    import importlib
+
+    module = importlib.import_module("denoisefeat.analyses.attribution_patching")
+    from denoisefeat.analyses import attribution_patching as exported
+
+    assert callable(exported) and exported is module.attribution_patching
+
+
 def test_agreement_is_the_rank_correlation_of_the_shared_cells(linear):
     frame = attribution_patching(linear, layers=LAYERS, features={"affine": _affine}, **RUN)
     other = frame.assign(effect=-frame["effect"], effect_std=-frame["effect_std"])

@@ -4,7 +4,7 @@
 * :func:`causal_trace` — restore clean activations in a corrupted run (activation patching);
 * ``attribution_patching`` — a first-order estimate of every layer × step ablation from one backward
   pass through the sampling chain, and ``attribution_study`` — it ranks, the exact scan checks the
-  top cells (:mod:`~denoisefeat.analyses.attribution_patching`), imported on first use;
+  top cells (:mod:`~denoisefeat.analyses.attribution_patching`);
 * :mod:`~denoisefeat.analyses.table` — the shared attribution table: :func:`validate`,
   :func:`write_attribution` / :func:`read_attribution` / :func:`attribution_names` (run store),
   :func:`to_xarray`, :func:`rank`, :func:`benjamini_hochberg`;
@@ -28,6 +28,8 @@ from denoisefeat.analyses.ablation import (
     causal_trace,
     resolve_features,
 )
+# imported eagerly: a lazy name equal to its module's would be shadowed by the module once imported
+from denoisefeat.analyses.attribution_patching import attribution_patching, attribution_study
 from denoisefeat.analyses.table import (
     COLUMNS,
     attribution_names,
@@ -41,8 +43,7 @@ from denoisefeat.analyses.table import (
 
 _LAZY = {"correlate": ".correlation", "feature_change": ".correlation", "regress": ".regression",
          "band_snr": ".coarse_to_fine", "skip_spectrum": ".skips", "step_similarity": ".similarity",
-         "perturbation_timing": ".perturbation", "known_facts": ".facts",
-         "attribution_patching": ".attribution_patching", "attribution_study": ".attribution_patching"}
+         "perturbation_timing": ".perturbation", "known_facts": ".facts"}
 
 __all__ = [
     "ABLATION_METHODS",
@@ -51,6 +52,8 @@ __all__ = [
     "ablation_scan",
     "causal_trace",
     "resolve_features",
+    "attribution_patching",
+    "attribution_study",
     "COLUMNS",
     "attribution_names",
     "benjamini_hochberg",

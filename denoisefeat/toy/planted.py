@@ -455,12 +455,9 @@ class FactorizedPlantedDenoiser(ModelMixin, ConfigMixin):
         super().__init__()
         from denoisefeat.toy.diffshapes import counterfactual_pairs, generate
 
-        if in_channels != 3:
-            raise ValueError(f"The planted denoiser makes RGB images: in_channels must be 3, got {in_channels}.")
+        _check_rgb_prediction(in_channels, prediction_type)
         if n_layouts < 1 or n_details < 2 or n_details % 2:
             raise ValueError(f"Need n_layouts >= 1 and an even n_details >= 2; got {n_layouts}, {n_details}.")
-        if prediction_type not in _PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {', '.join(_PREDICTION_TYPES)}, got {prediction_type!r}.")
         if not band_cutoff > 0:
             raise ValueError(f"band_cutoff must be a positive number of cycles per image, got {band_cutoff!r}.")
         self.register_buffer("alphas_cumprod",  # first: ModelMixin.dtype is the first floating buffer's
@@ -596,10 +593,7 @@ class LinearPlantedDenoiser(ModelMixin, ConfigMixin):
         super().__init__()
         from denoisefeat.toy.diffshapes import generate
 
-        if in_channels != 3:
-            raise ValueError(f"The planted denoiser makes RGB images: in_channels must be 3, got {in_channels}.")
-        if prediction_type not in _PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {', '.join(_PREDICTION_TYPES)}, got {prediction_type!r}.")
+        _check_rgb_prediction(in_channels, prediction_type)
         if len(variances) != 2 or min(variances) <= 0:
             raise ValueError(f"variances must be two positive numbers (c_low, c_high), got {variances!r}.")
         self.register_buffer("alphas_cumprod",  # first: ModelMixin.dtype is the first floating buffer's
@@ -636,6 +630,13 @@ def linear_planted_pipeline(*, size: int = 32, seed: int = 0, variances: tuple[f
     denoiser = LinearPlantedDenoiser(sample_size=size, seed=seed, variances=[float(v) for v in variances],
                                      band_cutoff=float(band_cutoff))
     return _ddim(denoiser, "epsilon")
+
+
+def _check_rgb_prediction(in_channels: int, prediction_type: str) -> None:
+    if in_channels != 3:
+        raise ValueError(f"The planted denoiser makes RGB images: in_channels must be 3, got {in_channels}.")
+    if prediction_type not in _PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {', '.join(_PREDICTION_TYPES)}, got {prediction_type!r}.")
 
 
 def _nearest(x: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
