@@ -28,6 +28,7 @@ from denoisefeat.analyses.ablation import (
     causal_trace,
     resolve_features,
 )
+
 # imported eagerly: a lazy name equal to its module's would be shadowed by the module once imported
 from denoisefeat.analyses.attribution_patching import attribution_patching, attribution_study
 from denoisefeat.analyses.table import (
