@@ -6,7 +6,7 @@
 1. **Agreement** on the exact scan's grid: the 7 top-level blocks (down, mid, up) x ``--windows`` step windows, the
    default feature groups (surrogates where the metric is not differentiable): Spearman correlation
    of the estimated and the exact effects per feature over the grid's cells (target >= 0.8), and the
-   top cell of each.
+   top cell of each; and within each window (over the blocks).
 2. **Cost** at sub-module x step granularity (every ``resnets``/``attentions`` module x every step):
    the estimate's denoiser-equivalent evaluations (forward calls + 2 x backward passes) and wall time,
    vs the exact scan of the same grid: its denoiser calls counted (``EditScan.planned_calls`` with
@@ -93,9 +93,18 @@ def main() -> None:
     exact = ablation_scan(pipe, layers=blocks, windows=args.windows, method=args.method,
                           features=list(dict.fromkeys(estimated["feature"])), **run)
     exact_time = time.perf_counter() - start
+    windows = sorted(set(zip(estimated["step_start"], estimated["step_stop"])))
+    within = {}
+    for start, stop in windows:
+        def cells(frame, start=start, stop=stop):
+            return frame[(frame["step_start"] == start) & (frame["step_stop"] == stop)]
+
+        for feature, agreed in agreement(cells(estimated), cells(exact)).items():
+            within.setdefault(feature, {})[f"{start}:{stop}"] = agreed["spearman"]
     result["blocks_x_windows"] = {
         "cells": len(blocks) * args.windows,
         "agreement": agreement(estimated, exact),
+        "spearman_within_each_window": within,
         "estimate": {"wall_s": round(ap_time, 2), "denoiser_equivalents": estimated.attrs["denoiser_equivalents"],
                      "denoiser_calls": estimated.attrs["denoiser_calls"],
                      "backward_passes": estimated.attrs["backward_passes"]},

@@ -66,6 +66,18 @@ def test_the_estimate_is_exact_for_an_affine_model_at_every_step(linear, clean_f
     assert frame.loc[frame["layer"] == "layout", "effect"].abs().max() > 50 * 1e-6  # well above the tolerance
 
 
+@pytest.mark.parametrize("scheduler", ["euler", "ddpm", "euler-ancestral"])
+def test_the_estimate_is_exact_with_other_and_stochastic_schedulers(linear, scheduler):
+    run = {**RUN, "steps": 4, "scheduler": scheduler}  # stochastic ones: the recomputed steps draw the same noise
+    frame = attribution_patching(linear, layers=["layout"], method="mean", features={"affine": _affine}, **run)
+    clean = torch.as_tensor(dft.trace(linear, keep=(), **run)["final"].values)
+    for row in frame.itertuples():
+        edited = dft.trace(linear, keep=(), intervene=Edit("layout", "mean", steps=[row.step_start]), **run)
+        exact = (_affine(torch.as_tensor(edited["final"].values)) - _affine(clean)).double().mean()
+        assert row.effect == pytest.approx(float(exact), rel=1e-3, abs=1e-6), row.step_start
+    assert frame["effect"].abs().max() > 50 * 1e-6
+
+
 def test_a_window_sums_its_steps_and_an_identity_edit_is_exactly_zero(linear):
     steps = attribution_patching(linear, layers=LAYERS, features={"affine": _affine}, **RUN)
     windows = attribution_patching(linear, layers=LAYERS, windows=[(0, 2), (2, 5)], features={"affine": _affine},
