@@ -11,7 +11,8 @@
    the estimate's denoiser-equivalent evaluations (forward calls + 2 x backward passes) and wall time,
    vs the exact scan of the same grid: its denoiser calls counted (``EditScan.planned_calls`` with
    prefix caching), its wall time extrapolated from the block scan's measured time per call (the
-   exact sub-module scan itself would take too long here).  Target: >= 10x cheaper.
+   exact sub-module scan itself would take too long here); and both counts at 10, 20 and 50 steps
+   (the exact scan grows with steps², the estimate with steps).  Target: >= 10x cheaper.
 3. **Peak memory vs steps**: attribution patching of the linear planted model (64 px, 4 samples) at
    ``--memory-steps``, each in a fresh process: its peak RSS (``VmHWM``, reset after a warm-up run)
    above the RSS before the run.  Bounded: one step's graph plus one state per step.
@@ -127,6 +128,16 @@ def main() -> None:
         "cheaper_by_wall_time": round(exact_calls * per_call / fine_time, 2),
         "faster_than_blocks_exact_scan": fine_time < exact_time,
     }
+    k = fine.attrs["components"]
+    scaling = {}
+    for steps in (10, 20, 50):  # counted, not run: the exact scan's planned calls, the estimate's formula
+        grid = EditScan(pipe, RunOptions.of({**run, "steps": steps}, caller="benchmark"))
+        planned = grid.planned_calls([Edit(layer=layer, method=args.method, steps=[s]) for layer in subs
+                                      for s in range(grid.n_steps)])
+        estimate = len(grid.chunks) * (2 * steps + 1 + 2 * steps * k)  # calls + 2 x backward passes
+        scaling[steps] = {"exact_calls": planned, "estimate_equivalents": estimate,
+                          "cheaper_by_evaluations": round(planned / estimate, 2)}
+    result["submodules_x_steps"]["scaling_counted"] = scaling
     result["peak_rss_mib"] = round(peak_rss_mib(), 1)
 
     emit(result)

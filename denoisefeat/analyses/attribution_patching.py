@@ -11,6 +11,16 @@ per sample, and ablating a window of steps by the sum of its steps' terms.  ``�
 whole sampling chain: step ``s``'s denoiser call, its scheduler step, every later step, the decoding of
 the final sample and the feature.
 
+What it is exact for, and what not: a single step's estimate is exact when the feature's descriptor
+is affine in that step's layer output (tested on the affine planted model,
+:func:`denoisefeat.toy.planted.linear_planted_pipeline`).  A window's sum is first order in each
+step's edit separately, but a replacement at a later step of the window overrides what the earlier
+ones changed in that layer's output, so even an affine model's joint window edit differs from the
+sum.  Large edits at early steps are where the first order is worst: x̂0 there amplifies ε̂ by up to
+``√((1 − ᾱ)/ᾱ)`` (``docs/pitfalls/x0-amplification.md``), and a memorising model (the planted
+posterior mean) has almost no gradient there while an exact ablation changes which image it makes.
+Check the ranking with :func:`attribution_study`.
+
 The backward pass
 -----------------
 Memory stays bounded by one step's activations plus the chain's states: the clean trajectory runs
