@@ -60,10 +60,14 @@ def _dwt1(x, wavelet: str, dim: int):
         if dim == -1:
             return x @ lo.T, x @ hi.T
         return lo @ x, hi @ x
+    # x[(2k + offset) % n] is the even (offset even) or odd samples rolled by offset // 2: half-size
+    # strided views, rolled only for taps beyond the first pair (none for haar).
+    phases = (x[..., 0::2], x[..., 1::2]) if dim == -1 else (x[..., 0::2, :], x[..., 1::2, :])
     out_lo = out_hi = None
     for offset, w_lo, w_hi in taps:
-        shifted = torch.roll(x, shifts=-offset, dims=dim)
-        even = shifted[..., ::2] if dim == -1 else shifted[..., ::2, :]
+        even = phases[offset % 2]
+        if offset // 2:
+            even = torch.roll(even, shifts=-(offset // 2), dims=dim)
         out_lo = even * w_lo if out_lo is None else out_lo + even * w_lo
         out_hi = even * w_hi if out_hi is None else out_hi + even * w_hi
     return out_lo, out_hi

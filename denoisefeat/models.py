@@ -59,6 +59,7 @@ class ModelSourceError(ValueError):
 #: planted-ground-truth model and the tiny random-initialised pipelines of :mod:`denoisefeat.tiny`.
 BUILTIN_MODELS = (
     "toy", "planted", "planted-factorized", "tiny-unet", "tiny-class-unet", "tiny-sd", "tiny-sdxl", "tiny-dit",
+    "tiny-sd3", "tiny-flux", "tiny-pixart",
 )
 
 
@@ -74,7 +75,8 @@ def load_pipeline(source: str | Path, *, device: str | torch.device = "cpu", dty
         defaults; call that function for other data sets), ``"planted-factorized"`` (the same
         with independent bands, whose ``layout`` and ``detail`` also carry different information:
         :func:`denoisefeat.toy.planted.factorized_planted_pipeline`), a tiny built-in (``"tiny-unet"``,
-        ``"tiny-class-unet"``, ``"tiny-sd"``, ``"tiny-sdxl"``, ``"tiny-dit"``), a folder written by
+        ``"tiny-class-unet"``, ``"tiny-sd"``, ``"tiny-sdxl"``, ``"tiny-dit"``, ``"tiny-sd3"``, ``"tiny-flux"``,
+        ``"tiny-pixart"``), a folder written by
         ``save_pretrained``, or a Hub id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``.
     device : str or torch.device
         Where to put the pipeline.
@@ -220,27 +222,43 @@ def pipeline_family(pipe) -> str:
 
     Returns
     -------
-    {"pixel", "stable-diffusion", "stable-diffusion-xl", "dit"}
+    {"pixel", "stable-diffusion", "stable-diffusion-xl", "dit", "stable-diffusion-3", "flux", "pixart"}
         ``"pixel"``: ``UNet2DModel`` in pixel space (DDPM/DDIM pipelines and
-        :class:`ClassConditionalImagePipeline`); the others are latent pipelines.
+        :class:`ClassConditionalImagePipeline`); the others are latent pipelines:
+        ``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``, ``DiTPipeline``,
+        ``StableDiffusion3Pipeline``, ``FluxPipeline`` and ``PixArtSigmaPipeline`` (and their subclasses).
+
+    Raises
+    ------
+    TypeError
+        A pipeline class whose loop denoisefeat does not reproduce (the message lists those it does).
     """
     from diffusers import (
         DDIMPipeline,
         DDPMPipeline,
         DiTPipeline,
+        FluxPipeline,
+        PixArtSigmaPipeline,
+        StableDiffusion3Pipeline,
         StableDiffusionPipeline,
         StableDiffusionXLPipeline,
     )
 
     if isinstance(pipe, (DDPMPipeline, DDIMPipeline, ClassConditionalImagePipeline)):
         return "pixel"
-    if isinstance(pipe, StableDiffusionXLPipeline):
-        return "stable-diffusion-xl"
-    if isinstance(pipe, StableDiffusionPipeline):
-        return "stable-diffusion"
-    if isinstance(pipe, DiTPipeline):
-        return "dit"
+    families = [
+        (StableDiffusionXLPipeline, "stable-diffusion-xl"),
+        (StableDiffusionPipeline, "stable-diffusion"),
+        (DiTPipeline, "dit"),
+        (StableDiffusion3Pipeline, "stable-diffusion-3"),
+        (FluxPipeline, "flux"),
+        (PixArtSigmaPipeline, "pixart"),
+    ]
+    for cls, family in families:
+        if isinstance(pipe, cls):
+            return family
     raise TypeError(
         f"denoisefeat cannot run the denoising loop of {type(pipe).__name__} yet. Supported: DDPMPipeline, "
-        "DDIMPipeline, ClassConditionalImagePipeline, StableDiffusionPipeline, StableDiffusionXLPipeline, DiTPipeline."
+        "DDIMPipeline, ClassConditionalImagePipeline, StableDiffusionPipeline, StableDiffusionXLPipeline, DiTPipeline, "
+        "StableDiffusion3Pipeline, FluxPipeline, PixArtSigmaPipeline."
     )

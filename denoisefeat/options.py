@@ -12,11 +12,12 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
 from denoisefeat import schedulers
+from denoisefeat.families import family_of
 from denoisefeat.models import denoiser_of, pipeline_family
 
 __all__ = ["RunOptions", "TraceRequest"]
@@ -48,6 +49,7 @@ class RunOptions:
         The pipeline itself is never modified.
     guidance_scale : float, optional
         Classifier-free guidance; default: the pipeline's own default.  ``1`` switches guidance off.
+        For guidance-distilled Flux it is the value of its guidance embedding (there is no CFG batch).
     eta : float
         DDIM's η.
     height, width : int, optional
@@ -120,7 +122,8 @@ class RunOptions:
         Raises
         ------
         ValueError
-            Any option this pipeline cannot take (with what to give instead).
+            Any option this pipeline cannot take (with what to give instead), or a scheduler of another
+            kind than the model's (a flow-matching model needs a flow-matching scheduler).
         """
         family = pipeline_family(pipe)
         steps, batch_size = self.steps, self.batch_size
@@ -158,7 +161,17 @@ class RunOptions:
             decode=bool(decode),
             dtype=str(denoiser.dtype).removeprefix("torch."),
         )
-        return request, fresh
+        family_loop = family_of(pipe, request)
+        if family_loop.flow_matching and schedulers.sample_convention(fresh) != "flow":
+            raise ValueError(f"{type(pipe).__name__} is a flow-matching model: {type(fresh).__name__} would "
+                             "denoise it with the wrong sample convention. Use 'flow-euler' "
+                             "(FlowMatchEulerDiscreteScheduler) or another flow-matching scheduler.")
+        family_loop.check()
+        return replace(request, timestep_options=family_loop.timestep_options(fresh)), fresh
+
+
+#: The families conditioned on text prompts.
+_TEXT_TO_IMAGE = ("stable-diffusion", "stable-diffusion-xl", "stable-diffusion-3", "flux", "pixart")
 
 
 def _conditions(pipe, family: str, samples, prompts, class_labels):
@@ -176,9 +189,9 @@ def _conditions(pipe, family: str, samples, prompts, class_labels):
         raise ValueError(f"samples must be a positive integer, got {samples!r}.")
     n = _count(samples, prompts, class_labels)
     prompts, class_labels = _repeat(prompts, n), _repeat(class_labels, n)
-    if family in ("stable-diffusion", "stable-diffusion-xl") and prompts is None:
+    if family in _TEXT_TO_IMAGE and prompts is None:
         raise ValueError(f"A {type(pipe).__name__} needs prompts=[...] (use [''] for unconditional samples).")
-    if family not in ("stable-diffusion", "stable-diffusion-xl") and prompts is not None:
+    if family not in _TEXT_TO_IMAGE and prompts is not None:
         raise ValueError(f"{type(pipe).__name__} takes no prompts; it takes class_labels or samples.")
     if family == "dit" and class_labels is None:
         raise ValueError("A DiTPipeline needs class_labels=[...].")
@@ -202,7 +215,10 @@ class TraceRequest:
     """A validated run of one pipeline (:meth:`RunOptions.request`): the run store's ``attrs["run"]``.
 
     Besides the options it records what they resolved to on this pipeline (family, classes and
-    configs of the denoiser and the scheduler, the seeds of every sample, the guidance scale).
+    configs of the denoiser and the scheduler, the seeds of every sample, the guidance scale, and
+    ``timestep_options``: what the pipeline passes to ``scheduler.set_timesteps`` besides the step
+    count, e.g. Flux's sigmas and resolution-dependent shift ``mu``, so that the schedule can be
+    rebuilt from the store, :func:`denoisefeat.schedulers.set_timesteps`).
     """
 
     model_id: str
@@ -225,14 +241,22 @@ class TraceRequest:
     decode: bool
     dtype: str
     extra: dict = field(default_factory=dict)
+    timestep_options: dict = field(default_factory=dict)
 
     @property
     def n_samples(self) -> int:
         return len(self.seeds)
 
     def as_attrs(self) -> dict:
-        """The request as the JSON-able mapping stored in the run's ``attrs["run"]``."""
-        return asdict(self)
+        """The request as the JSON-able mapping stored in the run's ``attrs["run"]``.
+
+        ``timestep_options`` is left out where it is empty (every family but SD3 with dynamic shifting
+        and Flux), so that stores written before it existed still resume.
+        """
+        attrs = asdict(self)
+        if not attrs["timestep_options"]:
+            del attrs["timestep_options"]
+        return attrs
 
 
 def _count(samples, prompts, class_labels) -> int:

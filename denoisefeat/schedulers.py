@@ -40,6 +40,7 @@ __all__ = [
     "predicted_original_sample",
     "sample_convention",
     "scale_model_input",
+    "set_timesteps",
 ]
 
 #: Short names accepted wherever a scheduler is chosen (``trace(..., scheduler="euler")``, CLI, job specs).
@@ -137,6 +138,29 @@ def make_scheduler(name_or_scheduler, *, base_config=None):
         )
         return scheduler
     return cls.from_config(config)
+
+
+def set_timesteps(scheduler, steps: int, *, device=None, options=None) -> None:
+    """``scheduler.set_timesteps`` as the pipeline calls it: the step count and the pipeline's own options.
+
+    Parameters
+    ----------
+    scheduler : diffusers scheduler
+    steps : int
+        ``num_inference_steps``.
+    device : str or torch.device, optional
+        Where the timesteps go.
+    options : mapping, optional
+        The run's ``timestep_options`` (:class:`denoisefeat.options.TraceRequest`): custom ``sigmas``
+        (then, as diffusers' ``retrieve_timesteps`` does, the step count is their length) and the
+        resolution-dependent shift ``mu`` of flow-matching schedulers with ``use_dynamic_shifting``.
+    """
+    options = dict(options or {})
+    if options.get("sigmas") is not None:
+        scheduler.set_timesteps(device=device, **options)
+    else:
+        options.pop("sigmas", None)
+        scheduler.set_timesteps(int(steps), device=device, **options)
 
 
 def scale_model_input(scheduler, sample: torch.Tensor, timestep) -> torch.Tensor:
@@ -253,7 +277,9 @@ def noise_level(scheduler, *, timestep, step_index: int) -> NoiseLevel:
     return NoiseLevel(signal=alpha_bar**0.5, noise=(1.0 - alpha_bar) ** 0.5)
 
 
-def loop_noise_levels(scheduler_class: str, scheduler_config: dict, steps: int) -> list[NoiseLevel]:
+def loop_noise_levels(
+    scheduler_class: str, scheduler_config: dict, steps: int, *, timestep_options=None
+) -> list[NoiseLevel]:
     """The :func:`noise_level` of every loop step of a run, from the scheduler its attributes name.
 
     Parameters
@@ -262,6 +288,9 @@ def loop_noise_levels(scheduler_class: str, scheduler_config: dict, steps: int) 
         ``run.attrs["scheduler_class"]`` and ``run.attrs["scheduler_config"]``.
     steps : int
         ``run.attrs["steps"]`` (``num_inference_steps``).
+    timestep_options : mapping, optional
+        ``run.attrs.get("timestep_options")``: the pipeline's options of ``set_timesteps`` (Flux's
+        sigmas and shift), see :func:`set_timesteps`.
 
     Returns
     -------
@@ -269,7 +298,7 @@ def loop_noise_levels(scheduler_class: str, scheduler_config: dict, steps: int) 
         One per loop step (one per denoiser call: Heun's doubled schedule included).
     """
     scheduler = make_scheduler(scheduler_class, base_config=scheduler_config)
-    scheduler.set_timesteps(int(steps))
+    set_timesteps(scheduler, int(steps), options=timestep_options)
     return [noise_level(scheduler, timestep=t, step_index=i) for i, t in enumerate(scheduler.timesteps)]
 
 

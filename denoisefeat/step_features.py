@@ -345,10 +345,8 @@ def _signal_scales(store) -> np.ndarray | None:
 
     attrs = store.run_attrs
     try:
-        scheduler = schedulers.make_scheduler(attrs["scheduler_class"], base_config=attrs["scheduler_config"])
-        scheduler.set_timesteps(int(attrs["steps"]))
-        timesteps = scheduler.timesteps
-        levels = [schedulers.noise_level(scheduler, timestep=t, step_index=i) for i, t in enumerate(timesteps)]
+        levels = schedulers.loop_noise_levels(attrs["scheduler_class"], attrs["scheduler_config"], attrs["steps"],
+                                              timestep_options=attrs.get("timestep_options"))
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         warnings.warn(f"band_snr_measured left NaN: cannot rebuild the run's scheduler ({error}).", stacklevel=3)
         return None

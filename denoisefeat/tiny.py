@@ -2,8 +2,10 @@
 
 They load nothing from a hub and build in well under a second on a CPU, as the pipelines in
 diffusers' own tests do: use them to try the API, to test code paths, and as the built-in model
-names ``"tiny-unet"``, ``"tiny-class-unet"``, ``"tiny-sd"``, ``"tiny-sdxl"`` and ``"tiny-dit"``
-of :func:`denoisefeat.models.load_pipeline`.  Their weights are random: they make noise, not
+names ``"tiny-unet"``, ``"tiny-class-unet"``, ``"tiny-sd"``, ``"tiny-sdxl"``, ``"tiny-dit"``,
+``"tiny-sd3"``, ``"tiny-flux"`` and ``"tiny-pixart"`` of :func:`denoisefeat.models.load_pipeline`.
+The text encoders are built from configs and the tokenizers from in-memory vocabularies
+(character-level CLIP and T5 tokenizers), so nothing is downloaded.  Their weights are random: they make noise, not
 pictures.  The trained model to study is ``load_pipeline("toy")``.
 
 Every builder is deterministic: the same ``seed`` gives the same weights, and the global torch
@@ -21,7 +23,11 @@ __all__ = [
     "TINY_BUILDERS",
     "tiny_class_unet_pipeline",
     "tiny_clip_tokenizer",
+    "tiny_t5_tokenizer",
     "tiny_dit_pipeline",
+    "tiny_flux_pipeline",
+    "tiny_pixart_pipeline",
+    "tiny_sd3_pipeline",
     "tiny_sd_pipeline",
     "tiny_sdxl_pipeline",
     "tiny_unet_pipeline",
@@ -50,6 +56,24 @@ def tiny_clip_tokenizer(*, max_length: int = 16):
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
 
 
+def tiny_t5_tokenizer():
+    """A character-level T5 (Unigram) tokenizer built in memory (lower-case ASCII text; no download).
+
+    Every character is a piece, and a word-initial character is the piece ``"▁" + c``, as
+    SentencePiece marks word starts; ids 0, 1 and 2 are ``<pad>``, ``</s>`` and ``<unk>`` as in T5.
+
+    Returns
+    -------
+    transformers.T5Tokenizer
+    """
+    from transformers import T5Tokenizer
+
+    chars = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [(c, -3.0) for c in chars] + [("\u2581" + c, -2.5) for c in chars]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
 @contextlib.contextmanager
 def _seeded(seed: int):
     """Seed torch's CPU RNG for the block and restore the caller's RNG state afterwards."""
@@ -58,10 +82,11 @@ def _seeded(seed: int):
         yield
 
 
-def _tiny_vae(*, latent_channels: int = 4):
+def _tiny_vae(*, latent_channels: int = 4, **options):
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
+        **options,
         block_out_channels=(8, 16),
         in_channels=3,
         out_channels=3,
@@ -108,6 +133,21 @@ def _tiny_clip_text(*, projection: bool = False, hidden: int = 16, projection_di
     )
     model = CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
     return model.eval(), tokenizer
+
+
+def _tiny_t5_text(*, d_model: int = 32):
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = tiny_t5_tokenizer()
+    config = T5Config(
+        vocab_size=len(tokenizer.get_vocab()), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2,
+        num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )
+    return T5EncoderModel(config).eval(), tokenizer
+
+
+#: The VAE of SD3 and Flux: shifted and scaled latents (``z / scaling + shift`` is decoded), no quant convs.
+_FLOW_VAE = {"shift_factor": 0.0609, "scaling_factor": 1.5035, "use_quant_conv": False, "use_post_quant_conv": False}
 
 
 def tiny_unet_pipeline(*, seed: int = 0, prediction_type: str = "epsilon", scheduler: str = "ddim"):
@@ -285,6 +325,113 @@ def tiny_dit_pipeline(*, seed: int = 0):
     return DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler())
 
 
+def tiny_sd3_pipeline(*, seed: int = 0):
+    """A ``StableDiffusion3Pipeline`` (``SD3Transformer2DModel``, joint attention, flow matching), 32×32 images.
+
+    Two CLIP text encoders with projection and a T5 encoder, as SD3; two joint transformer blocks
+    (the last one ``context_pre_only``, as in every SD3), patch size 2 on 16×16 latents (64 image
+    tokens); ``FlowMatchEulerDiscreteScheduler`` with SD3's ``shift=3``.
+
+    Parameters
+    ----------
+    seed : int
+        Seeds the random initialisation.
+
+    Returns
+    -------
+    diffusers.StableDiffusion3Pipeline
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    with _seeded(seed):
+        transformer = SD3Transformer2DModel(
+            sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+            num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
+            pooled_projection_dim=16,  # both CLIP projections (8 + 8)
+            pos_embed_max_size=16,
+        ).eval()
+        vae = _tiny_vae(**_FLOW_VAE).eval()
+        text_encoder, tokenizer = _tiny_clip_text(projection=True, projection_dim=8)
+        text_encoder_2, tokenizer_2 = _tiny_clip_text(projection=True, projection_dim=8)
+        text_encoder_3, tokenizer_3 = _tiny_t5_text(d_model=32)  # CLIP hidden states (16 + 16) padded to 32
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+        text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+        text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3,
+    )
+
+
+def tiny_flux_pipeline(*, seed: int = 0):
+    """A guidance-distilled ``FluxPipeline`` (``FluxTransformer2DModel``, packed latents, rotary ids).
+
+    One double-stream and one single-stream block, a guidance embedding (as FLUX.1-dev), a CLIP
+    and a T5 text encoder; 4 latent channels packed 2×2 into 16 (a 32×32 image is 16×16 latents,
+    64 tokens).  Its scheduler shifts sigmas with the image size (``use_dynamic_shifting``), as Flux's.
+    ``FluxPipeline`` makes 256×256 images by default: pass ``height=32, width=32`` for a quick run.
+
+    Parameters
+    ----------
+    seed : int
+        Seeds the random initialisation.
+
+    Returns
+    -------
+    diffusers.FluxPipeline
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    with _seeded(seed):
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=16, out_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=True,
+            axes_dims_rope=(2, 2, 4),
+        ).eval()
+        vae = _tiny_vae(**_FLOW_VAE).eval()
+        text_encoder, tokenizer = _tiny_clip_text()
+        text_encoder_2, tokenizer_2 = _tiny_t5_text(d_model=32)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096,
+        shift=3.0,
+    )
+    return FluxPipeline(
+        transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+    )
+
+
+def tiny_pixart_pipeline(*, seed: int = 0):
+    """A ``PixArtSigmaPipeline`` (``PixArtTransformer2DModel`` with cross-attention to a T5 encoder), 32×32 images.
+
+    Two transformer blocks, patch size 2 on 16×16 latents, a learned variance (``out_channels``
+    twice the latent channels) and ``DPMSolverMultistepScheduler``, as PixArt-Σ.  Its sample size
+    has no aspect-ratio bin: call the pipeline itself with ``use_resolution_binning=False``.
+
+    Parameters
+    ----------
+    seed : int
+        Seeds the random initialisation.
+
+    Returns
+    -------
+    diffusers.PixArtSigmaPipeline
+    """
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+
+    with _seeded(seed):
+        transformer = PixArtTransformer2DModel(
+            sample_size=16, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=2,
+            caption_channels=32, in_channels=4, out_channels=8, cross_attention_dim=16, attention_bias=True,
+            activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+            norm_elementwise_affine=False, norm_eps=1e-6,
+        ).eval()
+        vae = _tiny_vae().eval()
+        text_encoder, tokenizer = _tiny_t5_text(d_model=32)
+    return PixArtSigmaPipeline(
+        transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        scheduler=DPMSolverMultistepScheduler(),
+    )
+
+
 #: Built-in tiny model names → builder.
 TINY_BUILDERS = {
     "tiny-unet": tiny_unet_pipeline,
@@ -292,4 +439,7 @@ TINY_BUILDERS = {
     "tiny-sd": tiny_sd_pipeline,
     "tiny-sdxl": tiny_sdxl_pipeline,
     "tiny-dit": tiny_dit_pipeline,
+    "tiny-sd3": tiny_sd3_pipeline,
+    "tiny-flux": tiny_flux_pipeline,
+    "tiny-pixart": tiny_pixart_pipeline,
 }

@@ -137,9 +137,9 @@ def _numpy(x: torch.Tensor) -> np.ndarray:
     return x.detach().float().cpu().numpy()
 
 
-def _schedule(scheduler, steps: int, device) -> dict[str, np.ndarray]:
+def _schedule(scheduler, request: TraceRequest, device) -> dict[str, np.ndarray]:
     """Timesteps, sigmas and ᾱ of every loop step (Heun's doubled schedule included)."""
-    scheduler.set_timesteps(steps, device=device)
+    schedulers.set_timesteps(scheduler, request.steps, device=device, options=request.timestep_options)
     timesteps = scheduler.timesteps
     coords = {"timestep": np.asarray(_numpy(timesteps), dtype=np.float64)}
     sigmas = getattr(scheduler, "sigmas", None)
@@ -181,7 +181,7 @@ class DenoisingLoop:
         self.request = request
         self.family: PipelineFamily = family_of(pipe, request)
         self.template = scheduler
-        self.coords = _schedule(scheduler, request.steps, self.family.device)
+        self.coords = _schedule(scheduler, request, self.family.device)
         self.n_steps = len(self.coords["timestep"])
         self.clock = clock or StepClock()
         self.calls = 0
@@ -221,7 +221,8 @@ class DenoisingLoop:
         generators = [torch.Generator(device=self.family.device).manual_seed(s) for s in self.request.seeds[samples]]
         if start is None:
             scheduler = copy.deepcopy(self.template)
-            scheduler.set_timesteps(self.request.steps, device=self.family.device)
+            schedulers.set_timesteps(scheduler, self.request.steps, device=self.family.device,
+                                     options=self.request.timestep_options)
             return 0, self.family.initial_sample(generators, scheduler), scheduler, generators
         for generator, state in zip(generators, start.generator_states, strict=True):
             generator.set_state(state)
@@ -382,7 +383,7 @@ def trace(
     pipe : diffusers.DiffusionPipeline
         From :func:`denoisefeat.load_pipeline` or diffusers directly.  Supported: DDPM/DDIM
         pipelines, :class:`~denoisefeat.pipelines.ClassConditionalImagePipeline`, Stable Diffusion
-        1.x/2.x, SDXL and DiT.
+        1.x/2.x, SDXL, DiT, Stable Diffusion 3, Flux and PixArt-Σ.
     store : str or path, optional
     overwrite : bool
         Replace an existing denoisefeat store at ``store``.  The new store is written beside the

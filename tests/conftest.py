@@ -14,8 +14,9 @@ torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.
 def tiny_pipes():
     """Every tiny pipeline family, built once per session (they are never modified by tests)."""
     from denoisefeat.models import load_pipeline
+    from denoisefeat.tiny import TINY_BUILDERS
 
-    return {name: load_pipeline(name) for name in ("tiny-unet", "tiny-class-unet", "tiny-sd", "tiny-sdxl", "tiny-dit")}
+    return {name: load_pipeline(name) for name in TINY_BUILDERS}
 
 
 @pytest.fixture(scope="module")

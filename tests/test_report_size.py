@@ -112,3 +112,22 @@ def test_report_refuses_a_budget_below_its_plots(run, tmp_path):
     for bad in (0, -3, float("nan"), "25"):
         with pytest.raises(ValueError, match="max_mb must be a positive number"):
             build_report(run, tmp_path / "r.html", max_mb=bad)
+
+
+def test_the_reports_spectra_equal_an_independent_float64_computation(run):
+    """The report computes RAPSD and wavelet energies in float32 torch (fast at 512 px): equal, to float32
+    rounding, to numpy's FFT binned by radius and PyWavelets' subbands on scikit-image's luminance."""
+    import pywt
+
+    from denoisefeat.viz.report import _run_spectra
+
+    spectra = _run_spectra(run)
+    gray = rgb2gray(np.moveaxis(np.clip(np.asarray(run["images"].values, np.float64), 0, 1), -3, -1))
+    power = np.abs(np.fft.fft2(gray, norm="ortho")) ** 2
+    f = np.hypot(*np.meshgrid(np.fft.fftfreq(SIZE), np.fft.fftfreq(SIZE), indexing="ij"))
+    ring = np.floor(f * SIZE + 0.5).astype(int)  # default bins: one per integer radius, spacing 1 / SIZE
+    rapsd = np.stack([power[..., ring == k].mean(-1) for k in range(SIZE // 2 + 1)], -1)
+    np.testing.assert_allclose(spectra["rapsd"].values, rapsd, rtol=2e-4, atol=1e-9 * rapsd.max())
+    coeffs = pywt.wavedec2(gray, "haar", mode="periodization", axes=(-2, -1))
+    finest = np.stack([(c ** 2).sum((-2, -1)) for c in coeffs[-1]], -1)  # level 1: (H, V, D)
+    np.testing.assert_allclose(spectra["wavelet_energy"].sel(level=1).values[..., :3], finest, rtol=2e-4)

@@ -135,7 +135,8 @@ def band_snr(run, *, reference=None, bands=DEFAULT_BANDS, n_boot: int = 1000, al
     if len(source) < 2 or len(final) < 2:
         raise ValueError("band_snr's intervals resample samples: the run and the reference need at least 2.")
     attrs = run.attrs
-    levels = loop_noise_levels(attrs["scheduler_class"], attrs["scheduler_config"], attrs["steps"])
+    levels = loop_noise_levels(attrs["scheduler_class"], attrs["scheduler_config"], attrs["steps"],
+                               timestep_options=attrs.get("timestep_options"))
     if len(levels) != xt.shape[1]:
         raise ValueError(f"The run's scheduler gives {len(levels)} steps, the store holds {xt.shape[1]}.")
     alpha_bar = np.array([level.alpha_bar for level in levels])

@@ -35,7 +35,7 @@ from denoisefeat.frequency import DEFAULT_BANDS, band_energy
 from denoisefeat.metrics import compute_metrics
 from denoisefeat.models import denoiser_of
 from denoisefeat.options import RunOptions
-from denoisefeat.schedulers import loop_noise_levels
+from denoisefeat.schedulers import loop_noise_levels, set_timesteps
 from denoisefeat.trajectory import DenoisingLoop, LoopState, PrefixCache
 
 __all__ = ["METHOD", "SAMPLE", "NoiseKick", "perturbation_timing"]
@@ -83,7 +83,7 @@ def _initial_state(loop: DenoisingLoop, samples: slice) -> LoopState:
     request, family = loop.request, loop.family
     generators = [torch.Generator(device=family.device).manual_seed(s) for s in request.seeds[samples]]
     scheduler = copy.deepcopy(loop.template)
-    scheduler.set_timesteps(request.steps, device=family.device)
+    set_timesteps(scheduler, request.steps, device=family.device, options=request.timestep_options)
     x = family.initial_sample(generators, scheduler)
     return LoopState(0, x, scheduler, [g.get_state() for g in generators])
 
@@ -198,7 +198,8 @@ def perturbation_timing(
     if request.n_samples < 2:
         raise ValueError(f"Paired statistics need at least 2 samples, got {request.n_samples}.")
     loop = DenoisingLoop(pipe, request, scheduler)
-    levels = loop_noise_levels(request.scheduler_class, request.scheduler_config, request.steps)
+    levels = loop_noise_levels(request.scheduler_class, request.scheduler_config, request.steps,
+                               timestep_options=request.timestep_options)
     grid = _grid(at_steps, loop.n_steps)
     chunks = loop.chunks(options.batch_size)
     prefixes = PrefixCache(grid)  # the clean run keeps its state before every k > 0

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from denoisefeat.hooks._manager import HookManager
-from denoisefeat.hooks.layers import first_tensor, layer_name, resolve_layers
+from denoisefeat.hooks.layers import first_tensor, layer_name, main_output_index, resolve_layers
 from denoisefeat.models import denoiser_of
 from denoisefeat.steps import BRANCHES, StepClock, steps_selection, uncond_cond
 
@@ -238,7 +238,8 @@ class intervene(HookManager):
             active = [e for e in edits if step is not None and (e.steps is None or step in e.steps)]
             if not active:
                 return None
-            tensor = first_tensor(output)
+            index = main_output_index(module)
+            tensor = first_tensor(output, index=index)
             edited = tensor
             for edit in active:
                 rows = self._rows(edit, tensor.shape[0])
@@ -261,7 +262,7 @@ class intervene(HookManager):
                 return None
             if torch.is_tensor(output):
                 return edited
-            return (edited, *output[1:])
+            return (*output[:index], edited, *output[index + 1:])
 
         return hook
 

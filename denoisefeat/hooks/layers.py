@@ -25,6 +25,7 @@ __all__ = [
     "first_tensor",
     "layer_name",
     "list_layers",
+    "main_output_index",
     "probe_layers",
     "resolve_layers",
     "top_level_layers",
@@ -217,6 +218,27 @@ def dummy_inputs(denoiser: torch.nn.Module, *, batch: int = 1, size: int | None 
                 "text_embeds": torch.zeros(batch, text_dim, device=device, dtype=dtype),
                 "time_ids": torch.zeros(batch, n_time, device=device, dtype=dtype),
             }
+    elif name in ("SD3Transformer2DModel", "PixArtTransformer2DModel"):
+        text = config.get("joint_attention_dim") or config.get("caption_channels")
+        kwargs = {"hidden_states": sample, "timestep": kwargs["timestep"],
+                  "encoder_hidden_states": torch.zeros(batch, 4, text, device=device, dtype=dtype)}
+        if name == "SD3Transformer2DModel":
+            kwargs["pooled_projections"] = torch.zeros(batch, config.pooled_projection_dim, device=device, dtype=dtype)
+        else:
+            kwargs["added_cond_kwargs"] = {"resolution": None, "aspect_ratio": None}
+    elif name == "FluxTransformer2DModel":  # packed latent tokens on a (size/2)² grid, rotary position ids
+        side = max(1, size // 2)
+        ids = torch.zeros(side, side, 3)
+        ids[..., 1], ids[..., 2] = torch.arange(side)[:, None], torch.arange(side)[None, :]
+        tokens = torch.randn(batch, side * side, config.in_channels, generator=generator).to(device, dtype)
+        text = torch.zeros(batch, 4, config.joint_attention_dim, device=device, dtype=dtype)
+        kwargs = {"hidden_states": tokens, "timestep": torch.full((batch,), 0.5, device=device, dtype=dtype),
+                  "encoder_hidden_states": text,
+                  "pooled_projections": torch.zeros(batch, config.pooled_projection_dim, device=device, dtype=dtype),
+                  "txt_ids": torch.zeros(4, 3, device=device, dtype=dtype),
+                  "img_ids": ids.reshape(-1, 3).to(device, dtype)}
+        if config.get("guidance_embeds"):
+            kwargs["guidance"] = torch.full((batch,), 3.5, device=device, dtype=torch.float32)
     elif "Transformer" in name:
         kwargs = {"hidden_states": sample, "timestep": kwargs["timestep"]}
         if config.get("num_embeds_ada_norm") is not None:
@@ -271,17 +293,42 @@ def list_layers(
     return infos
 
 
-def first_tensor(output):
-    """The tensor a hook records for a module output: itself, or the first element of a tuple/list.
+#: Blocks whose tuple output puts the image tokens second: diffusers' joint (MMDiT) blocks of SD3 and
+#: Flux return ``(encoder_hidden_states, hidden_states)`` (the text stream first; SD3's last block
+#: returns ``None`` for it).
+_IMAGE_SECOND = frozenset({"JointTransformerBlock", "FluxTransformerBlock", "FluxSingleTransformerBlock"})
+
+
+def main_output_index(module: torch.nn.Module) -> int:
+    """Which element of ``module``'s tuple output is its main (image-token) output.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+
+    Returns
+    -------
+    int
+        1 for the joint transformer blocks of SD3 and Flux (``(encoder_hidden_states, hidden_states)``),
+        else 0.
+    """
+    return 1 if type(module).__name__ in _IMAGE_SECOND else 0
+
+
+def first_tensor(output, *, index: int = 0):
+    """The tensor a hook records for a module output: itself, or element ``index`` of a tuple/list.
 
     diffusers blocks return tuples: down blocks return ``(hidden_states, skip_states)``, attention
     processors and transformer blocks return a tensor or ``(tensor,)``; ``BaseOutput``-style outputs
-    expose ``.sample``.  The first tensor is the block's main output.
+    expose ``.sample``.  The first tensor is the block's main output, except in the joint blocks of
+    SD3 and Flux, which return the text stream first (:func:`main_output_index`).
 
     Parameters
     ----------
     output : object
         What a module's forward returned.
+    index : int
+        Which element of a tuple output is the main one.
 
     Returns
     -------
@@ -290,8 +337,8 @@ def first_tensor(output):
     """
     if torch.is_tensor(output):
         return output
-    if isinstance(output, (tuple, list)) and output and torch.is_tensor(output[0]):
-        return output[0]
+    if isinstance(output, (tuple, list)) and len(output) > index and torch.is_tensor(output[index]):
+        return output[index]
     sample = getattr(output, "sample", None)
     if torch.is_tensor(sample):
         return sample
@@ -323,7 +370,7 @@ def probe_layers(denoiser, names: Sequence[str], *, size) -> tuple[dict[str, tup
     def make_hook(name):
         def hook(module, args, output):
             order.setdefault(name, len(order))
-            tensor = first_tensor(output)
+            tensor = first_tensor(output, index=main_output_index(module))
             if tensor is not None and name not in shapes:
                 shapes[name] = tuple(tensor.shape[1:])
 

@@ -72,16 +72,17 @@ class NNsightForward:
             raise ValueError(f"Layers {missing} did not run in a forward pass; nnsight cannot reach them.")
         self.layers = sorted(hooks, key=order.__getitem__)
         self.hooks = hooks
+        self.modules = dict(denoiser.named_modules())  # the hooks read which output is the main one from the module
         self.model = NNsight(denoiser)
 
     def __call__(self, *args, **kwargs):
-        model, layers, hooks = self.model, self.layers, self.hooks
+        model, layers, hooks, modules = self.model, self.layers, self.hooks, self.modules
         with torch.no_grad():
             with model.trace(*args, **kwargs):
                 for name in layers:
                     envoy = _envoy(model, name)
                     output = envoy.output
-                    edited = hooks[name](None, (), output)
+                    edited = hooks[name](modules[name], (), output)
                     if edited is not None:
                         envoy.output = edited
                 result = model.output.save()

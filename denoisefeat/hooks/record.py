@@ -7,7 +7,9 @@ What a hook keeps
 -----------------
 * the module's output — or its first positional input with ``inputs=True``;
 * for tuple outputs the first element (diffusers' down blocks return ``(hidden_states,
-  skip_states)``, the hidden states are kept; see :func:`~denoisefeat.hooks.layers.first_tensor`);
+  skip_states)``, the hidden states are kept; see :func:`~denoisefeat.hooks.layers.first_tensor`),
+  and for the joint blocks of SD3 and Flux, which return ``(encoder_hidden_states, hidden_states)``,
+  the image tokens (:func:`~denoisefeat.hooks.layers.main_output_index`);
 * token outputs ``(batch, token, channel)`` are stored channel-first ``(batch, channel, token)``;
 * under classifier-free guidance the doubled batch is split and stored along a ``branch`` axis,
   always ordered ``("uncond", "cond")`` whatever order the pipeline uses.
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 from denoisefeat.hooks._manager import HookManager
-from denoisefeat.hooks.layers import LayerInfo, first_tensor, resolve_layers
+from denoisefeat.hooks.layers import LayerInfo, first_tensor, main_output_index, resolve_layers
 from denoisefeat.hooks.reducers import Reducer, band_coords, get_reducer
 from denoisefeat.models import denoiser_of
 from denoisefeat.steps import BRANCHES, StepClock, steps_selection, uncond_cond
@@ -169,7 +171,7 @@ class record(HookManager):
             step = self.clock.step
             if step is None or (self.steps is not None and step not in self.steps):
                 return None
-            tensor = args[0] if self.inputs else first_tensor(output)
+            tensor = args[0] if self.inputs else first_tensor(output, index=main_output_index(module))
             if tensor is None:
                 return None
             with torch.no_grad():
