@@ -6,7 +6,9 @@
 1. **Agreement** on the exact scan's grid: the 7 top-level blocks (down, mid, up) x ``--windows`` step windows, the
    default feature groups (surrogates where the metric is not differentiable): Spearman correlation
    of the estimated and the exact effects per feature over the grid's cells (target >= 0.8), and the
-   top cell of each; and within each window (over the blocks).
+   top cell of each; within each window (over the blocks); and the error decomposed on the same
+   edited images: the surrogates' exact changes vs the metrics' (the surrogate's part) and the
+   estimate vs the surrogates' exact changes (the first order's part).
 2. **Cost** at sub-module x step granularity (every ``resnets``/``attentions`` module x every step):
    the estimate's denoiser-equivalent evaluations (forward calls + 2 x backward passes) and wall time,
    vs the exact scan of the same grid: its denoiser calls counted (``EditScan.planned_calls`` with
@@ -52,6 +54,16 @@ print(json.dumps({"steps": int(sys.argv[1]), "peak_above_start_mib": round(mib("
 """
 
 
+def _rho(a, b) -> float | None:
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    keep = np.isfinite(a) & np.isfinite(b)
+    if keep.sum() < 3 or np.ptp(a[keep]) == 0 or np.ptp(b[keep]) == 0:
+        return None
+    return round(float(stats.spearmanr(a[keep], b[keep]).statistic), 3)
+
+
 def _labels(n: int) -> list[int]:
     from denoisefeat.toy.diffshapes import SHAPES, condition_label
 
@@ -71,9 +83,10 @@ def main() -> None:
 
     import denoisefeat as dft
     from denoisefeat.analyses import ablation_scan
-    from denoisefeat.analyses.attribution_patching import agreement, attribution_patching
+    from denoisefeat.analyses.attribution_patching import agreement, attribution_patching, feature_changes
     from denoisefeat.analyses.scan import EditScan
     from denoisefeat.hooks import Edit, list_layers, top_level_layers
+    from denoisefeat.metrics import compute_metrics
     from denoisefeat.options import RunOptions
 
     memory = []
@@ -102,7 +115,27 @@ def main() -> None:
 
         for feature, agreed in agreement(cells(estimated), cells(exact)).items():
             within.setdefault(feature, {})[f"{start}:{stop}"] = agreed["spearman"]
+    # where the disagreement comes from: the surrogates' exact changes on the same edited images
+    names = list(dict.fromkeys(estimated["feature"]))
+    scan = EditScan(pipe, RunOptions.of(run, caller="benchmark"))
+    grid = [(layer, start, stop) for layer in blocks for start, stop in windows]
+    edits = [Edit(layer=layer, method=args.method, steps=range(start, stop)) for layer, start, stop in grid]
+    clean = scan.run_base(edits)
+    base = compute_metrics(clean, clean, names=names)
+    metric, surrogate = {n: [] for n in names}, {n: [] for n in names}
+    for edited in scan.run_edits(edits):
+        values, changes = compute_metrics(edited, clean, names=names), feature_changes(edited, clean)
+        for n in names:
+            metric[n].append(float(np.nanmean(values[n] - base[n])))
+            surrogate[n].append(float(np.mean(changes[n])))
+    est = {(r.feature, r.layer, r.step_start, r.step_stop): r.effect for r in estimated.itertuples()}
+    decomposition = {}
+    for n in names:
+        first = [est[(n, *cell)] for cell in grid]
+        decomposition[n] = {"surrogate_vs_metric": _rho(surrogate[n], metric[n]),
+                            "estimate_vs_surrogate": _rho(first, surrogate[n])}
     result["blocks_x_windows"] = {
+        "spearman_decomposed": decomposition,
         "cells": len(blocks) * args.windows,
         "agreement": agreement(estimated, exact),
         "spearman_within_each_window": within,

@@ -21,6 +21,7 @@ from denoisefeat.analyses.attribution_patching import (
     agreement,
     attribution_patching,
     attribution_study,
+    feature_changes,
 )
 from denoisefeat.hooks import Edit
 from denoisefeat.metrics import FEATURE_GROUPS
@@ -99,6 +100,30 @@ def test_the_planted_modules_rank_first_for_each_feature_group():
     assert (frame["method"] == "attribution_patching:zero").all() and frame["disruption"].isna().all()
     assert set(frame.loc[frame["surrogate"] != "", "feature"]) == {"texture_spectrum_distance",
                                                                    "object_mask_iou", "object_color_distance"}
+
+
+def test_the_surrogates_rank_the_planted_modules_like_their_metrics():
+    """Exact ablations of the planted modules in the last steps: each surrogate's change orders the two
+    modules as its metric's own change does (the surrogate's part of the estimate's error, apart from
+    the first order)."""
+    from denoisefeat.metrics import compute_metrics
+
+    pipe = dft.load_pipeline("planted")
+    run = dict(samples=6, steps=12, seed=0, keep=())
+    clean = dft.trace(pipe, **run)["final"].values.astype(np.float64)
+    by_layer = {}
+    for layer in LAYERS:
+        edited = dft.trace(pipe, intervene=Edit(layer, "zero", steps=range(9, 12)), **run)["final"].values
+        edited = np.clip(edited.astype(np.float64), 0, 1)
+        metric = compute_metrics(edited, clean, names=[n for g in FEATURE_GROUPS.values() for n in g])
+        surrogate = feature_changes(edited, clean)
+        base = compute_metrics(clean, clean, names=list(metric))
+        by_layer[layer] = {name: (float(np.mean(metric[name] - base[name])), float(np.mean(surrogate[name])))
+                           for name in metric}
+    for name in by_layer["layout"]:
+        (m_layout, s_layout), (m_detail, s_detail) = by_layer["layout"][name], by_layer["detail"][name]
+        assert (abs(m_layout) > abs(m_detail)) == (abs(s_layout) > abs(s_detail)), (name, by_layer)
+        assert np.sign(s_layout) in (0, np.sign(m_layout)) and np.sign(s_detail) in (0, np.sign(m_detail)), name
 
 
 def test_the_study_scans_the_top_cells_exactly_and_reports_agreement(linear, tmp_path):

@@ -96,6 +96,7 @@ __all__ = [
     "NonDifferentiableFeatureError",
     "agreement",
     "attribution_patching",
+    "feature_changes",
     "attribution_study",
 ]
 
@@ -227,6 +228,32 @@ def _changes(features: list[_Feature], estimated: torch.Tensor, clean: torch.Ten
         out[f.name] = f.change(est, ref).reshape(*lead, estimated.shape[-2]).double().cpu().numpy()
         start = stop
     return out
+
+
+def feature_changes(images, reference, *, features=("edges", "texture", "shape", "color")) -> dict[str, np.ndarray]:
+    """Each feature's change from ``reference`` to ``images``, measured as attribution patching measures it.
+
+    What the first-order estimate approximates: ``D(φ(images), φ(reference))`` with each feature's
+    descriptor ``φ`` and change ``D`` (module notes), the surrogate's where the metric has one.
+    Comparing it with the metric's own change on exactly edited images checks how well a surrogate
+    ranks like its metric, apart from the first-order error.
+
+    Parameters
+    ----------
+    images, reference : array_like or torch.Tensor, shape (n, 3, H, W)
+        RGB in [0, 1] (e.g. ablated and clean final images of the same samples).
+    features : str, sequence of str or mapping
+        As for :func:`attribution_patching`.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``{feature: (n,) changes}``, float64.
+    """
+    feats = _resolve(features)
+    x, ref = (torch.as_tensor(np.asarray(a, dtype=np.float64)) for a in (images, reference))
+    with torch.no_grad():
+        return _changes(feats, _descriptors(feats, x, ref).double(), _descriptors(feats, ref, ref).double())
 
 
 # ---------------------------------------------------------------------------------------------
