@@ -154,3 +154,5 @@ def test_patching_command_stores_the_estimate_and_verifies_its_top_cells(tmp_pat
                                                                               "ablation:zero"}
     assert "has no smooth surrogate" in _error(["attribute", "patching", "planted", "--out", str(tmp_path / "x.zarr"),
                                                 "--layer", "layout", "--features", "edge_density", *SMALL])
+    assert "keeps past model outputs" in _error(["attribute", "patching", "planted", "--out", str(tmp_path / "y.zarr"),
+                                                 "--layer", "layout", "--scheduler", "dpm++", *SMALL])

@@ -115,8 +115,8 @@ class LayerOutputError(ValueError):
     """A layer whose output carries no tensor to differentiate."""
 
 
-class GraphBreakError(RuntimeError):
-    """A step of the sampling chain that does not carry the autograd graph (detached, in-place)."""
+class GraphBreakError(ValueError):
+    """A scheduler or denoiser whose steps cannot be differentiated (detached, in-place, multistep history)."""
 
 
 # ---------------------------------------------------------------------------------------------
