@@ -170,6 +170,9 @@ def extract(
         help="LAYER=REDUCER[,REDUCER] to record (repeatable; globs allowed), e.g. 'mid_block=channel_mean'.",
     ),
     backend: str = typer.Option("torch", "--backend", help="Hook backend for --record: torch or nnsight."),
+    attention: list[str] = typer.Option(
+        None, "--attention",
+        help="Cross-attention layers whose per-token maps to store (repeatable; globs; 'all': every one)."),
     run: dict = None,
 ) -> None:
     """Run MODEL's denoising loop and store every step (x_t, x̂0, decoded image) in a zarr store."""
@@ -181,10 +184,56 @@ def extract(
     pipe = load_pipeline(model, device=device, dtype=torch.float16 if fp16 else None)
     result = trace(
         pipe, store=out, resume=resume, overwrite=overwrite, model_id=model, progress=True,
-        record=parse_record(record), backend=backend, repair=repair, **run,
+        record=parse_record(record), backend=backend, repair=repair, attention=_attention_layers(attention), **run,
     )
     console.print(f"wrote {result.path}", markup=False, highlight=False)
     _print_info(result)
+
+
+def _attention_layers(items: list[str] | None):
+    """``--attention`` values → ``trace(attention=...)``: None, True (``all``) or the layer globs."""
+    if not items:
+        return None
+    return True if items == ["all"] else list(items)
+
+
+@app.command()
+@_friendly
+def contrast(
+    spec: Path = typer.Argument(..., help="A query spec (TOML): factors, levels, template or classes."),
+    model: str = typer.Argument(..., help="Built-in name ('toy', 'tiny-sd', …), a local folder, or a Hub id."),
+    out: Path = typer.Option(..., "--out", "-o", help="The zarr store to write (e.g. query.zarr)."),
+    record: list[str] = typer.Option(
+        None, "--record", "-r", help="LAYER=REDUCER[,REDUCER] to record and contrast (repeatable; globs allowed)."),
+    attention: list[str] = typer.Option(
+        None, "--attention", help="Cross-attention layers whose word maps to contrast (repeatable; 'all')."),
+    steps: int = typer.Option(20, "--steps", "-s", help="Inference steps."),
+    guidance: float = typer.Option(None, "--guidance", help="Guidance scale (default: the pipeline's)."),
+    windows: str = typer.Option("3", "--windows", help="Step windows: a number, or start:stop pairs (0:5,5:20)."),
+    permutations: int = typer.Option(999, "--permutations", help="Permutations per row."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps …"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store."),
+    top: int = typer.Option(3, "--top", help="Rows per factor in the printed summary."),
+) -> None:
+    """Run a feature-specific query (SPEC) on MODEL and store which layers × steps separate each factor."""
+    from denoisefeat.analyses import QuerySpec, run_query, write_attribution
+    from denoisefeat.analyses import contrast as contrast_table
+    from denoisefeat.models import load_pipeline
+
+    query = QuerySpec.from_toml(spec)
+    layers, maps = parse_record(record), _attention_layers(attention)
+    if layers is None and maps is None:
+        raise ValueError("Name what to contrast: --record LAYER=REDUCER and/or --attention LAYER (or all).")
+    pipe = load_pipeline(model, device=device)
+    run = run_query(pipe, query, store=out, overwrite=overwrite, model_id=model, progress=True, steps=steps,
+                    guidance_scale=guidance, keep=("x0",), record=layers, attention=maps)
+    for source, name, wanted in (("activations", "contrast", layers), ("attention", "contrast_attention", maps)):
+        if wanted is None:
+            continue
+        frame = contrast_table(run, query, source=source, windows=_windows(windows), n_permutations=permutations)
+        write_attribution(out, frame, name=name, overwrite=True)
+        _print_top(frame, title=f"{source} contrast → {out}/attribution/{name} ({len(frame)} rows; effect: "
+                                f"η² over its permutation mean)", top=top)
 
 
 def parse_record(items: list[str] | None) -> dict[str, list[str]] | None:

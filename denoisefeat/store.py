@@ -15,6 +15,9 @@ Layout (``S`` samples, ``T`` loop steps; dimension names are stored with each ar
       final   (sample, rgb, height, width)        the pipeline's output, [0, 1]
       complete (sample)                           True once a sample chunk's data is all written
       acts/<layer>/<reducer>  (sample, [branch,] step, ...)   recorded activations
+      attention/<layer>       (sample, step, token, y, x)      cross-attention maps of the conditional
+                                                               branch (:mod:`denoisefeat.hooks.attention`);
+                              group attrs: ``layers``, ``words`` (per prompt: [word, start, stop] token spans)
 
 Concurrency: a writer owns whole sample chunks (``chunk_samples`` consecutive samples); every
 per-sample array is chunked along ``sample`` by ``chunk_samples``, so two writers never touch the
@@ -63,6 +66,7 @@ __all__ = [
     "StepWriter",
     "StoreError",
     "describe_damage",
+    "attention_path",
     "open_run",
 ]
 
@@ -194,6 +198,25 @@ def _head(path: Path, n: int = 4096) -> bytes:
             return f.read(n)
     except OSError:
         return b""
+
+
+#: The group of the cross-attention maps: ``attention/<layer>``.
+ATTENTION = "attention"
+
+
+def attention_path(layer: str) -> str:
+    """The store path of ``layer``'s cross-attention maps.
+
+    Parameters
+    ----------
+    layer : str
+        The attention module's path.
+
+    Returns
+    -------
+    str
+    """
+    return f"{ATTENTION}/{layer}"
 
 
 def _is_coordinate(name: str) -> bool:
@@ -440,7 +463,7 @@ class RunStore:
             except Exception:  # noqa: BLE001  (an undecodable marker is listed as damage of the marker itself)
                 done = np.zeros(0, bool)
         recorded = None
-        if name.startswith("acts/") and "step" in dims:
+        if name.startswith(("acts/", f"{ATTENTION}/")) and "step" in dims:
             steps = (self.run_attrs.get("extra") or {}).get("record_steps")
             recorded = None if steps is None else np.asarray(steps, dtype=np.int64)
             step_axis = dims.index("step")
@@ -689,6 +712,21 @@ class RunStore:
         array = self.ensure_array(name, shape=values.shape, dims=(dim,), dtype=values.dtype, chunks=values.shape)
         array[...] = values
 
+    def declare_attention(self, layers: Sequence[str], words: Mapping[str, Sequence]) -> None:
+        """Describe the ``attention`` group once: its layers and each prompt's word spans.
+
+        Parameters
+        ----------
+        layers : sequence of str
+            The layers whose maps the run stores.
+        words : mapping of str to sequence
+            ``{prompt: [(word, start, stop), ...]}``, token spans in the stored token axis.
+        """
+        group = self.group.require_group(ATTENTION)
+        attrs = _jsonable({"layers": list(layers), "words": {p: [list(w) for w in ws] for p, ws in words.items()}})
+        if dict(group.attrs) != attrs:  # written once: concurrent tasks share this group
+            group.attrs.update(attrs)
+
     def mark_complete(self, samples: slice) -> None:
         """Mark ``samples`` done; call only after all their data is written."""
         self.group["complete"][samples] = True
@@ -896,6 +934,53 @@ class Run:
         if "band" in dims:
             coords["band"] = list(array.attrs.get("bands", []))
         return data.assign_coords(coords)
+
+
+    def attention_layers(self) -> list[str]:
+        """Layers with stored cross-attention maps, in network order."""
+        if ATTENTION not in self.store.group:
+            return []
+        return list(self.store.group[ATTENTION].attrs.get("layers", []))
+
+    def attention_words(self) -> dict[str, list[tuple[str, int, int]]]:
+        """Each prompt's words and their token spans in the maps' ``token`` axis.
+
+        Returns
+        -------
+        dict of str to list of (str, int, int)
+            ``{prompt: [(word, start, stop), ...]}``.
+        """
+        words = self.store.group[ATTENTION].attrs.get("words", {}) if ATTENTION in self.store.group else {}
+        return {p: [(str(w), int(s), int(e)) for w, s, e in spans] for p, spans in words.items()}
+
+    def attention(self, layer: str):
+        """Stored cross-attention maps of ``layer`` as an ``xarray.DataArray`` (sample, step, token, y, x).
+
+        Parameters
+        ----------
+        layer : str
+            An attention module's path (:meth:`attention_layers`).
+
+        Returns
+        -------
+        xarray.DataArray
+        """
+        import difflib
+
+        import xarray as xr
+
+        layers = self.attention_layers()
+        if layer not in layers:
+            close = difflib.get_close_matches(layer, layers, n=3, cutoff=0.4)
+            hint = f" Close: {', '.join(close)}." if close else ""
+            raise KeyError(f"No attention maps stored for {layer!r}.{hint} Stored: {', '.join(layers) or 'none'}.")
+        array = self.store.group[attention_path(layer)]
+        ds = self.dataset
+        coords = {"sample": ds["sample"].values, "step": ds["step"].values}
+        if "timestep" in ds:
+            coords["timestep"] = ("step", ds["timestep"].values)
+        return xr.DataArray(array[...], dims=list(array.metadata.dimension_names), coords=coords,
+                            name=attention_path(layer), attrs=dict(array.attrs))
 
 
 def open_run(path: str | Path, *, allow_incomplete: bool = False) -> Run:

@@ -369,6 +369,8 @@ def trace(
     record=None,
     record_steps=None,
     intervene=None,
+    attention=None,
+    attention_resolution: int = 16,
     backend: str = "torch",
     model_id: str | None = None,
     progress: bool = False,
@@ -404,11 +406,20 @@ def trace(
         ``{"mid_block": "channel_mean", "up_blocks.1": ["spatial_energy", "full"]}``; stored under
         ``acts/<layer>/<reducer>`` with dims ``(sample, [branch,] step, ...)``.
     record_steps : int, range or iterable of int, optional
-        Steps at which to record (default: all); other steps stay NaN.  Recorded outputs are the
-        outputs after any ``intervene`` edits of the same layer.
+        Steps at which to record activations and attention maps (default: all); other steps stay
+        NaN.  Recorded outputs are the outputs after any ``intervene`` edits of the same layer.
     intervene : Edit or sequence of Edit, optional
         Edits applied during the run (:class:`denoisefeat.hooks.Edit`); described in
         ``attrs["run"]["extra"]["interventions"]``.
+    attention : str, sequence of str or True, optional
+        Cross-attention modules (paths or globs; ``True``: all of
+        :func:`denoisefeat.hooks.cross_attention_layers`) whose maps to store under
+        ``attention/<layer>`` ``(sample, step, token, y, x)``: the conditional branch's image-to-text
+        attention probabilities, head-averaged, over the prompts' tokens up to the longest prompt's
+        end token (:mod:`denoisefeat.hooks.attention`; per-word maps: ``hooks.word_maps(run, layer, word)``).
+        The run's output is unchanged by it, bit for bit.
+    attention_resolution : int
+        Largest side of a stored attention map; larger layers are area-averaged down to it.
     backend : {"torch", "nnsight"}
         How ``record``/``intervene`` reach the layers: plain torch forward hooks (default), or an
         nnsight trace of every denoiser call (:mod:`denoisefeat.hooks.nnsight_backend`).  Both give
@@ -466,10 +477,14 @@ def trace(
     loop = DenoisingLoop(pipe, request, scheduler)
     current: dict[str, StepWriter] = {}
     recorder, editor = _hook_managers(pipe, request, record, record_steps, intervene, loop, current)
-    if recorder is not None or editor is not None:
+    maps, words = _attention_recorder(pipe, request, attention, attention_resolution, record_steps, loop, current)
+    if recorder is not None or editor is not None or maps is not None:
+        steps = next((m.steps for m in (recorder, maps) if m is not None), None)
         extra = {"record": None if recorder is None else [[n, r.name] for n, r in recorder.plan],
-                 "record_steps": None if recorder is None or recorder.steps is None else sorted(recorder.steps),
+                 "record_steps": None if steps is None else sorted(steps),
                  "interventions": None if editor is None else editor.describe()}
+        if maps is not None:
+            extra.update(attention=maps.layers, attention_resolution=maps.resolution)
         request = replace(request, extra=extra)
     with contextlib.ExitStack() as lock:
         if store is not None and only_samples is None:  # a cluster task holds its own task lock instead
@@ -485,9 +500,12 @@ def trace(
             acts = run_store.group.require_group("acts")
             if acts.attrs.get("layers") != recorder.layers:  # written once: concurrent tasks share this group
                 acts.attrs["layers"] = recorder.layers
-        managers = [m for m in (editor, recorder) if m is not None]  # edits first: recordings show the edited flow
-        with _hooked(loop, managers, backend), progress_bar(progress, total=len(chunks) * loop.n_steps,
-                                                             label="denoising") as advance:
+        if maps is not None:
+            run_store.declare_attention(maps.layers, words)
+        managers = [m for m in (editor, recorder) if m is not None]  # edits first: records show the edited flow
+        # the maps come from the attention processors, whichever backend reaches the layers' outputs
+        with _hooked(loop, managers, backend), maps or contextlib.nullcontext(), \
+                progress_bar(progress, total=len(chunks) * loop.n_steps, label="denoising") as advance:
             for samples in chunks:
                 _trace_chunk(loop, run_store, samples, current, keep=keep, store_dtype=store_dtype,
                              prefixes=prefixes, advance=advance)
@@ -600,6 +618,36 @@ def _hook_managers(pipe, request, record, record_steps, edits, loop, current):
                 )
         editor.check_seeds(request.seeds)
     return recorder, editor
+
+
+def _attention_recorder(pipe, request, layers, resolution, steps, loop, current):
+    """The attention-map recorder of a trace (not entered) and each prompt's word spans, or ``(None, None)``."""
+    if layers is None or layers is False:
+        return None, None
+    from denoisefeat.hooks.attention import attention_maps, word_spans
+    from denoisefeat.store import attention_path
+
+    # the tokenizer of the text tokens the denoiser attends to: Flux's are T5's (CLIP gives only the pooled vector)
+    tokenizer = getattr(pipe, "tokenizer_2" if request.family == "flux" else "tokenizer", None)
+    if request.prompts is None or tokenizer is None:
+        raise ValueError("attention maps need a text-conditional pipeline traced with prompts; "
+                         f"{type(pipe).__name__} takes none.")
+    words = {prompt: word_spans(tokenizer, prompt) for prompt in dict.fromkeys(request.prompts)}
+    tokens = max(len(tokenizer(prompt).input_ids) for prompt in words)  # start, words, end: no padding
+    n_loop = loop.n_steps
+
+    def sink(layer, step, array):
+        writer = current["writer"]
+        name = attention_path(layer)
+        if not writer.declared(name):
+            writer.declare(name, tail_dims=("token", "y", "x"), dtype="float32", lead_dims=("sample", "step"),
+                           lead_shape=(request.n_samples, n_loop), attrs={"layer": layer, "branch": "cond"},
+                           steps=recorder.steps)
+        writer.append(name, step, array)
+
+    recorder = attention_maps(pipe, None if layers is True else layers, steps=steps_selection(steps, n_loop),
+                              resolution=resolution, tokens=tokens, clock=loop.clock, sink=sink)
+    return recorder, words
 
 
 _DIMS = {

@@ -3,7 +3,7 @@
 The notebooks are written as jupytext percent files (``notebooks/0N_*.py``) and paired with an
 ``.ipynb`` generated from them (``jupytext --to ipynb``).  These tests check that each pair is in
 sync and stored without outputs, compile the GPU notebook (05, not executed here), and execute the
-CPU notebooks 01–04 on the toy model in a fresh kernel.
+CPU notebooks 01–04 on the toy model and 06 on ``tiny-sd`` in a fresh kernel.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import nbformat
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-CPU_NOTEBOOKS = ["01_probe_a_layer", "02_frequency_evolution", "03_attribution", "04_compare_configurations"]
+CPU_NOTEBOOKS = ["01_probe_a_layer", "02_frequency_evolution", "03_attribution", "04_compare_configurations",
+                 "06_prompt_contrast"]
 GPU_NOTEBOOKS = ["05_stable_diffusion_gpu"]
 
 

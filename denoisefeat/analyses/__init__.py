@@ -13,7 +13,11 @@
 * the field's known facts, one analysis each, imported on first use: ``band_snr``
   (coarse-to-fine per-band SNR), ``skip_spectrum`` (skip vs backbone spectra), ``step_similarity``
   (adjacent-step similarity of blocks) and ``perturbation_timing`` (early vs late perturbations), and
-  ``known_facts`` (:mod:`~denoisefeat.analyses.facts`), all four on one model.
+  ``known_facts`` (:mod:`~denoisefeat.analyses.facts`), all four on one model;
+* feature-specific queries: :class:`QuerySpec` (:mod:`~denoisefeat.analyses.query`:
+  prompts or class conditions varying one factor at a time), :func:`run_query` and :func:`contrast`
+  (:mod:`~denoisefeat.analyses.contrast`: which layers × steps and which words' attention maps
+  separate a factor's levels).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from denoisefeat.analyses.ablation import (
 
 # imported eagerly: a lazy name equal to its module's would be shadowed by the module once imported
 from denoisefeat.analyses.attribution_patching import attribution_patching, attribution_study
+from denoisefeat.analyses.contrast import contrast, run_query  # after the module: the name is the function
+from denoisefeat.analyses.query import QuerySpec, QuerySpecError
 from denoisefeat.analyses.table import (
     COLUMNS,
     attribution_names,
@@ -55,6 +61,10 @@ __all__ = [
     "resolve_features",
     "attribution_patching",
     "attribution_study",
+    "QuerySpec",
+    "QuerySpecError",
+    "contrast",
+    "run_query",
     "COLUMNS",
     "attribution_names",
     "benjamini_hochberg",

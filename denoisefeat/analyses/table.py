@@ -87,7 +87,7 @@ TABLE_FORMAT = 2
 #: and its first-order estimate, attribution patching: a change of the feature; correlation and
 #: regression: an association); ``"larger"``: a larger
 #: signed value is better and a negative one is wrong-signed (causal tracing: recovered fraction;
-#: probes: selectivity over the control).
+#: probes: selectivity over the control; contrasts: η² over its permutation mean).
 DIRECTIONS: dict[str, str] = {
     "ablation": "magnitude",
     "causal_tracing": "larger",
@@ -98,6 +98,7 @@ DIRECTIONS: dict[str, str] = {
     "mixedlm": "magnitude",
     "perturbation": "magnitude",
     "attribution_patching": "magnitude",
+    "contrast": "larger",
 }
 
 #: Method families that intervene on the model: their rows carry a disruption and a specificity.

@@ -13,6 +13,10 @@ data:
 * **Attribution** (``attribution/`` group): layer × step-window heatmaps per feature and method, probe
   selectivity maps.
 * **Activations** (``acts/``): step-to-step change of each recorded layer.
+* **Attention maps** (``attention/``): per-word cross-attention maps × steps of the first sample, for
+  at most four layers (:mod:`denoisefeat.viz.attention`).
+* **Contrasts** (attribution rows of method ``contrast:attention``): which prompt words' attention
+  maps separate each factor's levels (the ``contrast:activations`` rows are in **Attribution**).
 * **Known facts** (``facts=``, :func:`denoisefeat.analyses.known_facts`): each fact in one sentence worded
   from its measured numbers and interval, with its figure (:mod:`denoisefeat.viz.facts`).
 
@@ -369,6 +373,46 @@ def _activation_section(run, *, layers) -> _Section:
     return section
 
 
+_MAX_ATTENTION_LAYERS = 4
+_MAX_CONTRAST_FEATURES = 6
+
+
+def _attention_section(run) -> _Section:
+    from denoisefeat.viz.attention import word_step_grid
+
+    section = _Section("attention", "Attention maps",
+                       "Where the image attends to each word of the prompt: the cross-attention probabilities of "
+                       "the image tokens to the word's sub-word tokens (summed), averaged over heads, of the "
+                       "conditional branch, at a few steps.")
+    layers = run.attention_layers()
+    shown = [layers[i] for i in FramePolicy(max_steps=_MAX_ATTENTION_LAYERS).steps(len(layers))]
+    if len(shown) < len(layers):
+        section.notes.append(f"{len(shown)} of the {len(layers)} layers with maps are shown (evenly spaced).")
+    for layer in shown:
+        section.figures.append(_Figure(
+            word_step_grid(run, layer), f"attention_{_slug(layer)}",
+            f"Per-word attention maps of {escape(layer)} for the first sample: words (rows) × steps (columns), "
+            "one colour scale."))
+    return section
+
+
+def _contrast_section(table: pd.DataFrame) -> _Section:
+    from denoisefeat.viz.attention import word_contrast_heatmap
+
+    section = _Section("contrasts", "Contrasts",
+                       "Which words' attention maps separate the levels of each factor of the query (prompts varying "
+                       "one factor at a time): the share of the maps' variance the factor explains beyond chance "
+                       "(excess η², permutation test within the other factors' levels); * marks p_adj < 0.05.")
+    features = list(dict.fromkeys(table["feature"].astype(str)))
+    if len(features) > _MAX_CONTRAST_FEATURES:
+        section.notes.append(f"{_MAX_CONTRAST_FEATURES} of the {len(features)} factors are shown.")
+    for feature in features[:_MAX_CONTRAST_FEATURES]:
+        section.figures.append(_Figure(
+            word_contrast_heatmap(table, feature=feature), f"contrast_{_slug(feature)}",
+            f"Attention contrast of {escape(feature)}: prompt words (rows) × layer and step window (columns)."))
+    return section
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", str(text)).strip("_").lower() or "figure"
 
@@ -607,6 +651,11 @@ def build_report(run, out, *, title: str | None = None, static_dir=None, static_
         notes.append("No per-step features in the store (run `denoisefeat analyze` on it): no feature profiles.")
     if attribution is None:
         attribution = _load_attribution(run, notes)
+    words = None
+    if attribution is not None and "word" in attribution.columns:
+        by_word = attribution["word"].notna() & (attribution["word"].astype(str) != "")
+        words, attribution = attribution[by_word], attribution[~by_word].drop(columns="word")
+        attribution = attribution if len(attribution) else None
     if attribution is not None:
         clean = None
         if attribution_images:
@@ -615,8 +664,12 @@ def build_report(run, out, *, title: str | None = None, static_dir=None, static_
         sections.append(_attribution_section(attribution, layers=layers, images=attribution_images, clean=clean))
     else:
         notes.append("No attribution results in the store (ablation, patching, probes): no attribution maps.")
+    if words is not None and len(words):
+        sections.append(_contrast_section(words))
     if run.layers():
         sections.append(_activation_section(run, layers=layers))
+    if run.attention_layers():
+        sections.append(_attention_section(run))
     if facts is not None:
         sections.append(_facts_section(facts))
     overview = _overview(run)
