@@ -225,7 +225,7 @@ class DenoisingLoop:
         """
         return self.family.to_images(x)
 
-    def _begin(self, samples: slice, start: LoopState | None, lanes: int):
+    def _begin(self, samples: slice, start: LoopState | None, lanes: int = 1):
         seeds = self.request.seeds[samples] * lanes  # lane-major: every lane has every sample's generator
         generators = [torch.Generator(device=self.family.device).manual_seed(s) for s in seeds]
         if start is None:
@@ -280,17 +280,11 @@ class DenoisingLoop:
         torch.Tensor
             The final images ``(lanes * batch, 3, H, W)`` in [0, 1].
         """
-        family, request, clock = self.family, self.request, self.clock
+        family = self.family
         first, x, scheduler, generators = self._begin(samples, start, lanes)
-        key = (samples.start, samples.stop)
-        if key not in self._conditioning:
-            self._conditioning[key] = family.conditioning(samples)
-        halves, n = 2 if family.guided else 1, samples.stop - samples.start
-        cond = {name: value if name in family.shared_inputs else _tiled(value, n, lanes, halves=halves)
-                for name, value in self._conditioning[key].items()}
-        step_kwargs = _step_kwargs(scheduler, generators, request.eta)
-        clock.samples, clock.branches = samples, (family.branches if family.guided else None)
-        clock.lanes = lanes
+        cond = self._cond(samples, lanes)
+        step_kwargs = _step_kwargs(scheduler, generators, self.request.eta)
+        clock = self._set_clock(samples, lanes)
         try:
             for i, t in enumerate(scheduler.timesteps):
                 if i < first:
@@ -298,10 +292,7 @@ class DenoisingLoop:
                 if prefixes is not None and i in prefixes.steps:
                     prefixes.keep(samples, LoopState(i, x.clone(), copy.deepcopy(scheduler),
                                                      [g.get_state() for g in generators]))
-                clock.step = i
-                output = family.model_output(x, t, cond, scheduler)
-                self.calls += 1
-                step = scheduler.step(output, t, x, **step_kwargs)
+                output, step = self._denoise(i, t, x, cond, scheduler, step_kwargs)
                 if on_step is not None:
                     x0 = schedulers.predicted_original_sample(
                         scheduler, step_output=step, model_output=output, sample=x, timestep=t, step_index=i
@@ -314,6 +305,76 @@ class DenoisingLoop:
             clock.step = clock.samples = clock.branches = None
             clock.lanes = 1
         return family.to_images(x)
+
+    def _cond(self, samples: slice, lanes: int = 1) -> dict:
+        """The chunk's conditioning (computed once), tiled for ``lanes`` copies of the chunk."""
+        family, key = self.family, (samples.start, samples.stop)
+        if key not in self._conditioning:
+            self._conditioning[key] = family.conditioning(samples)
+        halves, n = 2 if family.guided else 1, samples.stop - samples.start
+        return {name: value if name in family.shared_inputs else _tiled(value, n, lanes, halves=halves)
+                for name, value in self._conditioning[key].items()}
+
+    def _set_clock(self, samples: slice, lanes: int = 1) -> StepClock:
+        family, clock = self.family, self.clock
+        clock.samples, clock.branches = samples, (family.branches if family.guided else None)
+        clock.lanes = lanes
+        return clock
+
+    def _denoise(self, i: int, t, x: torch.Tensor, cond: dict, scheduler, step_kwargs: dict):
+        """One loop step: the denoiser call at step ``i`` (timestep ``t``), then ``scheduler.step``."""
+        self.clock.step = i
+        output = self.family.model_output(x, t, cond, scheduler)
+        self.calls += 1
+        return output, scheduler.step(output, t, x, **step_kwargs)
+
+    def initial_state(self, samples: slice) -> LoopState:
+        """The loop of the chunk ``samples`` before step 0: the initial noise and a fresh scheduler.
+
+        Parameters
+        ----------
+        samples : slice
+            A chunk of the run's samples (:meth:`chunks`).
+
+        Returns
+        -------
+        LoopState
+        """
+        step, x, scheduler, generators = self._begin(samples, None)
+        return LoopState(step, x, scheduler, [g.get_state() for g in generators])
+
+    def step_from(self, samples: slice, state: LoopState) -> torch.Tensor:
+        """Run the one step ``state.step`` from a kept state, under the caller's autograd mode.
+
+        What the gradient-based analyses differentiate (the scans use :meth:`run`): with
+        ``state.x`` requiring grad inside :func:`torch.enable_grad`, the result carries the graph of
+        one denoiser call and one scheduler step (a copy of ``state.scheduler``; the generators are
+        restored from ``state``, so a stochastic scheduler draws the noise the full run draws).
+
+        Parameters
+        ----------
+        samples : slice
+            The chunk the state belongs to.
+        state : LoopState
+            The loop before the step (:meth:`initial_state`, or a :class:`PrefixCache` entry).
+
+        Returns
+        -------
+        torch.Tensor
+            x_{step+1}: the sample the scheduler holds after the step (``prev_sample``).
+        """
+        generators = [torch.Generator(device=self.family.device) for _ in state.generator_states]
+        for generator, kept in zip(generators, state.generator_states, strict=True):
+            generator.set_state(kept)
+        scheduler = copy.deepcopy(state.scheduler)
+        clock = self._set_clock(samples)
+        try:
+            t = scheduler.timesteps[state.step]
+            _, step = self._denoise(state.step, t, state.x, self._cond(samples), scheduler,
+                                    _step_kwargs(scheduler, generators, self.request.eta))
+        finally:
+            clock.step = clock.samples = clock.branches = None
+        return step.prev_sample  # x_{t-1}
 
 
 def _tiled(value, n: int, lanes: int, *, halves: int = 1):

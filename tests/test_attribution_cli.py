@@ -130,9 +130,29 @@ def test_extract_and_the_scans_take_every_run_option():
     wanted = {renamed.get(f.name, "--" + f.name.replace("_", "-")) for f in fields(RunOptions)}
     command = typer.main.get_command(app)
     ctx = click.Context(command)
-    for path in (["extract"], ["attribute", "scan"], ["attribute", "trace"]):
+    for path in (["extract"], ["attribute", "scan"], ["attribute", "trace"], ["attribute", "patching"]):
         target = command
         for name in path:
             target = target.get_command(ctx, name)
         flags = {flag for param in target.params for flag in param.opts}
         assert wanted <= flags, (path, wanted - flags)
+
+
+def test_patching_command_stores_the_estimate_and_verifies_its_top_cells(tmp_path):
+    out = tmp_path / "patching.zarr"
+    output = _ok(["attribute", "patching", "planted-factorized", "--out", str(out), "--layer", "layout",
+                  "--layer", "detail", "--windows", "0:2,2:4", "--features", "edges", "--top", "1", *SMALL])
+    table = read_attribution(out, name="attribution_patching")
+    assert set(table["method"]) == {"attribution_patching:zero"} and len(table) == 4
+    top = rank(table, feature="boundary_width", top=1).iloc[0]
+    assert f"{top.effect:+.4g}" in _top_rows(output, "boundary_width")[0]
+    output = _ok(["attribute", "patching", "planted-factorized", "--out", str(out), "--layer", "layout",
+                  "--layer", "detail", "--windows", "0:2,2:4", "--features", "edges", "--verify-top", "1",
+                  "--overwrite", *SMALL])
+    assert "boundary_width: Spearman" in output
+    assert set(read_attribution(out, name="attribution_study")["method"]) == {"attribution_patching:zero",
+                                                                              "ablation:zero"}
+    assert "has no smooth surrogate" in _error(["attribute", "patching", "planted", "--out", str(tmp_path / "x.zarr"),
+                                                "--layer", "layout", "--features", "edge_density", *SMALL])
+    assert "keeps past model outputs" in _error(["attribute", "patching", "planted", "--out", str(tmp_path / "y.zarr"),
+                                                 "--layer", "layout", "--scheduler", "dpm++", *SMALL])

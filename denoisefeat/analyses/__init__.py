@@ -2,6 +2,9 @@
 
 * :func:`ablation_scan` — ablate each layer in each step window, measure the feature change;
 * :func:`causal_trace` — restore clean activations in a corrupted run (activation patching);
+* ``attribution_patching`` — a first-order estimate of every layer × step ablation from one backward
+  pass through the sampling chain, and ``attribution_study`` — it ranks, the exact scan checks the
+  top cells (:mod:`~denoisefeat.analyses.attribution_patching`);
 * :mod:`~denoisefeat.analyses.table` — the shared attribution table: :func:`validate`,
   :func:`write_attribution` / :func:`read_attribution` / :func:`attribution_names` (run store),
   :func:`to_xarray`, :func:`rank`, :func:`benjamini_hochberg`;
@@ -29,6 +32,9 @@ from denoisefeat.analyses.ablation import (
     causal_trace,
     resolve_features,
 )
+
+# imported eagerly: a lazy name equal to its module's would be shadowed by the module once imported
+from denoisefeat.analyses.attribution_patching import attribution_patching, attribution_study
 from denoisefeat.analyses.contrast import contrast, run_query  # after the module: the name is the function
 from denoisefeat.analyses.query import QuerySpec, QuerySpecError
 from denoisefeat.analyses.table import (
@@ -53,6 +59,8 @@ __all__ = [
     "ablation_scan",
     "causal_trace",
     "resolve_features",
+    "attribution_patching",
+    "attribution_study",
     "QuerySpec",
     "QuerySpecError",
     "contrast",

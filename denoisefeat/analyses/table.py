@@ -83,8 +83,9 @@ COLUMNS: dict[str, str] = {
 TABLE_FORMAT = 2
 
 #: How :func:`rank` orders each method family's rows (the family is the method name before ``:``):
-#: ``"magnitude"``: a larger ``|value|`` drives the feature more, either sign is right (ablation:
-#: a change of the feature; correlation and regression: an association); ``"larger"``: a larger
+#: ``"magnitude"``: a larger ``|value|`` drives the feature more, either sign is right (ablation
+#: and its first-order estimate, attribution patching: a change of the feature; correlation and
+#: regression: an association); ``"larger"``: a larger
 #: signed value is better and a negative one is wrong-signed (causal tracing: recovered fraction;
 #: probes: selectivity over the control; contrasts: η² over its permutation mean).
 DIRECTIONS: dict[str, str] = {
@@ -96,6 +97,7 @@ DIRECTIONS: dict[str, str] = {
     "ols": "magnitude",
     "mixedlm": "magnitude",
     "perturbation": "magnitude",
+    "attribution_patching": "magnitude",
     "contrast": "larger",
 }
 

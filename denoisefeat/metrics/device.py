@@ -45,7 +45,9 @@ import torch.nn.functional as F
 from denoisefeat.metrics import _torch_ops as ops
 from denoisefeat.metrics.registry import METRICS
 
-__all__ = ["DEVICE_METRICS", "DIFFERENTIABLE_METRICS", "device_metrics", "luminance"]
+__all__ = [
+    "DEVICE_METRICS", "DIFFERENTIABLE_METRICS", "device_metrics", "lab_delta_e2000", "luminance", "object_descriptors",
+]
 
 _K1, _K2 = 0.01, 0.03  # Wang et al. (2004), as in denoisefeat.metrics.similarity
 _MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -508,14 +510,22 @@ def _colorfulness(x, y):
 # ---------------------------------------------------------------------------------------------
 
 
-def _coverage(a):
-    """Coverage estimates (n, H, W) of flat prepared images (n, C, H, W), as foreground's."""
+def _chroma_distance(a, ground=None):
+    """Chromaticity distance (n, H*W) of each pixel to the border's median chromaticity (or ``ground``)."""
     n, channels, h, w = a.shape
     chroma = a / (a.sum(dim=1, keepdim=True) + _CHROMA_EPS) if channels == 3 else a
     border = torch.zeros(h, w, dtype=torch.bool, device=a.device)
     border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
-    ground = ops.median(chroma[:, :, border])  # (n, C)
+    if ground is None:
+        ground = ops.median(chroma[:, :, border])  # (n, C)
     d = ops.safe_sqrt(((chroma - ground[:, :, None, None]) ** 2).sum(dim=1)).reshape(n, -1)
+    return d, ground, border
+
+
+def _coverage(a):
+    """Coverage estimates (n, H, W) of flat prepared images (n, C, H, W), as foreground's."""
+    n, channels, h, w = a.shape
+    d, _, border = _chroma_distance(a)
     flat_border = border.reshape(-1)
     d_bg = ops.median(d[:, flat_border])
     t = 0.5 * (d.amin(dim=1) + d.amax(dim=1))
@@ -593,13 +603,16 @@ def _spectrum_weights(h, w, *, dtype, device):
     return (o_w[:, None] * f_w[None, :]).reshape(-1, h, w)
 
 
-def _spectrum_of(a, region):
+def _spectrum_of(a, region, *, relative: bool = True):
     h, w = a.shape[-2:]
     lum = ops.luminance(a)
     count = region.sum(dim=(1, 2))
     mean = (lum * region).sum(dim=(1, 2)) / torch.clamp(count, min=1)
     ok = (count > 0) & (mean > _CHROMA_EPS)
-    rel = lum / torch.where(ok, mean, torch.ones_like(mean))[:, None, None] - 1.0
+    if relative:  # contrast relative to the region's mean luminance (the metric's)
+        rel = lum / torch.where(ok, mean, torch.ones_like(mean))[:, None, None] - 1.0
+    else:  # absolute luminance contrast around it
+        rel = lum - mean[:, None, None]
     s = torch.where(region & ok[:, None, None], rel, torch.zeros_like(lum))
     spectrum = torch.fft.fft2(s)  # |F|^2 as re^2 + im^2: differentiable where F = 0 too
     power = (spectrum.real**2 + spectrum.imag**2) / (h * w * torch.clamp(count, min=1))[:, None, None]
@@ -783,3 +796,81 @@ def device_metrics(images, reference=None, *, names: Sequence[str] | None = None
             values[n] = out if index is None else out[..., index]
     shape = torch.broadcast_shapes(*(v.shape for v in values.values())) if values else x.shape[:-3]
     return {n: values[n].to(x.dtype).expand(shape) for n in selected}
+
+
+def object_descriptors(images: torch.Tensor, reference: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Smooth descriptors of the object in ``images``, measured where ``reference``'s object lies.
+
+    The object-level metrics (:mod:`denoisefeat.metrics.foreground`) compare an image with a
+    reference through masks and medians, so their gradient is zero or undefined at the reference
+    itself.  These descriptors are what a first-order (gradient) analysis linearises instead: the
+    regions are ``reference``'s (fixed masks, as the metrics' own regions at ``images ==
+    reference``), the values are smooth in ``images``.
+
+    Parameters
+    ----------
+    images : torch.Tensor, shape (n, 3, H, W)
+        RGB in [0, 1]; gradients flow to them.
+    reference : torch.Tensor, shape (n, 3, H, W)
+        The images whose object masks define the regions (not differentiated).
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        ``"color"`` (n, 3): CIELAB of the *mean* (the metric: median) value-normalised colour over
+        the reference object's interior (else its mask, else the image), as
+        ``object_color_distance`` measures it; ``"texture_energy"`` (n, 1): the total power of
+        ``texture_spectrum``'s orientation x frequency bins over that interior, of the absolute
+        luminance contrast (the metric's is relative to the mean luminance, which moves with the
+        layout); ``"overlap"`` (n, 3): ``[Σ m·m_ref, Σ m, Σ m_ref²]`` of the smooth object maps ``m``
+        of the images and ``m_ref`` of the reference: each pixel's chromaticity distance to the
+        reference's background (the border's median), minus its mean outside the reference's
+        object mask (``object_mask_iou``'s ``coverage > 0.5``), over the mean contrast of inside
+        and outside (0 on the background, about 1 on the object, not clamped, so that it stays
+        linear where the metric's mask saturates): the soft intersection and areas of a soft IoU
+        ``I / (A + A_ref − I)``.
+    """
+    x, y = _check(images, name="images"), _check(reference, name="reference").detach()
+    if x.ndim != 4 or x.shape[1] != 3 or y.shape != x.shape:
+        raise ValueError(f"object_descriptors: images and reference must both be (n, 3, H, W), got "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    n, _, h, w = x.shape
+    scale = min(h, w) / _REFERENCE_SIZE
+    mask = _coverage(y) > 0.5
+    region = _interior(mask, scale)
+    region = torch.where(region.flatten(1).any(dim=1)[:, None, None], region, mask)
+    region = torch.where(region.flatten(1).any(dim=1)[:, None, None], region, torch.ones_like(region))
+    value = x.amax(dim=1, keepdim=True)
+    normalised = torch.where(value > _CHROMA_EPS, x / torch.clamp(value, min=_CHROMA_EPS), torch.ones_like(x))
+    weights = region[:, None].to(x.dtype)
+    mean = (normalised * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3))
+    lab = ops.rgb_to_lab(torch.clamp(mean, 0, 1)[..., None, None])[..., 0, 0]
+    energy = _spectrum_of(x, _interior(mask, scale), relative=False).sum(dim=1, keepdim=True)
+    d_ref, ground, _ = _chroma_distance(y)
+    mask_ref = (_coverage(y) > 0.5).reshape(n, -1)
+    inside = torch.where(mask_ref, d_ref, torch.nan).nanmean(dim=1, keepdim=True)
+    outside = torch.where(~mask_ref, d_ref, torch.nan).nanmean(dim=1, keepdim=True)
+    contrast = torch.nan_to_num(inside - outside, nan=1.0).clamp(min=_MIN_CONTRAST)
+
+    def soft_mask(d):  # the chromaticity contrast in units of the reference object's, unclamped
+        return ((d - torch.nan_to_num(outside, nan=0.0)) / contrast).reshape(n, h, w)
+
+    soft, soft_ref = soft_mask(_chroma_distance(x, ground)[0]), soft_mask(d_ref)
+    overlap = torch.stack([(soft * soft_ref).sum(dim=(1, 2)), soft.sum(dim=(1, 2)), (soft_ref**2).sum(dim=(1, 2))],
+                          dim=1)
+    return {"color": lab, "texture_energy": energy, "overlap": overlap}
+
+
+def lab_delta_e2000(lab1: torch.Tensor, lab2: torch.Tensor) -> torch.Tensor:
+    """CIEDE2000 colour difference of CIELAB colours, channels last (``delta_e2000``'s formula).
+
+    Parameters
+    ----------
+    lab1, lab2 : torch.Tensor, shape (..., 3)
+        Broadcasting L*, a*, b* triples (e.g. :func:`object_descriptors`' ``"color"``).
+
+    Returns
+    -------
+    torch.Tensor, shape (...)
+    """
+    return ops.delta_e_ciede2000(lab1, lab2, dim=-1)

@@ -83,11 +83,14 @@ __all__ = [
     "PLANTED_TRUTH",
     "BandMean",
     "FactorizedPlantedDenoiser",
+    "GaussianBandMean",
+    "LinearPlantedDenoiser",
     "PlantedDenoiser",
     "PlantedDenoiserOutput",
     "PosteriorWeights",
     "band_masks",
     "factorized_planted_pipeline",
+    "linear_planted_pipeline",
     "planted_pipeline",
 ]
 
@@ -452,12 +455,9 @@ class FactorizedPlantedDenoiser(ModelMixin, ConfigMixin):
         super().__init__()
         from denoisefeat.toy.diffshapes import counterfactual_pairs, generate
 
-        if in_channels != 3:
-            raise ValueError(f"The planted denoiser makes RGB images: in_channels must be 3, got {in_channels}.")
+        _check_rgb_prediction(in_channels, prediction_type)
         if n_layouts < 1 or n_details < 2 or n_details % 2:
             raise ValueError(f"Need n_layouts >= 1 and an even n_details >= 2; got {n_layouts}, {n_details}.")
-        if prediction_type not in _PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {', '.join(_PREDICTION_TYPES)}, got {prediction_type!r}.")
         if not band_cutoff > 0:
             raise ValueError(f"band_cutoff must be a positive number of cycles per image, got {band_cutoff!r}.")
         self.register_buffer("alphas_cumprod",  # first: ModelMixin.dtype is the first floating buffer's
@@ -501,6 +501,142 @@ class FactorizedPlantedDenoiser(ModelMixin, ConfigMixin):
         x = torch.as_tensor(images).double() * 2 - 1
         low = self._low(x)
         return (_nearest(low, self.layout.bands), _nearest(x - low, self.detail.bands))
+
+
+class GaussianBandMean(torch.nn.Module):
+    """``B μ + s_b(ᾱ) B(x_t − √ᾱ μ)``: the posterior mean of one band of a Gaussian data set.
+
+    Parameters
+    ----------
+    mask : torch.Tensor, shape (H, W)
+        The band's 0/1 Fourier mask (an orthogonal projector ``B``).
+    mean : torch.Tensor, shape (C, H, W)
+        The data mean ``μ`` in model space.
+    variance : float
+        The data's variance ``c_b`` per Fourier coefficient of the band (per pixel of an
+        orthonormal basis).
+    """
+
+    def __init__(self, mask: torch.Tensor, mean: torch.Tensor, variance: float):
+        super().__init__()
+        self.register_buffer("mask", mask.double())
+        self.register_buffer("mean", mean.double())
+        self.variance = float(variance)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """``B x`` of float64 images (n, c, h, w)."""
+        return torch.fft.ifft2(torch.fft.fft2(x.double()) * self.mask).real
+
+    def forward(self, sample: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+        """The band of ``E[x_0 | x_t]``, affine in ``sample``.
+
+        Parameters
+        ----------
+        sample : torch.Tensor, shape (n, C, H, W)
+            ``x_t``.
+        alpha_bar : torch.Tensor, shape (n,)
+            ``ᾱ_t`` (float64).
+
+        Returns
+        -------
+        torch.Tensor, shape (n, C, H, W), float64
+        """
+        a = alpha_bar.double().reshape(-1, 1, 1, 1)
+        gain = a.sqrt() * self.variance / (a * self.variance + 1 - a)  # s_b = √ᾱ c_b / (ᾱ c_b + 1 − ᾱ)
+        return self.project(self.mean.expand_as(sample)) + gain * self.project(sample.double() - a.sqrt() * self.mean)
+
+
+class LinearPlantedDenoiser(ModelMixin, ConfigMixin):
+    """The exact posterior-mean denoiser of a Gaussian data set: affine in ``x_t``, split into two bands.
+
+    The data are ``x_0 ~ N(μ, c_low L + c_high H)`` with ``μ`` half a DiffShapes image (model space)
+    and ``L``, ``H = I − L`` the ideal low / high Fourier projectors (``band_cutoff`` cycles per
+    image).  For Gaussian data the posterior mean is affine in ``x_t``, band by band:
+
+        E[x_0 | x_t] = Σ_b B μ + s_b(ᾱ_t) B(x_t − √ᾱ_t μ),   s_b = √ᾱ_t c_b / (ᾱ_t c_b + 1 − ᾱ_t),
+
+    computed by the modules ``layout`` (``b = L``) and ``detail`` (``b = H``).  With DDIM's affine
+    update, the final image of a run is then an affine function of either module's output at any
+    step: a first-order (attribution patching) estimate of any edit of them, measured by a feature
+    that is affine in the image, is exact — the planted truth of gradient-based attribution.
+
+    Parameters
+    ----------
+    sample_size : int
+        Height and width (at least 16).
+    in_channels : int
+        Must be 3.
+    seed : int
+        DiffShapes seed of the image ``μ`` is made from.
+    variances : (float, float)
+        ``(c_low, c_high)``.
+    band_cutoff : float
+        Cutoff of ``L`` in cycles per image.
+    prediction_type, num_train_timesteps, beta_start, beta_end, beta_schedule
+        As for :class:`PlantedDenoiser`.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 32,
+        in_channels: int = 3,
+        seed: int = 0,
+        variances: tuple[float, float] = (0.02, 0.005),
+        band_cutoff: float = 2.5,
+        prediction_type: str = "epsilon",
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+    ):
+        super().__init__()
+        from denoisefeat.toy.diffshapes import generate
+
+        _check_rgb_prediction(in_channels, prediction_type)
+        if len(variances) != 2 or min(variances) <= 0:
+            raise ValueError(f"variances must be two positive numbers (c_low, c_high), got {variances!r}.")
+        self.register_buffer("alphas_cumprod",  # first: ModelMixin.dtype is the first floating buffer's
+                             _alphas_cumprod(num_train_timesteps, beta_start, beta_end, beta_schedule))
+        f = torch.fft.fftfreq(sample_size, dtype=torch.float64) * sample_size
+        low = (torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2) < band_cutoff).double()
+        mean = 0.5 * (torch.from_numpy(generate(1, seed=seed, size=sample_size).images[0]).double() * 2 - 1)
+        self.layout = GaussianBandMean(low, mean, variances[0])
+        self.detail = GaussianBandMean(1.0 - low, mean, variances[1])
+
+    alpha_bar = PlantedDenoiser.alpha_bar
+
+    def forward(self, sample: torch.Tensor, timestep, return_dict: bool = True):
+        """Predict from ``x_t`` at ``timestep``, like ``UNet2DModel.forward`` (see :class:`PlantedDenoiser`)."""
+        alpha_bar = self.alpha_bar(timestep, batch=sample.shape[0])  # ᾱ_t, (B,)
+        x0 = self.layout(sample, alpha_bar) + self.detail(sample, alpha_bar)  # x̂_0 = E[x_0 | x_t]
+        return _prediction(sample, x0, alpha_bar, self.config.prediction_type, return_dict)
+
+
+def linear_planted_pipeline(*, size: int = 32, seed: int = 0, variances: tuple[float, float] = (0.02, 0.005),
+                            band_cutoff: float = 2.5):
+    """A ``DDIMPipeline`` around a :class:`LinearPlantedDenoiser`: every module's effect is affine.
+
+    Parameters
+    ----------
+    size, seed, variances, band_cutoff
+        As for :class:`LinearPlantedDenoiser` (``size`` is ``sample_size``).
+
+    Returns
+    -------
+    diffusers.DDIMPipeline
+        As :func:`planted_pipeline`'s.
+    """
+    denoiser = LinearPlantedDenoiser(sample_size=size, seed=seed, variances=[float(v) for v in variances],
+                                     band_cutoff=float(band_cutoff))
+    return _ddim(denoiser, "epsilon")
+
+
+def _check_rgb_prediction(in_channels: int, prediction_type: str) -> None:
+    if in_channels != 3:
+        raise ValueError(f"The planted denoiser makes RGB images: in_channels must be 3, got {in_channels}.")
+    if prediction_type not in _PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {', '.join(_PREDICTION_TYPES)}, got {prediction_type!r}.")
 
 
 def _nearest(x: torch.Tensor, data: torch.Tensor) -> torch.Tensor:

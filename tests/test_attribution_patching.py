@@ -1,0 +1,242 @@
+"""Attribution patching: exact on a planted affine model, the planted modules named, clear errors.
+
+The linear planted model (:class:`denoisefeat.toy.planted.LinearPlantedDenoiser`, Gaussian data: its
+posterior mean is affine in x_t) makes the final image an affine function of either module's output at
+any step, so the first-order estimate of an edit at one step, measured by a feature affine in the
+image, must equal the exact edited run.
+"""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+import denoisefeat as dft
+from denoisefeat.analyses import rank, read_attribution
+from denoisefeat.analyses.attribution_patching import (
+    DIFFERENTIABLE_FEATURES,
+    GraphBreakError,
+    LayerOutputError,
+    NonDifferentiableFeatureError,
+    agreement,
+    attribution_patching,
+    attribution_study,
+    feature_changes,
+)
+from denoisefeat.hooks import Edit
+from denoisefeat.metrics import FEATURE_GROUPS
+from denoisefeat.toy.planted import PLANTED_TRUTH, LinearPlantedDenoiser, linear_planted_pipeline
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+RUN = dict(samples=3, steps=5, seed=0)
+LAYERS = ["layout", "detail"]
+
+
+def _affine(images):
+    """A feature affine in each image: mean red minus a third of the top half's blue, weighted by the
+    image's place in the batch (so that ``mean`` and ``resample`` edits do not average out to 0)."""
+    weight = torch.arange(1, len(images) + 1, dtype=images.dtype)
+    return weight * images[:, 0].mean(dim=(1, 2)) - 0.3 * images[:, 2, :16].mean(dim=(1, 2))
+
+
+@pytest.fixture(scope="module")
+def linear():
+    return linear_planted_pipeline()
+
+
+@pytest.fixture(scope="module")
+def clean_final(linear):
+    return torch.as_tensor(dft.trace(linear, keep=(), **RUN)["final"].values)
+
+
+def _exact(pipe, layer, method, steps):
+    final = dft.trace(pipe, keep=(), intervene=Edit(layer, method, steps=steps), **RUN)["final"].values
+    return torch.as_tensor(final)
+
+
+@pytest.mark.parametrize("method", ["zero", "mean", "resample"])
+def test_the_estimate_is_exact_for_an_affine_model_at_every_step(linear, clean_final, method):
+    frame = attribution_patching(linear, layers=LAYERS, method=method, features={"affine": _affine}, **RUN)
+    assert len(frame) == len(LAYERS) * RUN["steps"] and frame.attrs["backward_passes"] == RUN["steps"]
+    assert (0.0 < clean_final.min()) and (clean_final.max() < 1.0)  # no clipping: the chain is affine
+    for row in frame.itertuples():
+        exact = (_affine(_exact(linear, row.layer, method, [row.step_start])) - _affine(clean_final)).double()
+        # to the exact runs' float32 rounding
+        assert row.effect == pytest.approx(float(exact.mean()), rel=1e-3, abs=1e-6), (row.layer, row.step_start)
+    assert frame.loc[frame["layer"] == "layout", "effect"].abs().max() > 50 * 1e-6  # well above the tolerance
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "ddpm", "euler-ancestral"])
+def test_the_estimate_is_exact_with_other_and_stochastic_schedulers(linear, scheduler):
+    run = {**RUN, "steps": 4, "scheduler": scheduler}  # stochastic ones: the recomputed steps draw the same noise
+    frame = attribution_patching(linear, layers=["layout"], method="mean", features={"affine": _affine}, **run)
+    clean = torch.as_tensor(dft.trace(linear, keep=(), **run)["final"].values)
+    for row in frame.itertuples():
+        edited = dft.trace(linear, keep=(), intervene=Edit("layout", "mean", steps=[row.step_start]), **run)
+        exact = (_affine(torch.as_tensor(edited["final"].values)) - _affine(clean)).double().mean()
+        assert row.effect == pytest.approx(float(exact), rel=1e-3, abs=1e-6), row.step_start
+    assert frame["effect"].abs().max() > 50 * 1e-6
+
+
+def test_a_window_sums_its_steps_and_an_identity_edit_is_exactly_zero(linear):
+    steps = attribution_patching(linear, layers=LAYERS, features={"affine": _affine}, **RUN)
+    windows = attribution_patching(linear, layers=LAYERS, windows=[(0, 2), (2, 5)], features={"affine": _affine},
+                                   **RUN)
+    for row in windows.itertuples():
+        inside = steps[(steps["layer"] == row.layer) & (steps["step_start"] >= row.step_start)
+                       & (steps["step_stop"] <= row.step_stop)]
+        assert row.effect == pytest.approx(inside["effect"].sum(), rel=1e-9, abs=1e-12)
+    null = attribution_patching(linear, layers=LAYERS, method="identity", features=["edges", "color"], **RUN)
+    assert (null[["effect", "ci_low", "ci_high", "effect_std"]].to_numpy() == 0).all() and (null["p"] == 1).all()
+
+
+def test_the_planted_modules_rank_first_for_each_feature_group():
+    pipe = dft.load_pipeline("planted")
+    frame = attribution_patching(pipe, layers=LAYERS, windows=4, samples=8, steps=12, seed=0)
+    for group, truth in PLANTED_TRUTH.items():
+        top = rank(frame, feature=FEATURE_GROUPS[group][0]).iloc[0]
+        assert (top["layer"], bool(top["significant"])) == (truth, True), (group, top.to_dict())
+    assert (frame["method"] == "attribution_patching:zero").all() and frame["disruption"].isna().all()
+    assert set(frame.loc[frame["surrogate"] != "", "feature"]) == {"texture_spectrum_distance",
+                                                                   "object_mask_iou", "object_color_distance"}
+
+
+def test_the_surrogates_rank_the_planted_modules_like_their_metrics():
+    """Exact ablations of the planted modules in the last steps: each surrogate's change orders the two
+    modules as its metric's own change does (the surrogate's part of the estimate's error, apart from
+    the first order)."""
+    from denoisefeat.metrics import compute_metrics
+
+    pipe = dft.load_pipeline("planted")
+    run = dict(samples=6, steps=12, seed=0, keep=())
+    clean = dft.trace(pipe, **run)["final"].values.astype(np.float64)
+    by_layer = {}
+    for layer in LAYERS:
+        edited = dft.trace(pipe, intervene=Edit(layer, "zero", steps=range(9, 12)), **run)["final"].values
+        edited = np.clip(edited.astype(np.float64), 0, 1)
+        metric = compute_metrics(edited, clean, names=[n for g in FEATURE_GROUPS.values() for n in g])
+        surrogate = feature_changes(edited, clean)
+        base = compute_metrics(clean, clean, names=list(metric))
+        by_layer[layer] = {name: (float(np.mean(metric[name] - base[name])), float(np.mean(surrogate[name])))
+                           for name in metric}
+    for name in by_layer["layout"]:
+        (m_layout, s_layout), (m_detail, s_detail) = by_layer["layout"][name], by_layer["detail"][name]
+        assert (abs(m_layout) > abs(m_detail)) == (abs(s_layout) > abs(s_detail)), (name, by_layer)
+        assert np.sign(s_layout) in (0, np.sign(m_layout)) and np.sign(s_detail) in (0, np.sign(m_detail)), name
+
+
+def test_the_study_scans_the_top_cells_exactly_and_reports_agreement(linear, tmp_path):
+    store = tmp_path / "run.zarr"
+    frame = attribution_study(linear, layers=LAYERS, top_k=2, windows=[(0, 3), (3, 5)], features=["edges"],
+                              store=store, **RUN)
+    methods = set(frame["method"])
+    assert methods == {"attribution_patching:zero", "ablation:zero"}
+    estimated, exact = (frame[frame["method"] == m] for m in sorted(methods, reverse=True))
+    assert len(estimated) == len(exact) == frame.attrs["cells_scanned"] == 2
+    assert set(frame.attrs["agreement"]) == {"boundary_width"}
+    assert frame.attrs["agreement"] == agreement(estimated, exact)
+    assert frame.attrs["exact_denoiser_calls"] > 0 and frame.attrs["cells_ranked"] == 4
+    assert len(read_attribution(store, "attribution_study")) == len(frame)
+    assert len(read_attribution(store, "attribution_patching")) == 4 and dft.open_run(store)["x0"].shape[1] == 5
+
+
+def test_the_package_exports_the_functions_not_the_module():
+    import importlib
+
+    module = importlib.import_module("denoisefeat.analyses.attribution_patching")
+    from denoisefeat.analyses import attribution_patching as exported
+
+    assert callable(exported) and exported is module.attribution_patching
+
+
+def test_agreement_is_the_rank_correlation_of_the_shared_cells(linear):
+    frame = attribution_patching(linear, layers=LAYERS, features={"affine": _affine}, **RUN)
+    other = frame.assign(effect=-frame["effect"], effect_std=-frame["effect_std"])
+    result = agreement(frame, other)["affine"]
+    assert result["spearman"] == pytest.approx(-1.0) and result["n_cells"] == len(frame)
+
+
+def test_features_without_a_gradient_are_refused_before_anything_runs(linear):
+    assert "boundary_width" in DIFFERENTIABLE_FEATURES and "edge_density" not in DIFFERENTIABLE_FEATURES
+    with pytest.raises(NonDifferentiableFeatureError, match="not differentiable.*no smooth surrogate"):
+        attribution_patching(linear, layers=LAYERS, features=["edge_density"], **RUN)
+    with pytest.raises(NonDifferentiableFeatureError, match="extremum"):
+        attribution_patching(linear, layers=LAYERS, features=["ssim"], **RUN)
+    with pytest.raises(ValueError, match="Unknown feature 'colour'"):
+        attribution_patching(linear, layers=LAYERS, features=["colour"], **RUN)
+    with pytest.raises(ValueError, match="Unknown method"):
+        attribution_patching(linear, layers=LAYERS, method="blur", **RUN)
+    with pytest.raises(ValueError, match="callables"):
+        attribution_study(linear, layers=LAYERS, features={"affine": _affine}, **RUN)
+
+
+class _DictOutput(torch.nn.Module):
+    """Wraps a band module; returns a dict (no tensor to differentiate)."""
+
+    def __init__(self, band):
+        super().__init__()
+        self.band = band
+
+    def forward(self, sample, alpha_bar):
+        return {"band": self.band(sample, alpha_bar)}
+
+
+class _DictLayout(LinearPlantedDenoiser):
+    def forward(self, sample, timestep, return_dict: bool = True):
+        alpha_bar = self.alpha_bar(timestep, batch=sample.shape[0])
+        x0 = self.layout(sample, alpha_bar)["band"] + self.detail(sample, alpha_bar)
+        out = (sample.double() - alpha_bar.sqrt().reshape(-1, 1, 1, 1) * x0) / (1 - alpha_bar).sqrt().reshape(-1, 1,
+                                                                                                               1, 1)
+        return (out.to(sample.dtype),)
+
+
+def test_a_layer_without_a_tensor_output_is_refused():
+    denoiser = _DictLayout()
+    denoiser.layout = _DictOutput(denoiser.layout)
+    pipe = linear_planted_pipeline()
+    pipe.unet = denoiser.eval()
+    with pytest.raises(LayerOutputError, match="'layout' returned dict"):
+        attribution_patching(pipe, layers=["layout"], features={"affine": _affine}, **RUN)
+
+
+def _detaching_step(self, model_output, timestep, sample, **kwargs):
+    out = DDIMScheduler.step(self, model_output, timestep, sample, **kwargs)
+    out.prev_sample = out.prev_sample.detach()
+    return out
+
+
+def _in_place_step(self, model_output, timestep, sample, **kwargs):
+    out = DDIMScheduler.step(self, model_output, timestep, sample, **kwargs)
+    sample.add_(0.0)  # an in-place update of x_t, which requires grad
+    return out
+
+
+@pytest.mark.parametrize(("step", "match"), [(_detaching_step, "carries no autograd graph"),
+                                             (_in_place_step, "in place")])
+def test_a_scheduler_step_that_breaks_the_graph_is_refused(step, match):
+    # a DDIM variant (named as DDIM, whose samples it holds the same way) with a step that breaks the graph
+    variant = type("DDIMScheduler", (DDIMScheduler,), {"step": step})
+    pipe = linear_planted_pipeline()
+    pipe.scheduler = variant.from_config(pipe.scheduler.config)
+    with pytest.raises(GraphBreakError, match=match):
+        attribution_patching(pipe, layers=LAYERS, features={"affine": _affine}, **RUN)
+
+
+def test_a_multistep_scheduler_is_refused():
+    pipe = linear_planted_pipeline()
+    with pytest.raises(GraphBreakError, match="past model outputs"):
+        attribution_patching(pipe, layers=LAYERS, features={"affine": _affine}, scheduler="dpm++", **RUN)
+
+
+def test_estimates_are_finite_and_layers_in_network_order(linear):
+    frame = attribution_patching(linear, layers=["detail", "layout"], features=["edges", "color"], **RUN)
+    assert list(dict.fromkeys(frame["layer"])) == ["layout", "detail"]
+    assert np.isfinite(frame[["effect", "ci_low", "ci_high", "p", "p_adj", "effect_std"]].to_numpy()).all()
+    assert (frame["n"] == RUN["samples"]).all()
+
+
+def test_a_feature_that_does_not_vary_between_samples_is_refused(linear):
+    with pytest.raises(ValueError, match=r"do not vary between the clean samples"):
+        attribution_patching(linear, layers=LAYERS, features={"flat": lambda images: images.sum(dim=(1, 2, 3)) * 0},
+                             **RUN)
