@@ -164,6 +164,25 @@ def test_record_and_intervene_on_a_transformer_block(tiny_pipes, name, layer):
 
 @pytest.mark.parametrize(("name", "layer"), [("tiny-sd3", "transformer_blocks.1"),
                                               ("tiny-flux", "single_transformer_blocks.0")])
+def test_inputs_of_blocks_called_with_keywords_only(tiny_pipes, name, layer):
+    """diffusers calls the joint blocks with keywords only: ``inputs=True`` reads their ``hidden_states``."""
+    pipe = tiny_pipes[name]
+    module = dict(denoiser_of(pipe).named_modules())[layer]
+    seen = []
+    handle = module.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["hidden_states"].clone()),
+                                              with_kwargs=True)
+    try:
+        with record(pipe, layer, inputs=True) as rec:
+            pipe(["a"], num_inference_steps=2, guidance_scale=1.0, output_type="latent", **SIZE)
+    finally:
+        handle.remove()
+    acts = rec.acts(layer)
+    assert acts.sizes["step"] == 2 and len(seen) == 2
+    np.testing.assert_array_equal(acts.values, torch.stack(seen, 1).transpose(2, 3).numpy())
+
+
+@pytest.mark.parametrize(("name", "layer"), [("tiny-sd3", "transformer_blocks.1"),
+                                              ("tiny-flux", "single_transformer_blocks.0")])
 def test_nnsight_backend_gives_identical_tensors_on_joint_blocks(tiny_pipes, name, layer):
     pipe = tiny_pipes[name]
     edits = [Edit(layer, "scale", value=0.5, steps=[1])]

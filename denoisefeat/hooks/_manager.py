@@ -18,6 +18,9 @@ class HookManager:
 
     denoiser: torch.nn.Module
 
+    #: Whether :meth:`layer_hooks` gives ``hook(module, args, kwargs, output)`` (torch's ``with_kwargs``).
+    hook_kwargs: bool = False
+
     def __init__(self, clock: StepClock | None):
         self._own_clock = clock is None
         self.clock = clock or StepClock()
@@ -39,7 +42,7 @@ class HookManager:
             if self._own_clock:
                 self._handles.append(self.denoiser.register_forward_pre_hook(self._count_step))
             for name, hook in self.layer_hooks().items():
-                self._handles.append(modules[name].register_forward_hook(hook))
+                self._handles.append(modules[name].register_forward_hook(hook, with_kwargs=self.hook_kwargs))
         except BaseException:
             self._remove()
             raise

@@ -135,6 +135,21 @@ class Recording:
         return xr.DataArray(stacked, dims=dims, coords=coords, name=f"{layer}/{key[1]}")
 
 
+
+def _first_input(module, layer: str, args: tuple, kwargs: dict):
+    """The module's first input: its first positional argument, else the keyword named after the
+    first parameter of its ``forward`` (diffusers calls the SD3 and Flux blocks with keywords only)."""
+    if args:
+        return args[0]
+    import inspect
+
+    parameters = list(inspect.signature(module.forward).parameters)
+    value = kwargs.get(parameters[0]) if parameters else None
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"record(..., inputs=True): {layer!r} was called without a tensor as its first input "
+                         f"({parameters[0] if parameters else 'no parameter'!r}); record another layer's output.")
+    return value
+
 class record(HookManager):
     """Record layer outputs at chosen steps (a context manager).
 
@@ -148,7 +163,9 @@ class record(HookManager):
     steps : int, range, iterable of int, or None
         Loop steps to record; default all.
     inputs : bool
-        Record the module's first positional input instead of its output.
+        Record the module's first input instead of its output: its first positional argument, or,
+        for a module called with keywords only (the transformer blocks of SD3 and Flux), the
+        keyword argument named after the first parameter of its ``forward``.
     clock : StepClock, optional
         Supplied by :func:`denoisefeat.trace`; without it a step is one root call of the denoiser.
     sink : callable, optional
@@ -170,6 +187,7 @@ class record(HookManager):
         self.plan = _layer_spec(self.denoiser, layers)
         self.steps = steps_selection(steps)
         self.inputs = inputs
+        self.hook_kwargs = bool(inputs)  # a keyword-only call hides the input from a plain hook
         super().__init__(clock)
         self.recording = Recording()
         self.sink = sink or self.recording.add
@@ -183,11 +201,14 @@ class record(HookManager):
         return seen
 
     def _make_hook(self, name: str, reducers: Sequence[Reducer]):
-        def hook(module, args, output):
+        def hook(module, args, *rest):
             step = self.clock.step
             if step is None or (self.steps is not None and step not in self.steps):
                 return None
-            tensor = args[0] if self.inputs else first_tensor(output, index=main_output_index(module))
+            if self.inputs:
+                tensor = _first_input(module, name, args, rest[0])
+            else:
+                tensor = first_tensor(rest[-1], index=main_output_index(module))
             if tensor is None:
                 return None
             if self.clock.lanes != 1:
@@ -204,7 +225,8 @@ class record(HookManager):
         return hook
 
     def layer_hooks(self) -> dict[str, object]:
-        """``{layer: hook(module, args, output)}`` — what :meth:`__enter__` registers as forward hooks."""
+        """``{layer: hook(module, args, output)}`` — what :meth:`__enter__` registers as forward hooks
+        (``hook(module, args, kwargs, output)`` with ``inputs=True``: :attr:`hook_kwargs`)."""
         by_layer: dict[str, list[Reducer]] = defaultdict(list)
         for name, reducer in self.plan:
             by_layer[name].append(reducer)
