@@ -68,6 +68,7 @@ __all__ = [
     "StoreError",
     "describe_damage",
     "attention_path",
+    "cell_images_path",
     "open_run",
 ]
 
@@ -221,6 +222,36 @@ def attention_path(layer: str) -> str:
     str
     """
     return f"{ATTENTION}/{layer}"
+
+
+#: The group of the attribution tables: ``attribution/<table>``.
+ATTRIBUTION = "attribution"
+
+
+def cell_images_path(table: str) -> str:
+    """The store path of the images kept beside attribution table ``table``.
+
+    Layout of that group (:func:`denoisefeat.analyses.table.write_attribution` writes it)::
+
+        attribution/<table>/images/
+          attrs["cells"]  [[layer, step_start, step_stop, method], ...]   one entry per edited run
+          clean      (sample, rgb, height, width)         the final images of the unedited run
+          edited     (cell, sample, rgb, height, width)   the final images of each edited run
+          corrupted  (sample, rgb, height, width)         causal tracing: the corrupted run, optional
+
+    float32 in [0, 1], one image per chunk (a viewer reads one at a time); ``sample`` counts the
+    scan's first samples.
+
+    Parameters
+    ----------
+    table : str
+        The attribution table's name.
+
+    Returns
+    -------
+    str
+    """
+    return f"{ATTRIBUTION}/{table}/images"
 
 
 def _is_coordinate(name: str) -> bool:
@@ -740,6 +771,30 @@ class RunStore:
         attrs = _jsonable({"layers": list(layers), "words": {p: [list(w) for w in ws] for p, ws in words.items()}})
         if dict(group.attrs) != attrs:  # written once: concurrent tasks share this group
             group.attrs.update(attrs)
+
+    def write_images(self, path: str, arrays: Mapping[str, tuple[Sequence[str], np.ndarray]], *,
+                     attrs: Mapping) -> None:
+        """Write a group of RGB image arrays in one go, one ``(3, H, W)`` image per chunk.
+
+        Parameters
+        ----------
+        path : str
+            The group's path in the store (e.g. :func:`cell_images_path`); it must not exist yet.
+        arrays : mapping of str to (sequence of str, numpy.ndarray)
+            ``{name: (dims, images)}``, images ``(..., 3, H, W)`` (stored as float32).
+        attrs : mapping
+            The group's attributes (JSON).
+        """
+        if path in self.group:
+            raise RunExistsError(f"{path!r} exists in the store; delete its parent table first.")
+        group = self.group.require_group(path)
+        group.attrs.update(_jsonable(dict(attrs)))
+        for name, (dims, images) in arrays.items():
+            data = np.ascontiguousarray(images, dtype=np.float32)
+            chunks = (*(1,) * (data.ndim - 3), *data.shape[-3:])
+            array = self.ensure_array(f"{path}/{name}", shape=data.shape, dims=dims, dtype=np.float32,
+                                      chunks=chunks)
+            array[...] = data
 
     def mark_complete(self, samples: slice) -> None:
         """Mark ``samples`` done; call only after all their data is written."""

@@ -29,6 +29,7 @@ VIEWER_FRAMES = FramePolicy(max_px=256, lossless_px=256)
 """Frames of the viewer: at most 256 px, lossless PNG."""
 
 _IMAGE = "image"
+_CELL_ROLES = ("clean", "edited", "corrupted")  # the images a click on an attribution cell shows
 _PANEL = {"display": "inline-block", "verticalAlign": "top", "marginRight": "18px"}
 
 
@@ -105,6 +106,18 @@ class _Source:
 
         return self._once("attribution", load)
 
+    def cell_images(self, table: str):
+        """The :class:`~denoisefeat.analyses.table.CellImages` kept beside ``table``, or None when it keeps none."""
+        def load():
+            from denoisefeat.analyses.table import read_cell_images
+
+            try:
+                return read_cell_images(self.run.store.group, table)
+            except KeyError:
+                return None
+
+        return self._once(("cell_images", table), load)
+
     def activation_change(self, layer: str) -> np.ndarray:
         from denoisefeat.viz.activations import activation_change
 
@@ -171,12 +184,11 @@ def _layout(run, source: _Source):
                       dcc.Dropdown(id="attr-method", options=methods, value=methods[0], clearable=False,
                                    style={"width": "260px"})], style={"display": "flex", "gap": "12px"}),
             dcc.Graph(id="attribution", config={"displaylogo": False}),
-            html.P(id="cell-caption", children="Click a cell: the sample's x̂0 at the first and last step of its "
-                   "window, beside the final image. Ablation scans keep no intervened images in the store."),
-            html.Div([html.Figure([html.Img(id="cell-start", style={"width": "192px"}),
-                                   html.Figcaption(id="cell-start-caption")], style=_PANEL),
-                      html.Figure([html.Img(id="cell-stop", style={"width": "192px"}),
-                                   html.Figcaption(id="cell-stop-caption")], style=_PANEL)]),
+            html.P(id="cell-caption", children="Click a cell: the chosen sample's final image of the clean run beside "
+                   "that of the run edited in the cell (scans run with keep_images keep them)."),
+            html.Div([html.Figure([html.Img(id=f"cell-{role}", style={"width": "192px"}),
+                                   html.Figcaption(id=f"cell-{role}-caption")], style=_PANEL)
+                      for role in _CELL_ROLES]),
         ]
     body = [_header(run, source)]
     if source.has_images:
@@ -260,23 +272,54 @@ def _callbacks(app, run, source: _Source) -> None:
             value = "effect_std" if rows["effect_std"].notna().any() else "effect"
             return attribution_heatmap(rows, value=value)
 
-        @app.callback(Output("cell-start", "src"), Output("cell-start-caption", "children"),
-                      Output("cell-stop", "src"), Output("cell-stop-caption", "children"),
-                      Input("attribution", "clickData"), State("sample", "value"))
-        def show_cell(click, sample):
+        outputs = [Output("cell-caption", "children")]
+        outputs += [Output(f"cell-{role}{part}", what) for role in _CELL_ROLES
+                    for part, what in (("", "src"), ("-caption", "children"))]
+
+        @app.callback(*outputs, Input("attribution", "clickData"), State("sample", "value"),
+                      State("attr-feature", "value"), State("attr-method", "value"), prevent_initial_call=True)
+        def show_cell(click, sample, feature, method):
             points = (click or {}).get("points") or []
-            if not points or not source.has_images or "customdata" not in points[0]:
-                return no_update, no_update, no_update, no_update
+            if not points or "customdata" not in points[0]:
+                return (no_update,) * len(outputs)
             point = points[0]
             custom = point["customdata"]  # (ci_low, ci_high, p, p_adj, n, level, step_start, step_stop)
             if isinstance(custom, dict):  # a typed array arrives as {"0": …, "1": …}
                 custom = [custom[str(i)] for i in range(len(custom))]
-            start, stop = int(custom[6]), int(custom[7])
-            sample = _sample(sample, n_samples)
-            first, last = min(max(start, 0), n_steps - 1), min(max(stop - 1, 0), n_steps - 1)
-            cell = f"{point['y']} [{start}, {stop})"
-            return (_uri(source, source.frame(sample, first)), f"{cell}: x̂0 of sample {sample} at step {first}",
-                    _uri(source, source.frame(sample, last)), f"{cell}: x̂0 of sample {sample} at step {last}")
+            layer, start, stop = str(point["y"]), int(custom[6]), int(custom[7])
+            return _cell(source, table, feature, method, layer, start, stop, _sample(sample, n_samples))
+
+
+def _cell(source: _Source, table: pd.DataFrame, feature, method, layer: str, start: int, stop: int, sample: int):
+    """The outputs of a click on a cell: a caption, then (src, caption) of the clean, edited and corrupted images."""
+    rows = table[(table["feature"].astype(str) == feature) & (table["method"].astype(str) == method)
+                 & (table["layer"].astype(str) == layer) & (table["step_start"] == start)
+                 & (table["step_stop"] == stop)]
+    cell = f"{layer} [{start}, {stop})"
+    blank = [None, ""] * len(_CELL_ROLES)
+    if rows.empty:
+        return [f"No row of {method} for {cell}.", *blank]
+    name = str(rows["table"].iloc[0])
+    images = source.cell_images(name)
+    if images is None:
+        return [f"Table {name!r} holds no images of its edited runs: rerun the scan with keep_images=K "
+                f"(`denoisefeat attribute scan … --keep-images K`) to see them here.", *blank]
+    if sample >= images.n_samples:
+        return [f"Table {name!r} keeps the images of samples 0–{images.n_samples - 1} only; pick one of them "
+                f"(sample {sample} is chosen).", *blank]
+    try:
+        index = images.index(layer, start, stop, method)
+    except KeyError:
+        return [f"Table {name!r} keeps no images of {cell} by {method}.", *blank]
+    shown = {"clean": images.clean[sample], "edited": images.edited[index, sample],
+             "corrupted": None if images.corrupted is None else images.corrupted[sample]}
+    what = {"clean": "clean run", "edited": f"edited in {cell}", "corrupted": "corrupted run"}
+    out = [f"{method} · {cell} · sample {sample}: final images ({source.frames.describe(*images.clean.shape[-2:])})."]
+    for role in _CELL_ROLES:
+        data = shown[role]
+        out += [None, ""] if data is None else [_uri(source, source.frames.frames(np.asarray(data))),
+                                                f"final image, {what[role]}"]
+    return out
 
 
 def create_app(store, *, frames: FramePolicy = VIEWER_FRAMES):

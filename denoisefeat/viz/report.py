@@ -125,6 +125,45 @@ def _load_attribution(run, notes: list[str]) -> pd.DataFrame | None:
     return table
 
 
+class _Kept:
+    """One cell's kept images in the store, read only when a figure is built (``np.asarray``)."""
+
+    def __init__(self, array, index: int):
+        self.array, self.index = array, index
+        self.shape = tuple(array.shape[1:])
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.array[self.index], dtype=dtype)
+
+
+def _kept_images(run, table: pd.DataFrame, notes: list[str]) -> tuple[dict | None, object]:
+    """The click-images of the first of the store's tables that keeps them (scans with ``keep_images``).
+
+    ``({(layer, (start, stop), method): images}, clean images)`` with the methods named as in
+    ``table`` (``"<method> · <table>"`` when the store has several tables), or ``(None, None)``.
+    """
+    from denoisefeat.analyses.table import read_cell_images
+
+    source = run.path if run.path is not None else run.store.group
+    names = list(dict.fromkeys(table["table"].astype(str)))
+    kept = {}
+    for name in names:
+        try:
+            kept[name] = read_cell_images(source, name)
+        except KeyError:
+            continue
+    if not kept:
+        return None, None
+    name, images = next(iter(kept.items()))
+    if len(kept) > 1:
+        notes.append(f"The attribution heatmap shows the kept images of table {name!r} only; `denoisefeat view` "
+                     f"shows those of {', '.join(map(repr, list(kept)[1:]))} too.")
+    suffix = f" · {name}" if len(names) > 1 else ""
+    cells = {(layer, (start, stop), method + suffix): _Kept(images.edited, i)
+             for i, (layer, start, stop, method) in enumerate(images.cells)}
+    return cells, images.clean[...]
+
+
 _SPECTRA_READ_BYTES = 256 * 2**20  # float32 images read from the store at a time (a block of samples)
 
 
@@ -449,7 +488,8 @@ _JS = """
       var pt = event && event.points && event.points[0];
       if (!pt || !pt.customdata) { return; }
       var start = pt.customdata[6], stop = pt.customdata[7];
-      var source = meta.cells[pt.y + '|' + start + '|' + stop];
+      var key = pt.y + '|' + start + '|' + stop + (meta.by_method ? '|' + (pt.data && pt.data.meta) : '');
+      var source = meta.cells[key];
       if (!source) { return; }
       Plotly.restyle(gd, {source: [source]}, [meta.image_trace]);
       var update = {};
@@ -597,7 +637,9 @@ def build_report(run, out, *, title: str | None = None, static_dir=None, static_
         Final images of intervened runs keyed by ``(layer, (step_start, step_stop))``, each
         ``(k, 3, H, W)`` for the run's first ``k`` samples: clicking a cell of the attribution heatmap
         shows them beside the run's own final images (see
-        :func:`denoisefeat.viz.attribution.attribution_heatmap`).
+        :func:`denoisefeat.viz.attribution.attribution_heatmap`).  By default, with the store's
+        tables, the images the first of them keeps (a scan run with ``keep_images``) beside that
+        scan's clean images.
     max_samples : int
         Samples in the x̂0 grid.
     max_mb : float
@@ -649,16 +691,18 @@ def build_report(run, out, *, title: str | None = None, static_dir=None, static_
         sections.append(_feature_section(features))
     else:
         notes.append("No per-step features in the store (run `denoisefeat analyze` on it): no feature profiles.")
+    clean = None
     if attribution is None:
         attribution = _load_attribution(run, notes)
+        if attribution is not None and attribution_images is None:
+            attribution_images, clean = _kept_images(run, attribution, notes)
     words = None
     if attribution is not None and "word" in attribution.columns:
         by_word = attribution["word"].notna() & (attribution["word"].astype(str) != "")
         words, attribution = attribution[by_word], attribution[~by_word].drop(columns="word")
         attribution = attribution if len(attribution) else None
     if attribution is not None:
-        clean = None
-        if attribution_images:
+        if attribution_images and clean is None:
             k = max(np.asarray(v).reshape(-1, *np.asarray(v).shape[-3:]).shape[0] for v in attribution_images.values())
             clean = run["final"].isel(sample=slice(0, k)).values
         sections.append(_attribution_section(attribution, layers=layers, images=attribution_images, clean=clean))
