@@ -121,7 +121,8 @@ def test_the_reports_spectra_equal_an_independent_float64_computation(run):
 
     from denoisefeat.viz.report import _run_spectra
 
-    spectra = _run_spectra(run)
+    spectra, none = _run_spectra(run)
+    assert none is None
     gray = rgb2gray(np.moveaxis(np.clip(np.asarray(run["images"].values, np.float64), 0, 1), -3, -1))
     power = np.abs(np.fft.fft2(gray, norm="ortho")) ** 2
     f = np.hypot(*np.meshgrid(np.fft.fftfreq(SIZE), np.fft.fftfreq(SIZE), indexing="ij"))
@@ -131,6 +132,21 @@ def test_the_reports_spectra_equal_an_independent_float64_computation(run):
     coeffs = pywt.wavedec2(gray, "haar", mode="periodization", axes=(-2, -1))
     finest = np.stack([(c ** 2).sum((-2, -1)) for c in coeffs[-1]], -1)  # level 1: (H, V, D)
     np.testing.assert_allclose(spectra["wavelet_energy"].sel(level=1).values[..., :3], finest, rtol=2e-4)
+
+
+def test_the_grid_frames_of_the_spectras_read_are_the_grids_own(run):
+    """One read of x̂0 for the spectra and the x̂0 grid: the grid drawn from it is the grid that reads the store."""
+    from denoisefeat.viz.report import _run_spectra
+
+    policy = FramePolicy(max_px=32)
+    spectra, data = _run_spectra(run, grid=(2, [0, 3, 5], policy))
+    assert data.shape == (2, 3, 32, 32, 3) and data.dtype == np.uint8
+    np.testing.assert_array_equal(spectra["rapsd"].values, _run_spectra(run)[0]["rapsd"].values)
+    own = step_image_grid(run, samples=range(2), steps=[0, 3, 5], frames=policy)
+    shared = step_image_grid(run, samples=range(2), steps=[0, 3, 5], frames=policy, data=data)
+    assert shared.to_json() == own.to_json()
+    with pytest.raises(ValueError, match=r"data must be \(2, 3, h, w, 3\) uint8"):
+        step_image_grid(run, samples=range(2), steps=[0, 3, 5], frames=policy, data=data[:, :2])
 
 
 def test_the_report_shows_the_images_a_scan_kept_downscaled_per_cell_and_method(run, tmp_path):
