@@ -559,13 +559,20 @@ class RunStore:
                 folder = self.path / name
                 present = {str(Path(root, f).relative_to(folder)) for root, _, files in os.walk(folder)
                            for f in files if f != "zarr.json"}
+            whole = False  # a marker that decodes as a whole decodes chunk by chunk: one read, not one per chunk
             for coords, region, samples, optional in self._expected_chunks(name, array):
                 key = array.metadata.encode_chunk_key(coords)
+                if optional and whole is False and not decode:
+                    try:
+                        array[...]
+                        whole = True
+                    except Exception:  # noqa: BLE001  (then each chunk is tried below)
+                        whole = None
                 if present is not None and key not in present:
                     if not optional:
                         found.append(Damage(name, samples, "missing", f"{name}/{key}"))
                     continue
-                if decode or optional:
+                if decode or (optional and whole is not True):
                     try:
                         array[region]
                     except Exception:
@@ -1022,6 +1029,36 @@ class Run:
 
     def __getitem__(self, name: str):
         return self.dataset[name]
+
+    def shape(self, name: str) -> tuple[int, ...] | None:
+        """The shape of stored array ``name`` (e.g. ``"images"``), or None when the run has none (no read).
+
+        Parameters
+        ----------
+        name : str
+
+        Returns
+        -------
+        tuple of int or None
+        """
+        return tuple(self.store.group[name].shape) if name in self.store.group else None
+
+    def read(self, name: str, *index) -> np.ndarray:
+        """One region of a stored array, read straight from its chunks (no xarray: a frame in milliseconds).
+
+        Parameters
+        ----------
+        name : str
+            A stored array, e.g. ``"images"`` or ``"timestep"``.
+        *index : int or slice
+            Positions along its leading dimensions (``run.read("images", sample, step)``: one
+            ``(3, H, W)`` image); none reads all of it.
+
+        Returns
+        -------
+        numpy.ndarray
+        """
+        return np.asarray(self.store.group[name][index if index else ...])
 
     def layers(self) -> list[str]:
         """Layers with recorded activations, in the order they were recorded."""

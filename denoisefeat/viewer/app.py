@@ -1,8 +1,9 @@
 """The viewer's Dash app: a whole run store, browsed lazily and read-only.
 
 The store is opened once with :func:`denoisefeat.store.open_run` (so a path that is not a store, or
-a damaged store, is refused with the CLI's messages) and read with xarray over zarr, one shown
-slice at a time: a frame is one ``images[sample, step]`` read, never the whole array.  The app
+a damaged store, is refused with the CLI's messages) and read one shown slice at a time, straight
+from its chunks (:meth:`denoisefeat.store.Run.read`; no xarray dataset is opened, so the first frame
+costs milliseconds): a frame is one ``images[sample, step]`` read, never the whole array.  The app
 serves only its own page and Dash's bundled scripts (no CDN, no file routes); it never writes to
 the store.
 
@@ -39,7 +40,7 @@ class _Source:
     def __init__(self, run, frames: FramePolicy):
         self.run = run
         self.frames = frames
-        self.dataset = run.dataset  # lazy: arrays are read when indexed
+        self.shape = run.shape("images")  # None without images; every read below is one region (run.read)
         self._lock = threading.Lock()
         self._cache: dict = {}
 
@@ -51,23 +52,27 @@ class _Source:
 
     @property
     def has_images(self) -> bool:
-        return "images" in self.dataset
+        return self.shape is not None
+
+    def timesteps(self) -> np.ndarray | None:
+        """The scheduler's timestep of each step, or None when the run stores none."""
+        return self._once("timesteps", lambda: self.run.read("timestep") if self.run.shape("timestep") else None)
 
     def frame(self, sample: int, step: int) -> np.ndarray:
         """(h, w, 3) uint8: x̂0 of one sample at one step (one read)."""
-        return self.frames.frames(self.dataset["images"].isel(sample=sample, step=step).values)
+        return self.frames.frames(self.run.read("images", sample, step))
 
     def final(self, sample: int) -> np.ndarray:
         """(h, w, 3) uint8: the final image of one sample (x̂0 at the last step where no ``final`` is stored)."""
-        if "final" in self.dataset:
-            return self.frames.frames(self.dataset["final"].isel(sample=sample).values)
-        return self.frame(sample, self.dataset.sizes["step"] - 1)
+        if self.run.shape("final") is not None:
+            return self.frames.frames(self.run.read("final", sample))
+        return self.frame(sample, self.shape[1] - 1)
 
     def band_frame(self, sample: int, step: int, band: str) -> np.ndarray:
         """(h, w, 3) uint8 grey image of one band of the luminance, 0 at mid-grey, ±max(|band|) at the ends."""
         from skimage.color import rgb2gray
 
-        rgb = np.clip(self.dataset["images"].isel(sample=sample, step=step).values, 0, 1)
+        rgb = np.clip(self.run.read("images", sample, step), 0, 1)
         part = band_pass(rgb2gray(np.moveaxis(rgb, 0, -1)))[list(DEFAULT_BANDS).index(band)]
         bound = float(np.abs(part).max()) or 1.0
         grey = 0.5 + 0.5 * part / bound if band != next(iter(DEFAULT_BANDS)) else part
@@ -141,7 +146,7 @@ def _header(run, source: _Source):
     store = run.store
     parts = [f"{run.attrs.get('model_id', 'run')}", f"{store.n_samples} samples × {store.n_steps} steps"]
     if source.has_images:
-        height, width = source.dataset["images"].shape[-2:]
+        height, width = source.shape[-2:]
         parts.append(source.frames.describe(int(height), int(width)))
     return html.Div([html.H2(str(run.path), style={"overflowWrap": "anywhere", "margin": "8px 0"}),
                      html.P(" · ".join(parts), id="summary", style={"color": "#555"})])
@@ -208,7 +213,7 @@ def _layout(run, source: _Source):
 
 
 def _frame_caption(source: _Source, sample: int, step: int, band: str) -> str:
-    timesteps = source.dataset["timestep"].values if "timestep" in source.dataset else None
+    timesteps = source.timesteps()
     when = f"step {step}" + ("" if timesteps is None else f" (timestep {float(timesteps[step]):g})")
     what = "x̂0" if band == _IMAGE else f"{band} band of x̂0's luminance"
     return f"{what} of sample {sample}, {when}"
