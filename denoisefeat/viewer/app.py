@@ -158,9 +158,10 @@ def _layout(run, source: _Source):
     store = run.store
     last = store.n_steps - 1
     marks = {int(k): str(int(k)) for k in np.unique(np.linspace(0, last, min(11, store.n_steps)).round())}
+    sample = html.Label(["sample ", dcc.Input(id="sample", type="number", min=0, max=store.n_samples - 1, step=1,
+                                              value=0, debounce=True, style={"width": "90px"})], style=_PANEL)
     controls = html.Div([
-        html.Label(["sample ", dcc.Input(id="sample", type="number", min=0, max=store.n_samples - 1, step=1,
-                                         value=0, debounce=True, style={"width": "90px"})], style=_PANEL),
+        sample,
         html.Label(["show ", dcc.RadioItems(id="band", options=[_IMAGE, *DEFAULT_BANDS], value=_IMAGE, inline=True)],
                    style=_PANEL),
     ])
@@ -198,6 +199,8 @@ def _layout(run, source: _Source):
     body = [_header(run, source)]
     if source.has_images:
         body += [html.H3("Trajectory"), controls, scrubber, images]
+    else:  # the activation and attribution views still follow the chosen sample
+        body += [html.Div([sample])]
     if profile_choices:
         body += [html.H3("Feature profile"),
                  dcc.Dropdown(id="feature", options=profile_choices, value=profile_choices[0], clearable=False,
