@@ -559,6 +559,10 @@ def attribute_patching(
                                 help="Number of step windows, or start:stop pairs (default: every step)."),
     method: str = typer.Option("zero", "--method", help="zero, mean, resample, or identity (the null control)."),
     features: str = _FEATURES,
+    estimator: str = typer.Option(
+        "first_order", "--estimator",
+        help="first_order (one backward pass for all layers) or exact_step (each edited step run exactly: one "
+             "denoiser call per layer and step; ranks like the exact scan where first_order does not)."),
     verify_top: int = typer.Option(0, "--verify-top",
                                    help="Ablate the top K cells per feature exactly and report the agreement."),
     device: str = _DEVICE,
@@ -573,7 +577,7 @@ def attribute_patching(
 
     pipe = _scan_pipe(model, device, fp16)
     options = dict(layers=list(layer), windows=None if windows is None else _windows(windows), method=method,
-                   features=_split(features), **run, store=out, overwrite=overwrite, progress=True)
+                   features=_split(features), estimator=estimator, **run, store=out, overwrite=overwrite, progress=True)
     if verify_top > 0:
         frame = attribution_study(pipe, top_k=verify_top, **options)
         for method_name in sorted(frame["method"].unique()):
