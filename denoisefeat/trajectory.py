@@ -46,6 +46,7 @@ from denoisefeat.store import (
     RunStore,
     StepWriter,
     StoreError,
+    acts_path,
 )
 
 __all__ = ["DenoisingLoop", "LoopState", "PrefixCache", "trace"]
@@ -575,9 +576,7 @@ def trace(
         chunks = _owned_chunks(run_store, only_samples)
         _write_coordinates(run_store, request, loop.coords)
         if recorder is not None:
-            acts = run_store.group.require_group("acts")
-            if acts.attrs.get("layers") != recorder.layers:  # written once: concurrent tasks share this group
-                acts.attrs["layers"] = recorder.layers
+            run_store.declare_acts(recorder.layers)
         if maps is not None:
             run_store.declare_attention(maps.layers, words)
         managers = [m for m in (editor, recorder) if m is not None]  # edits first: records show the edited flow
@@ -749,7 +748,7 @@ def _hook_managers(pipe, request, record, record_steps, edits, loop, current):
     if record is not None:
         def sink(layer, reducer, step, tensor, dims, branched):
             capture = current["capture"]
-            writer, name = capture.writer, f"acts/{layer}/{reducer}"
+            writer, name = capture.writer, acts_path(layer, reducer)
             dtype = "float16" if tensor.dtype == torch.float16 else "float32"  # fp16 models: fp16 storage
             if not writer.declared(name):
                 attrs = {"layer": layer, "reducer": reducer}
@@ -816,7 +815,7 @@ _DIMS = {
 
 
 def _write_coordinates(store: RunStore, request: TraceRequest, coords: dict, *, rewrite: bool = False) -> None:
-    if "timestep" in store.group and not rewrite:
+    if store.holds("timestep") and not rewrite:
         return
     store.write_coordinate("step", np.arange(len(coords["timestep"])), dim="step")
     for name, values in coords.items():
