@@ -732,9 +732,17 @@ class RunStore:
         KeyError
             The store has no array ``name``.
         """
-        member = self.group.get(name)
+        member = self._member(name)
         if not isinstance(member, zarr.Array):
             raise KeyError(f"{str(self.path or 'The run')!r} has no array {name!r}.")
+        return member
+
+    def _member(self, name: str):
+        """The array or group at ``name``, also one written after the group was opened with consolidated
+        metadata (which does not list it); ``None`` if there is none."""
+        member = self.group.get(name)
+        if member is None and self.path is not None and (self.path / name / "zarr.json").is_file():
+            member = self.reopened(mode="r" if self.group.read_only else "r+").group.get(name)
         return member
 
     def group_names(self) -> list[str]:
@@ -832,9 +840,8 @@ class RunStore:
         -------
         list of str
         """
-        if ACTS not in self.group:
-            return []
-        return list(self.group[ACTS].attrs.get("layers", []))
+        group = self._member(ACTS)
+        return list(group.attrs.get("layers", [])) if isinstance(group, zarr.Group) else []
 
     def acts_reducers(self, layer: str) -> list[str]:
         """The reducers ``layer`` was recorded with, sorted (empty: not recorded).
@@ -847,7 +854,7 @@ class RunStore:
         -------
         list of str
         """
-        group = self.group.get(f"{ACTS}/{layer}")
+        group = self._member(f"{ACTS}/{layer}")
         return sorted(group.array_keys()) if isinstance(group, zarr.Group) else []
 
     def features_config(self) -> dict:
@@ -858,13 +865,15 @@ class RunStore:
         dict
             Empty where no features were computed.
         """
-        group = self.group.get(FEATURES)
+        group = self._member(FEATURES)
         return dict(group.attrs.get("config", {})) if isinstance(group, zarr.Group) else {}
 
     def drop_features(self) -> None:
         """Delete the ``features`` group (before computing them again with other settings)."""
         if FEATURES in self.group:
             del self.group[FEATURES]
+        elif self.holds(FEATURES):  # written after this handle's consolidated metadata
+            del self.reopened().group[FEATURES]
 
     def declare_features(self, config: Mapping) -> None:
         """Create the ``features`` group with its ``config`` (kept if it is there) and its ``complete`` marker.
@@ -887,10 +896,10 @@ class RunStore:
         -------
         numpy.ndarray of bool
         """
-        name = features_path("complete")
-        if name not in self.group:
+        marker = self._member(features_path("complete"))
+        if not isinstance(marker, zarr.Array):
             return np.zeros(self.n_samples, dtype=bool)
-        return np.asarray(self.group[name][...], dtype=bool)
+        return np.asarray(marker[...], dtype=bool)
 
     def mark_features_complete(self, samples, *, complete: bool = True) -> None:
         """Mark the features of ``samples`` done (call only after all their variables are written), or not.

@@ -829,7 +829,7 @@ def _open_or_create(path, request: TraceRequest, *, n_steps, batch_size, overwri
     attrs = request.as_attrs()
     if path is not None and resume and Path(path).expanduser().exists():
         store = RunStore.open(path)
-        diff = store.differing_attrs(attrs)
+        diff = store.differing_attrs(attrs, added=TraceRequest.ADDED_ATTRS)
         if diff:
             raise RunMismatchError(
                 f"Cannot resume {str(store.path)!r}: it was started with different settings ({', '.join(diff)}). "
