@@ -71,6 +71,7 @@ from pathlib import Path
 import numpy as np
 
 from denoisefeat.frequency import DEFAULT_BANDS
+from denoisefeat.progress import progress_bar
 
 __all__ = ["FREQUENCY_VARIABLES", "SNR_VARIABLES", "features", "load_features"]
 
@@ -463,48 +464,6 @@ def _prepare_group(store, config: dict, *, overwrite: bool, owns_everything: boo
                            dims=("sample", "step", *tail), dtype="float32", attrs=_attrs_of(name))
 
 
-def _owned_chunks(store, samples) -> list[slice]:
-    chunks = store.sample_chunks()
-    if samples is None:
-        return chunks
-    if not isinstance(samples, slice):
-        raise TypeError(f"samples must be a slice of whole sample chunks (e.g. slice(0, 8)), got {samples!r}.")
-    n, c = store.n_samples, store.chunk_samples
-    start, stop, step = samples.indices(n)
-    if step != 1 or start >= stop:
-        raise ValueError(f"samples={samples.start}:{samples.stop}: give a non-empty range with step 1 "
-                         f"within the run's {n} samples.")
-    if start % c or (stop % c and stop != n):
-        lo, hi = (start // c) * c, min(n, -(-stop // c) * c)
-        raise ValueError(
-            f"samples={start}:{stop} is not aligned to the store's sample chunks of {c} (a task owns whole chunks: "
-            f"boundaries at multiples of {c}, and {n}); e.g. samples={lo}:{hi}."
-        )
-    return [ch for ch in chunks if ch.start >= start and ch.stop <= stop]
-
-
-class _Progress:
-    """A rich progress bar over samples, or nothing."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total = enabled and total > 0, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda k: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._bar = Progress(TextColumn("features"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        self._bar.__enter__()
-        task = self._bar.add_task("features", total=self.total)
-        return lambda k: self._bar.advance(task, k)
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self._bar.__exit__(*exc)
-        return False
-
-
 def _check_device(device):
     """None, or a usable torch.device (a clear error for a bad name or an absent accelerator)."""
     if device is None:
@@ -599,7 +558,7 @@ def features(
     device = _check_device(device)
     store = _store_of(run, mode="r+")
     config = _config(store, metrics=metrics, bands=bands, wavelet=wavelet)
-    chunks = _owned_chunks(store, samples)
+    chunks = store.owned_chunks(samples)
     owned = np.zeros(store.n_samples, dtype=bool)
     for chunk in chunks:
         owned[chunk] = True
@@ -621,7 +580,7 @@ def features(
     if work:
         bands_ = _bands_from_json(config)
         signal = _signal_scales(store) if "band_snr_measured" in config["variables"] else None
-        with _Progress(progress, int(sum(todo.size for _, todo in work))) as advance:
+        with progress_bar(progress, total=int(sum(todo.size for _, todo in work)), label="features") as advance:
             for _chunk, todo in work:
                 values = _compute_samples(store, todo, config=config, bands=bands_, batch_size=int(batch_size),
                                           signal=signal, device=device)

@@ -921,6 +921,46 @@ class RunStore:
         n, c = self.n_samples, self.chunk_samples
         return [slice(s, min(s + c, n)) for s in range(0, n, c)]
 
+    def owned_chunks(self, samples: slice | None, *, option: str = "samples") -> list[slice]:
+        """The sample chunks inside ``samples``, which must be whole chunks (what one writer or task owns).
+
+        Parameters
+        ----------
+        samples : slice or None
+            ``slice(start, stop)`` with ``start`` and ``stop`` on chunk boundaries (multiples of
+            ``chunk_samples``, or ``n_samples``); ``None``: every chunk.
+        option : str
+            The caller's name of ``samples``, for the messages (``"only_samples"``).
+
+        Returns
+        -------
+        list of slice
+
+        Raises
+        ------
+        TypeError
+            ``samples`` is not a slice.
+        ValueError
+            An empty range, a step other than 1, or a range that splits a sample chunk.
+        """
+        chunks = self.sample_chunks()
+        if samples is None:
+            return chunks
+        if not isinstance(samples, slice):
+            raise TypeError(f"{option} must be a slice of whole sample chunks (e.g. slice(0, 8)), got {samples!r}.")
+        n, c = self.n_samples, self.chunk_samples
+        start, stop, step = samples.indices(n)
+        if step != 1 or start >= stop:
+            raise ValueError(f"{option}={samples.start}:{samples.stop}: give a non-empty range with step 1 "
+                             f"within the run's {n} samples.")
+        if start % c or (stop % c and stop != n):
+            lo, hi = (start // c) * c, min(n, -(-stop // c) * c)
+            raise ValueError(
+                f"{option}={start}:{stop} does not fall on the store's sample chunks of {c} (it is not aligned: a "
+                f"task owns whole chunks, boundaries at multiples of {c} and {n}); e.g. {option}={lo}:{hi}."
+            )
+        return [chunk for chunk in chunks if chunk.start >= start and chunk.stop <= stop]
+
     def completed(self) -> np.ndarray:
         """Boolean (sample,): which samples are marked complete."""
         return np.asarray(self.group["complete"][:], dtype=bool)

@@ -573,7 +573,8 @@ def trace(
         if repair and run_store.path is not None:
             run_store.repair(run_store.damage(decode=True))
             _write_coordinates(run_store, request, loop.coords, rewrite=True)
-        chunks = _owned_chunks(run_store, only_samples)
+        owned = run_store.owned_chunks(only_samples, option="only_samples")  # a cluster task's share
+        chunks = [c for c in run_store.incomplete_chunks() if c in owned]
         _write_coordinates(run_store, request, loop.coords)
         if recorder is not None:
             run_store.declare_acts(recorder.layers)
@@ -607,20 +608,6 @@ def _hooked(loop: DenoisingLoop, managers, backend: str):
             yield
         finally:
             loop.family.forward = loop.family.denoiser
-
-
-def _owned_chunks(run_store: RunStore, only_samples: slice | None) -> list[slice]:
-    """The store's incomplete sample chunks, inside ``only_samples`` (what a cluster task owns)."""
-    chunks = run_store.incomplete_chunks()
-    if only_samples is None:
-        return chunks
-    start, stop, _ = only_samples.indices(run_store.n_samples)
-    bounds = {0, run_store.n_samples} | {c.start for c in run_store.sample_chunks()}
-    if start not in bounds or stop not in bounds:
-        raise ValueError(f"only_samples={start}:{stop} does not fall on the store's sample chunks of "
-                         f"{run_store.chunk_samples} (boundaries at multiples of {run_store.chunk_samples} "
-                         f"and {run_store.n_samples}).")
-    return [c for c in chunks if c.start >= start and c.stop <= stop]
 
 
 class _ChunkCapture:

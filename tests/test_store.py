@@ -229,3 +229,22 @@ def test_an_attribute_added_later_does_not_stop_an_old_store_resuming(tmp_path):
     pipe.register_to_config(label_set="other")
     with pytest.raises(RunMismatchError, match="label_set"):
         trace(pipe, class_labels=[1], steps=2, store=labelled, resume=True)
+
+
+def test_a_writer_owns_whole_sample_chunks():
+    """One check of chunk ownership for the trace's tasks (only_samples) and the features' (samples)."""
+    from denoisefeat.store import RunStore
+
+    store = RunStore.create(None, run_attrs={}, n_samples=10, n_steps=2, chunk_samples=4)
+    assert store.owned_chunks(None) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    assert store.owned_chunks(slice(4, 10)) == [slice(4, 8), slice(8, 10)]
+    assert store.owned_chunks(slice(0, 4), option="only_samples") == [slice(0, 4)]
+    with pytest.raises(ValueError, match=r"only_samples=2:6 does not fall on the store's sample chunks of 4 .*"
+                                         r"e\.g\. only_samples=0:8"):
+        store.owned_chunks(slice(2, 6), option="only_samples")
+    with pytest.raises(ValueError, match="non-empty range with step 1"):
+        store.owned_chunks(slice(4, 4))
+    with pytest.raises(ValueError, match="non-empty range with step 1"):
+        store.owned_chunks(slice(0, 8, 2))
+    with pytest.raises(TypeError, match="must be a slice"):
+        store.owned_chunks((0, 4))
