@@ -26,7 +26,8 @@ Layout (``S`` samples, ``T`` loop steps; dimension names are stored with each ar
 
 Every group path is made here (:func:`acts_path`, :func:`attention_path`, :func:`features_path`) and
 every group is read through :class:`RunStore` / :class:`Run` methods: no other module indexes the
-zarr group, so the layout changes in this module only.
+zarr group (``tests/test_structure.py``; the attribution tables of :mod:`denoisefeat.analyses.table`
+are the one layout not moved here yet), so a layout changes in this module only.
 
 Concurrency: a writer owns whole sample chunks (``chunk_samples`` consecutive samples); every
 per-sample array is chunked along ``sample`` by ``chunk_samples``, so two writers never touch the
