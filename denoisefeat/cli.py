@@ -48,11 +48,11 @@ def _error(message: str) -> None:
 
 def _damage_of(kwargs) -> str | None:
     """When a command failed on a store: the store's damage, read chunk by chunk (None if undamaged)."""
-    from denoisefeat.store import RunStore, StoreError, describe_damage
+    from denoisefeat.store import RunStore, StoreError, describe_damage, is_run_store
 
     for key in ("store", "out"):
         path = kwargs.get(key)
-        if isinstance(path, Path) and (path / "zarr.json").is_file():
+        if isinstance(path, Path) and is_run_store(path):
             try:
                 store = RunStore.open(path, mode="r", verify=False)
                 damage = store.damage(decode=True)
@@ -295,10 +295,9 @@ def _print_info(run) -> None:
     if conditions:
         shown = ", ".join(map(str, conditions[:4])) + (" …" if len(conditions) > 4 else "")
         table.add_row("conditions", escape(shown))
-    group = run.store.group
     for name in ("xt", "x0", "images", "final"):
-        if name in group:
-            array = group[name]
+        if run.store.holds(name):
+            array = run.store.array(name)
             dims = ", ".join(f"{d}={s}" for d, s in zip(array.metadata.dimension_names, array.shape, strict=True))
             table.add_row(name, f"({dims}) {array.dtype}")
     for layer in run.layers():
