@@ -22,14 +22,15 @@ Layout (``S`` samples, ``T`` loop steps; dimension names are stored with each ar
       features/<variable>     (sample, step, ...)             per-step features (:mod:`denoisefeat.step_features`,
                                                                :func:`features_path`); group attrs: ``config``;
                                                                ``features/complete (sample)`` their own marker
-      attribution/<table>                                      attribution tables (:mod:`denoisefeat.analyses.table`)
+      attribution/<table>                                      attribution tables (:mod:`denoisefeat.analyses.table`,
+                                                               :func:`attribution_path`)
       attribution/<table>/images/                              the final images a scan kept (``keep_images``,
                                                                :func:`cell_images_path`)
 
-Every group path is made here (:func:`acts_path`, :func:`attention_path`, :func:`features_path`) and
-every group is read through :class:`RunStore` / :class:`Run` methods: no other module indexes the
-zarr group (``tests/test_structure.py``; the attribution tables of :mod:`denoisefeat.analyses.table`
-are the one layout not moved here yet), so a layout changes in this module only.
+Every group path is made here (:func:`acts_path`, :func:`attention_path`, :func:`features_path`,
+:func:`attribution_path`, :func:`cell_images_path`) and every group is read and written through
+:class:`RunStore` / :class:`Run` methods: no other module indexes the zarr group
+(``tests/test_structure.py``), so a layout changes in this module only.
 
 Concurrency: a writer owns whole sample chunks (``chunk_samples`` consecutive samples); every
 per-sample array is chunked along ``sample`` by ``chunk_samples``, so two writers never touch the
@@ -80,9 +81,11 @@ __all__ = [
     "StoreError",
     "ACTS",
     "ATTENTION",
+    "ATTRIBUTION",
     "FEATURES",
     "acts_path",
     "attention_path",
+    "attribution_path",
     "cell_images_path",
     "describe_damage",
     "features_path",
@@ -317,6 +320,32 @@ def is_run_store(path) -> bool:
 
 #: The group of the attribution tables: ``attribution/<table>``.
 ATTRIBUTION = "attribution"
+
+
+#: The group of the attribution tables (:mod:`denoisefeat.analyses.table`): ``attribution/<table>``.
+ATTRIBUTION = "attribution"
+
+
+def attribution_path(table: str) -> str:
+    """The store path of attribution table ``table``.
+
+    Layout of that group (:func:`denoisefeat.analyses.table.write_attribution` writes it)::
+
+        attribution/<table>/
+          attrs  columns (in order), n_rows, format (the table format), table_attrs (the frame's JSON attrs)
+          <column>  (row,)   one 1-d array per column; attrs["kind"]: "numeric", or "str" with "categories"
+          images/            the scan's kept final images (:func:`cell_images_path`), optional
+
+    Parameters
+    ----------
+    table : str
+        The table's name.
+
+    Returns
+    -------
+    str
+    """
+    return f"{ATTRIBUTION}/{table}"
 
 
 def cell_images_path(table: str) -> str:
@@ -1104,6 +1133,81 @@ class RunStore:
         attrs = _jsonable({"layers": list(layers), "words": {p: [list(w) for w in ws] for p, ws in words.items()}})
         if dict(group.attrs) != attrs:  # written once: concurrent tasks share this group
             group.attrs.update(attrs)
+
+    @property
+    def created(self) -> str | None:
+        """When the store was made (ISO 8601, UTC), as its root attributes record it."""
+        return (self.group.attrs.get(_MARKER) or {}).get("created")
+
+    def attribution_tables(self) -> list[str]:
+        """The names of the attribution tables the store holds (sorted; empty when none).
+
+        Returns
+        -------
+        list of str
+        """
+        group = self._member(ATTRIBUTION)
+        if not isinstance(group, zarr.Group):
+            return []
+        keys = {name for name in group.group_keys()}
+        if self.path is not None:  # tables written after the metadata was consolidated
+            keys |= {p.name for p in (self.path / ATTRIBUTION).iterdir() if (p / "zarr.json").is_file()}
+        return sorted(keys)
+
+    def write_table(self, path: str, columns: Mapping[str, tuple[np.ndarray, Mapping]], *, attrs: Mapping,
+                    overwrite: bool = False) -> None:
+        """Write a table: a group of equal-length 1-d arrays, one per column.
+
+        Parameters
+        ----------
+        path : str
+            The group's path (e.g. :func:`attribution_path`).
+        columns : mapping of str to (numpy.ndarray, mapping)
+            ``{column: (values, attrs)}``, in column order.
+        attrs : mapping
+            The group's attributes (JSON).
+        overwrite : bool
+            Replace a group at ``path`` (and what it holds); otherwise an existing one is an error.
+
+        Raises
+        ------
+        RunExistsError
+            ``path`` exists and ``overwrite`` is False.
+        """
+        if self.holds(path) and not overwrite:
+            raise RunExistsError(f"{path!r} already exists in the store; pass overwrite=True to replace it.")
+        parent, _, leaf = path.rpartition("/")
+        root = self.group.require_group(parent) if parent else self.group
+        if leaf in root:
+            del root[leaf]
+        group = root.create_group(leaf)
+        for name, (values, column_attrs) in columns.items():
+            data = np.asarray(values)
+            array = group.create_array(name, shape=data.shape, dtype=data.dtype, compressors=COMPRESSORS)
+            array[...] = data
+            array.attrs.update(_jsonable(dict(column_attrs)))
+        group.attrs.update(_jsonable(dict(attrs)))
+
+    def group_attrs(self, path: str) -> dict:
+        """The attributes of the group at ``path``.
+
+        Parameters
+        ----------
+        path : str
+
+        Returns
+        -------
+        dict
+
+        Raises
+        ------
+        KeyError
+            The store has no group ``path``.
+        """
+        member = self._member(path)
+        if not isinstance(member, zarr.Group):
+            raise KeyError(f"{str(self.path or 'The run')!r} has no group {path!r}.")
+        return dict(member.attrs)
 
     def write_images(self, path: str, arrays: Mapping[str, tuple[Sequence[str], np.ndarray]], *,
                      attrs: Mapping) -> None:

@@ -204,14 +204,8 @@ def test_readme_architecture_draws_the_contract_layers():
 # ---------------------------------------------------------------------------------------------
 # The store owns every group layout
 # ---------------------------------------------------------------------------------------------
-#: Modules that still index a store's zarr group themselves.  The attribution tables' layout
-#: (``attribution/<table>``, written and read by analyses.table, listed by the viewer and the report)
-#: moves into the store with the attribution work; nothing else may be added here.
-STORE_INTERNALS_ALLOWED = {
-    "denoisefeat.analyses.table": "write_attribution / read_attribution: the attribution/ layout",
-    "denoisefeat.viewer.app": "lists the attribution tables through analyses.table",
-    "denoisefeat.viz.report": "the attribution tables and the store's creation time",
-}
+#: Modules that still index a store's zarr group themselves: none (every layout is the store's).
+STORE_INTERNALS_ALLOWED: dict[str, str] = {}
 
 
 def _store_internals(source: str) -> list[str]:

@@ -47,7 +47,7 @@ import xarray as xr
 import zarr
 from statsmodels.stats.multitest import multipletests
 
-from denoisefeat.store import COMPRESSORS, Run, RunStore, StoreError, cell_images_path
+from denoisefeat.store import Run, RunStore, StoreError, attribution_path, cell_images_path
 
 __all__ = [
     "COLUMNS",
@@ -119,7 +119,6 @@ RANK_BY: dict[str, str] = {"effect": "effect_std", "specificity": "specificity"}
 class StaleTableError(StoreError):
     """An attribution table written by an older format (:data:`TABLE_FORMAT`): recompute it."""
 
-_GROUP = "attribution"
 _CELL_KEYS = ("layer", "step_start", "step_stop", "method")
 
 
@@ -314,31 +313,21 @@ def write_attribution(store_or_path, frame: pd.DataFrame, *, name: str = "defaul
     if not name or "/" in name:
         raise ValueError(f"Invalid table name {name!r}: use a non-empty name without '/'.")
     store = _open_store(store_or_path, "r+")
-    root = store.group.require_group(_GROUP)
-    if name in root:
-        if not overwrite:
-            raise StoreError(f"Attribution table {name!r} already exists; pass overwrite=True to replace it.")
-        del root[name]
-    group = root.create_group(name)
-    columns = []
+    if name in store.attribution_tables() and not overwrite:
+        raise StoreError(f"Attribution table {name!r} already exists; pass overwrite=True to replace it.")
+    columns = {}
     for column in frame.columns:
         values = frame[column]
         if not isinstance(column, str):
             raise ValueError(f"Column names must be strings, got {column!r}.")
         if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-            data = values.to_numpy()
-            array = group.create_array(column, shape=data.shape, dtype=data.dtype, compressors=COMPRESSORS)
-            array[...] = data
-            array.attrs["kind"] = "numeric"
+            columns[column] = (values.to_numpy(), {"kind": "numeric"})
         else:
             codes, categories = pd.factorize(values.astype(str))
-            data = codes.astype(np.int32)
-            array = group.create_array(column, shape=data.shape, dtype=data.dtype, compressors=COMPRESSORS)
-            array[...] = data
-            array.attrs.update({"kind": "str", "categories": [str(c) for c in categories]})
-        columns.append(column)
-    group.attrs.update({"columns": columns, "n_rows": len(frame), "format": TABLE_FORMAT,
-                        "table_attrs": _json_attrs(frame.attrs)})
+            columns[column] = (codes.astype(np.int32), {"kind": "str", "categories": [str(c) for c in categories]})
+    store.write_table(attribution_path(name), columns, overwrite=overwrite,
+                      attrs={"columns": list(columns), "n_rows": len(frame), "format": TABLE_FORMAT,
+                             "table_attrs": _json_attrs(frame.attrs)})
     images = frame.attrs.get("images")
     if isinstance(images, CellImages):
         arrays = {"clean": (("sample", "rgb", "height", "width"), images.clean),
@@ -363,8 +352,10 @@ def _json_attrs(attrs: dict) -> dict:
     return out
 
 
-def _read_table(group: zarr.Group, name: str, store: RunStore) -> pd.DataFrame:
-    version = group.attrs.get("format", 1)
+def _read_table(store: RunStore, name: str) -> pd.DataFrame:
+    path = attribution_path(name)
+    attrs = store.group_attrs(path)
+    version = attrs.get("format", 1)
     if not isinstance(version, int) or version < TABLE_FORMAT:
         where = store.path if getattr(store, "path", None) is not None else "the store"
         raise StaleTableError(
@@ -379,15 +370,15 @@ def _read_table(group: zarr.Group, name: str, store: RunStore) -> pd.DataFrame:
             f"({TABLE_FORMAT}); upgrade denoisefeat."
         )
     data = {}
-    for column in group.attrs["columns"]:
-        array = group[column]
+    for column in attrs["columns"]:
+        array = store.array(f"{path}/{column}")
         values = np.asarray(array[...])
         if array.attrs.get("kind") == "str":
             categories = np.asarray(array.attrs["categories"], dtype=object)
             values = categories[values] if len(categories) else np.asarray([], dtype=object)
         data[column] = values
-    frame = pd.DataFrame(data, columns=list(group.attrs["columns"]))
-    frame.attrs.update(group.attrs.get("table_attrs", {}))
+    frame = pd.DataFrame(data, columns=list(attrs["columns"]))
+    frame.attrs.update(attrs.get("table_attrs", {}))
     return frame
 
 
@@ -402,8 +393,7 @@ def attribution_names(store_or_path) -> list[str]:
     -------
     list of str
     """
-    store = _open_store(store_or_path, "r")
-    return sorted(store.group[_GROUP].group_keys()) if _GROUP in store.group else []
+    return _open_store(store_or_path, "r").attribution_tables()
 
 
 def read_attribution(store_or_path, name: str | None = None) -> pd.DataFrame:
@@ -427,16 +417,15 @@ def read_attribution(store_or_path, name: str | None = None) -> pd.DataFrame:
         If a table was written in an older format (the message says how to recompute it).
     """
     store = _open_store(store_or_path, "r")
-    names = attribution_names(store)
-    root = store.group[_GROUP] if names else None
+    names = store.attribution_tables()
     if name is None:
         if not names:
             raise KeyError("The store holds no attribution tables.")
-        frames = [_read_table(root[n], n, store).assign(table=n) for n in names]
+        frames = [_read_table(store, n).assign(table=n) for n in names]
         return pd.concat(frames, ignore_index=True)
     if name not in names:
         raise KeyError(f"No attribution table {name!r}; the store holds {names}.")
-    return _read_table(root[name], name, store)
+    return _read_table(store, name)
 
 
 def read_cell_images(store_or_path, name: str) -> CellImages:
@@ -459,15 +448,16 @@ def read_cell_images(store_or_path, name: str) -> CellImages:
         No such table, or the table holds no images (its scan ran without ``keep_images``).
     """
     store = _open_store(store_or_path, "r")
-    names = attribution_names(store)
+    names = store.attribution_tables()
     if name not in names:
         raise KeyError(f"No attribution table {name!r}; the store holds {names}.")
     path = cell_images_path(name)
     if not store.holds(path):
         raise KeyError(f"Attribution table {name!r} holds no images: its scan ran without keep_images.")
-    group = store.group[path]
-    return CellImages(cells=[tuple(c) for c in group.attrs["cells"]], clean=group["clean"], edited=group["edited"],
-                      corrupted=group["corrupted"] if "corrupted" in group else None)
+    corrupted = f"{path}/corrupted"
+    return CellImages(cells=[tuple(c) for c in store.group_attrs(path)["cells"]], clean=store.array(f"{path}/clean"),
+                      edited=store.array(f"{path}/edited"),
+                      corrupted=store.array(corrupted) if store.holds(corrupted) else None)
 
 
 def _network_order(layer_order, layers: list[str]) -> list[str]:

@@ -97,14 +97,12 @@ class _Source:
 
     def attribution(self) -> pd.DataFrame | None:
         def load():
-            if "attribution" not in self.run.store.group:
-                return None
             from denoisefeat.analyses.table import attribution_names, read_attribution
 
             frames = []
-            for name in attribution_names(self.run.store.group):
+            for name in attribution_names(self.run.store):
                 try:
-                    frames.append(read_attribution(self.run.store.group, name).assign(table=name))
+                    frames.append(read_attribution(self.run.store, name).assign(table=name))
                 except ValueError:  # a table of an older format: the report names it; the viewer skips it
                     continue
             return pd.concat(frames, ignore_index=True) if frames else None
@@ -117,7 +115,7 @@ class _Source:
             from denoisefeat.analyses.table import read_cell_images
 
             try:
-                return read_cell_images(self.run.store.group, table)
+                return read_cell_images(self.run.store, table)
             except KeyError:
                 return None
 

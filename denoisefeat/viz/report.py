@@ -107,11 +107,11 @@ def _load_features(run) -> xr.Dataset | None:
 
 def _load_attribution(run, notes: list[str]) -> pd.DataFrame | None:
     """Every current attribution table of the store; tables of an older format are named in ``notes``."""
-    if not run.store.holds("attribution"):
+    if not run.store.attribution_tables():
         return None
     from denoisefeat.analyses.table import StaleTableError, attribution_names, read_attribution
 
-    source = run.path if run.path is not None else run.store.group
+    source = run.path if run.path is not None else run.store
     frames = []
     for name in attribution_names(source):
         try:
@@ -145,7 +145,7 @@ def _kept_images(run, table: pd.DataFrame, notes: list[str]) -> tuple[dict | Non
     """
     from denoisefeat.analyses.table import read_cell_images
 
-    source = run.path if run.path is not None else run.store.group
+    source = run.path if run.path is not None else run.store
     names = list(dict.fromkeys(table["table"].astype(str)))
     kept = {}
     for name in names:
@@ -231,7 +231,7 @@ def _overview(run) -> str:
         ("prompts", _short(attrs.get("prompts"))),
         ("negative prompt", attrs.get("negative_prompt")),
         ("store", str(run.path) if run.path is not None else "in memory"),
-        ("created", store.group.attrs.get("denoisefeat", {}).get("created")),
+        ("created", store.created),
     ]
     body = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows if v not in (None, "", []))
     return f'<table class="dft-attrs">{body}</table>'
