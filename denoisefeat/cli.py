@@ -715,6 +715,8 @@ def demo(
 @_friendly
 def toy_train(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, logs, config (resumed if it exists)."),
+    recipe_name: str = typer.Option(
+        None, "--recipe", help="Named recipe, v2 or v3 (toy/train.py RECIPES; default: the shipped weights')."),
     iterations: int = typer.Option(None, "--iterations", help="Optimizer steps (default: the recipe's)."),
     seed: int = typer.Option(0, "--seed", help="Seeds weights, data and noise."),
     threads: int = typer.Option(2, "--threads", help="torch threads."),
@@ -722,14 +724,11 @@ def toy_train(
     no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if OUT has a checkpoint."),
     export_to: Path = typer.Option(None, "--export", help="After training, write the pipeline folder here."),
 ) -> None:
-    """Train the toy model on DiffShapes from a seed (CPU, resumable); the recipe is denoisefeat/toy/train.py."""
-    import dataclasses
+    """Train the toy model on DiffShapes from a seed (CPU, resumable); the recipes are in denoisefeat/toy/train.py."""
+    from denoisefeat.toy.train import DEFAULT_RECIPE, export, recipe, train
 
-    from denoisefeat.toy.train import TrainConfig, export, train
-
-    config = TrainConfig(seed=seed, threads=threads)
-    if iterations is not None:
-        config = dataclasses.replace(config, iterations=iterations)
+    lengths = {} if iterations is None else {"iterations": iterations}
+    config = recipe(recipe_name or DEFAULT_RECIPE, seed=seed, threads=threads, **lengths)
     checkpoint = train(config, out, resume=not no_resume, progress=True, until=until)
     console.print(f"checkpoint: {checkpoint}", markup=False)
     if export_to is not None:

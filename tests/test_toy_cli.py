@@ -57,3 +57,17 @@ def test_corrupt_weights_give_a_clear_error(tmp_path):
     (weights / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"pickle would run code")
     with pytest.raises(ModelSourceError):
         load_pipeline(weights)
+
+
+def test_train_takes_a_named_recipe(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["toy", "train", "--out", str(tmp_path / "run"), "--recipe", "v3", "--iterations", "1",
+                                 "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    from denoisefeat.toy.train import TrainConfig, recipe
+
+    stored = TrainConfig.from_json(json.loads((tmp_path / "run" / "config.json").read_text()))
+    assert stored == recipe("v3", iterations=1, threads=1)
+    wrong = runner.invoke(app, ["toy", "train", "--out", str(tmp_path / "other"), "--recipe", "v9"])
+    assert wrong.exit_code == 2 and "unknown toy recipe 'v9'" in wrong.output
+    assert not (tmp_path / "other").exists()

@@ -81,3 +81,89 @@ def test_sample_toy_stochastic_ddim_is_seeded():
     first = sample_toy(unet, scheduler, labels, steps=3, eta=1.0, seed=5)
     np.testing.assert_array_equal(first, sample_toy(unet, scheduler, labels, steps=3, eta=1.0, seed=5))
     assert not np.array_equal(first, sample_toy(unet, scheduler, labels, steps=3, eta=0.0, seed=5))
+
+
+def _constant_classifier(shape: int, color: int, texture: int):
+    """A classifier whose heads ignore the image: every image reads as (shape, color, texture)."""
+    from denoisefeat.toy.evaluate import DiffShapesClassifier
+
+    classifier = DiffShapesClassifier(ClassifierConfig(width=4)).eval()
+    with torch.no_grad():
+        for name, index in (("shape", shape), ("color", color), ("texture", texture)):
+            head = classifier.heads[name]
+            head.weight.zero_()
+            head.bias.zero_()
+            head.bias[index] = 1.0
+    return classifier
+
+
+def test_confusion_matrices_count_condition_against_reading():
+    from denoisefeat.toy.diffshapes import condition_label
+    from denoisefeat.toy.evaluate import confusion_matrices
+
+    labels = np.array([condition_label("circle", "red", "solid"), condition_label("star", "blue", "stripes"),
+                       condition_label("star", "red", "stripes"), condition_label("cross", "green", "dots")])
+    images = generate(4, seed=3, labels=labels).images
+    matrices = confusion_matrices(images, labels, _constant_classifier(shape=1, color=0, texture=2))
+    expected_texture = np.zeros((4, 4), dtype=np.int64)
+    expected_texture[0, 2], expected_texture[1, 2], expected_texture[3, 2] = 1, 2, 1  # solid, stripes x2, dots
+    np.testing.assert_array_equal(matrices["texture"], expected_texture)
+    expected_shape = np.zeros((5, 5), dtype=np.int64)
+    expected_shape[0, 1], expected_shape[3, 1], expected_shape[4, 1] = 1, 2, 1  # circle, star x2, cross
+    np.testing.assert_array_equal(matrices["shape"], expected_shape)
+    assert matrices["color"].shape == (6, 6) and matrices["color"][:, 0].sum() == 4
+    # The trace over n is evaluate_samples' accuracy: red is read right twice.
+    scores = evaluate_samples(images, labels, _constant_classifier(shape=1, color=0, texture=2))
+    assert np.trace(matrices["color"]) / 4 == scores["color"] == 0.5
+    with pytest.raises(ValueError, match="labels"):
+        confusion_matrices(images, labels[:2], _constant_classifier(shape=0, color=0, texture=0))
+
+
+def _stripes(frequency: float, angle: float, size: int = 32, *, wavy: float = 0.0, seed: int = 0) -> np.ndarray:
+    """A red disc of radius 12 px filled with DiffShapes-like stripes on grey; ``wavy`` bends their phase."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
+    u = (np.cos(angle) * x + np.sin(angle) * y) * frequency
+    v = -np.sin(angle) * x + np.cos(angle) * y
+    # A smooth phase field that drifts both along and across the stripes (periods of 7 to 11 px).
+    rng = np.random.default_rng(seed)
+    for _ in range(4):
+        wave = rng.uniform(1 / 11, 1 / 7) * np.array([np.cos(a := rng.uniform(0, np.pi)), np.sin(a)])
+        u = u + wavy * np.sin(2 * np.pi * (wave[0] * x + wave[1] * y) + rng.uniform(0, 2 * np.pi))
+    pattern = np.clip(0.5 + 2.0 * np.sin(2 * np.pi * u), 0, 1)
+    inside = (x - 15.5) ** 2 + (y - 15.5) ** 2 <= 12**2
+    image = np.full((3, size, size), 0.5)
+    red = np.array([0.86, 0.10, 0.12])[:, None, None] * (1 - 0.5 * pattern)
+    return np.where(inside[None], red, image)
+
+
+def test_texture_statistics_read_frequency_orientation_and_coherence():
+    from denoisefeat.toy.evaluate import texture_statistics
+
+    images = np.stack([_stripes(0.1875, 0.0), _stripes(0.125, np.pi / 2), _stripes(0.1875, 0.0, wavy=0.35)])
+    stats = texture_statistics(images)
+    np.testing.assert_allclose(stats.peak_frequency[:2], [0.1875, 0.125])
+    # Straight stripes: one orientation, one sharp frequency, and a period-lag autocorrelation near 1.
+    assert (stats.orientation_order[:2] > 0.8).all() and (stats.peak_share[:2] > 0.7).all(), stats
+    assert (stats.autocorrelation[:2] > 0.9).all(), stats.autocorrelation
+    # Orientation bins: horizontal wave vector (angle 0) vs vertical (pi / 2).
+    assert stats.angular_power[0].argmax() in (0, 17) and stats.angular_power[1].argmax() == 9
+    assert (stats.spectral_coherence[:2] > 0.8).all(), stats.spectral_coherence
+    # Wavy stripes keep their frequency roughly but lose phase coherence and orientation order.
+    assert stats.autocorrelation[2] < stats.autocorrelation[0] - 0.2, stats.autocorrelation
+    assert stats.spectral_coherence[2] < stats.spectral_coherence[0] - 0.2, stats.spectral_coherence
+    assert stats.orientation_order[2] < stats.orientation_order[0]
+    assert 0.25 < stats.mask_fraction[0] < 0.45  # pi 11^2 / 32^2 after the one-pixel erosion
+    # A solid object has no texture-band power.
+    flat = texture_statistics(_stripes(0.1875, 0.0)[None] * 0 + np.array([0.86, 0.1, 0.12])[None, :, None, None])
+    assert flat.peak_share[0] == 0.0 and flat.radial_power.max() < 1e-8
+
+
+def test_texture_statistics_on_real_diffshapes():
+    from denoisefeat.toy.evaluate import texture_statistics
+
+    batch = generate(120, seed=5, textures=["stripes"], radius=(0.3, 0.42), max_rotation=15.0)
+    stats = texture_statistics(batch.images)
+    within_one_bin = np.abs(stats.peak_frequency - batch.texture_frequency) <= 1 / 32 + 1e-9
+    assert within_one_bin.mean() > 0.95 and np.median(stats.autocorrelation) > 0.9
+    with pytest.raises(ValueError, match="shape"):
+        texture_statistics(batch.images[:, :2])

@@ -35,6 +35,9 @@ __all__ = [
     "save_classifier",
     "classifier_accuracy",
     "evaluate_samples",
+    "confusion_matrices",
+    "TextureStatistics",
+    "texture_statistics",
     "sample_toy",
     "evaluate_unet",
     "save_grid",
@@ -287,6 +290,24 @@ def load_classifier(directory: str | os.PathLike = DEFAULT_CLASSIFIER_DIR) -> Di
     return classifier.eval()
 
 
+def _checked_labels(labels: np.ndarray, n: int) -> np.ndarray:
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CONDITIONS):
+        raise ValueError(f"labels must lie in [0, {NUM_CONDITIONS})")
+    return labels
+
+
+def _attributes(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Shape, colour and texture indices of joint labels."""
+    return {
+        "shape": labels // (len(COLORS) * len(TEXTURES)),
+        "color": (labels // len(TEXTURES)) % len(COLORS),
+        "texture": labels % len(TEXTURES),
+    }
+
+
 def evaluate_samples(
     images: np.ndarray | torch.Tensor, labels: np.ndarray, classifier: DiffShapesClassifier
 ) -> dict[str, float]:
@@ -305,20 +326,203 @@ def evaluate_samples(
     dict of str to float
         Accuracies ``"shape"``, ``"color"``, ``"texture"`` and ``"joint"`` (all three right).
     """
-    labels = np.asarray(labels, dtype=np.int64)
-    if labels.shape != (len(images),):
-        raise ValueError(f"labels must have shape ({len(images)},), got {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CONDITIONS):
-        raise ValueError(f"labels must lie in [0, {NUM_CONDITIONS})")
+    labels = _checked_labels(labels, len(images))
     predicted = classifier.predict(images)
-    truth = {
-        "shape": labels // (len(COLORS) * len(TEXTURES)),
-        "color": (labels // len(TEXTURES)) % len(COLORS),
-        "texture": labels % len(TEXTURES),
-    }
+    truth = _attributes(labels)
     scores = {name: float(np.mean(predicted[name] == truth[name])) for name in _HEADS}
     scores["joint"] = float(np.mean(predicted["label"] == labels))
     return scores
+
+
+def confusion_matrices(
+    images: np.ndarray | torch.Tensor, labels: np.ndarray, classifier: DiffShapesClassifier
+) -> dict[str, np.ndarray]:
+    """Counts of conditioned against classified attribute values, one matrix per head.
+
+    Parameters
+    ----------
+    images : array_like, shape (n, 3, H, W)
+        RGB in ``[0, 1]``.
+    labels : array_like of int, shape (n,)
+        Joint labels the images were conditioned on.
+    classifier : DiffShapesClassifier
+
+    Returns
+    -------
+    dict of str to ndarray of int64
+        ``{"shape": (5, 5), "color": (6, 6), "texture": (4, 4)}``: entry ``[i, j]``
+        counts the images conditioned on value ``i`` (row, indexing :data:`SHAPES`,
+        :data:`COLORS`, :data:`TEXTURES`) that the classifier reads as value ``j``.
+        Each matrix sums to ``n``; its trace over ``n`` is that head's accuracy in
+        :func:`evaluate_samples`.
+    """
+    labels = _checked_labels(labels, len(images))
+    predicted = classifier.predict(images)
+    truth = _attributes(labels)
+    matrices = {}
+    for name, count in _HEADS.items():
+        matrix = np.zeros((count, count), dtype=np.int64)
+        np.add.at(matrix, (truth[name], predicted[name]), 1)
+        matrices[name] = matrix
+    return matrices
+
+
+@dataclass(frozen=True, eq=False)
+class TextureStatistics:
+    """Spectral statistics of the texture inside each image's object (see :func:`texture_statistics`).
+
+    Attributes
+    ----------
+    freq : ndarray of float64, shape (n_bins,)
+        Radial frequency of each bin, cycles/pixel.
+    radial_power : ndarray of float32, shape (n, n_bins)
+        Radially averaged power spectrum of the masked, mean-removed texture signal, per object pixel.
+    angular_power : ndarray of float64, shape (n, n_angles)
+        Share of the texture band's power in each orientation bin over ``[0, pi)``.
+    peak_frequency : ndarray of float64, shape (n,)
+        Frequency of the strongest radial bin of the texture band.
+    peak_share : ndarray of float64, shape (n,)
+        Share of the texture band's power within one bin of the peak (1: one sharp frequency).
+    orientation_order : ndarray of float64, shape (n,)
+        ``|sum P exp(2 i theta)| / sum P`` over the texture band: 1 for straight stripes of one
+        orientation, about 0 for isotropic power (and for the four-fold checker and dot grids).
+    spectral_coherence : ndarray of float64, shape (n,)
+        Share of the texture band's power in the 3 x 3 frequency bins around its strongest wave
+        vector ``k`` and around ``-k``: near 1 for straight stripes, about 1/2 for checkers and
+        dot grids (two of their four fundamentals), lower when phase drift spreads the power.
+    autocorrelation : ndarray of float64, shape (n,)
+        Overlap-normalised autocorrelation of the band-passed signal at one period along ``k``
+        (the best lag ``t k / |k|^2``, ``0.8 <= t <= 1.25``), over its value at lag 0: about 1
+        for a phase-coherent periodic texture, lower for wavy or incoherent ones.
+    mask_fraction : ndarray of float64, shape (n,)
+        Fraction of the image inside the estimated object mask.
+    """
+
+    freq: np.ndarray
+    radial_power: np.ndarray
+    angular_power: np.ndarray
+    peak_frequency: np.ndarray
+    peak_share: np.ndarray
+    orientation_order: np.ndarray
+    spectral_coherence: np.ndarray
+    autocorrelation: np.ndarray
+    mask_fraction: np.ndarray
+
+
+def texture_statistics(
+    images: np.ndarray,
+    *,
+    band: tuple[float, float] = (0.08, 0.32),
+    n_angles: int = 18,
+    saturation: float = 0.15,
+) -> TextureStatistics:
+    """Frequency, orientation and phase coherence of the texture inside each image's object.
+
+    The object mask is estimated from the image alone (so that generated samples and real images
+    are measured the same way): DiffShapes objects are saturated palette colours on grey
+    backgrounds, and their texture only darkens the colour, so the pixels whose channel spread
+    ``max - min`` exceeds ``saturation`` are the object; the mask is eroded by one pixel to drop
+    the anti-aliased edge.  The texture signal is the channel sum divided by its in-mask 90th
+    percentile (``1 - pattern / 2`` for a DiffShapes texture), minus its in-mask mean, times the mask.
+
+    Parameters
+    ----------
+    images : ndarray, shape (n, 3, H, W)
+        RGB in ``[0, 1]``, square.
+    band : (float, float), optional
+        Radial frequencies of the texture band, cycles/pixel (DiffShapes' fundamentals lie in
+        0.1 to 0.25 at 32 px, the checker's at ``sqrt(2)`` times its frequency).
+    n_angles : int, optional
+        Orientation bins of ``angular_power``.
+    saturation : float, optional
+        Channel spread above which a pixel belongs to the object.
+
+    Returns
+    -------
+    TextureStatistics
+    """
+    from scipy.ndimage import binary_erosion
+
+    from denoisefeat.frequency import radial_frequency, radial_power_spectrum
+
+    images = np.asarray(images, dtype=np.float64)
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
+        raise ValueError(f"images must have shape (n, 3, H, H), got {images.shape}")
+    n, _, size, _ = images.shape
+    mask = images.max(axis=1) - images.min(axis=1) > saturation
+    mask = binary_erosion(mask, structure=np.ones((1, 3, 3), dtype=bool)).astype(np.float64)
+    area = mask.sum(axis=(1, 2))
+    intensity = images.sum(axis=1)
+    signal = np.zeros_like(intensity)
+    for i in np.flatnonzero(area > 0):
+        inside = intensity[i][mask[i] > 0]
+        values = intensity[i] / max(np.percentile(inside, 90), 1e-6)
+        signal[i] = (values - values[mask[i] > 0].mean()) * mask[i]
+    scale = np.maximum(area, 1.0) / size**2
+    spectrum = radial_power_spectrum(signal)
+    radial_power = spectrum.power / scale[:, None]  # power per object pixel
+    in_band = (spectrum.freq >= band[0]) & (spectrum.freq <= band[1])
+    band_power = np.where(in_band, radial_power, 0.0)
+    peak = band_power.argmax(axis=1)
+    near = np.abs(np.arange(len(spectrum.freq))[None, :] - peak[:, None]) <= 1
+    total = np.maximum(band_power.sum(axis=1), 1e-12)
+
+    # Orientation of every FFT bin of the band (full plane; theta and theta + pi are the same wave).
+    power = np.abs(np.fft.fft2(signal)) ** 2
+    fy, fx = np.meshgrid(np.fft.fftfreq(size), np.fft.fftfreq(size), indexing="ij")
+    radius = radial_frequency((size, size))
+    bins = (radius >= band[0]) & (radius <= band[1])
+    theta = np.mod(np.arctan2(fy, fx), np.pi)[bins]
+    band_2d = power[:, bins]
+    band_sum = np.maximum(band_2d.sum(axis=1), 1e-12)
+    order = np.abs((band_2d * np.exp(2j * theta)[None]).sum(axis=1)) / band_sum
+    which = np.minimum((theta / np.pi * n_angles).astype(np.int64), n_angles - 1)
+    angular = np.stack([band_2d[:, which == k].sum(axis=1) for k in range(n_angles)], axis=1) / band_sum[:, None]
+
+    # The strongest wave vector of the band (full plane) and the share of the band's power in
+    # the 3 x 3 bins around it and around its mirror image -k: a coherent grating puts its power
+    # there, phase drift spreads it into sidebands.
+    flat_index = np.where(bins[None], power, -1.0).reshape(n, -1).argmax(axis=1)
+    peak_y, peak_x = np.unravel_index(flat_index, (size, size))
+    near_peak = np.zeros((n, size, size), dtype=bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            for sign in (1, -1):
+                near_peak[np.arange(n), (sign * peak_y + dy) % size, (sign * peak_x + dx) % size] = True
+    coherence = np.where(near_peak & bins[None], power, 0.0).sum(axis=(1, 2)) / band_sum
+
+    # Overlap-normalised autocorrelation of the band-passed signal, corr(d) = sum s(x) s(x+d) /
+    # sum m(x) m(x+d), over corr(0), at about one period along the peak wave vector k: the best of the lags t k / |k|^2 for
+    # t in [0.8, 1.25] (the peak bin only approximates the frequency).  Zero-padded to twice the
+    # size so that lags do not wrap around; evaluated at non-integer lags as Fourier sums.
+    padded = 2 * size
+    gy, gx = np.meshgrid(np.fft.fftfreq(padded), np.fft.fftfreq(padded), indexing="ij")
+    padded_band = (np.hypot(gy, gx) >= band[0]) & (np.hypot(gy, gx) <= band[1])
+    # The band-passed signal's power: the texture's fundamentals, without its harmonics (which
+    # alias on the pixel grid) or the object's edge.
+    signal_power = np.abs(np.fft.fft2(signal, s=(padded, padded))) ** 2 * padded_band[None]
+    mask_power = np.abs(np.fft.fft2(mask, s=(padded, padded))) ** 2
+    k_y, k_x = fy[peak_y, peak_x], fx[peak_y, peak_x]
+    k2 = np.maximum(k_y**2 + k_x**2, 1e-12)
+    stretch = np.linspace(0.8, 1.25, 19)
+    autocorrelation = np.zeros(n)
+    for i in np.flatnonzero((area > 0) & (band_sum > 1e-9)):
+        lag_y, lag_x = stretch * k_y[i] / k2[i], stretch * k_x[i] / k2[i]
+        waves = np.cos(2 * np.pi * (gy[..., None] * lag_y + gx[..., None] * lag_x))  # (padded, padded, lags)
+        at_lags = np.einsum("yx,yxl->l", signal_power[i], waves) / np.maximum(
+            np.einsum("yx,yxl->l", mask_power[i], waves), 1.0)
+        autocorrelation[i] = at_lags.max() / max(signal_power[i].sum() / mask_power[i].sum(), 1e-12)
+    return TextureStatistics(
+        freq=np.asarray(spectrum.freq, dtype=np.float64),
+        radial_power=radial_power.astype(np.float32),
+        angular_power=angular,
+        peak_frequency=np.asarray(spectrum.freq)[peak],
+        peak_share=(band_power * near).sum(axis=1) / total,
+        orientation_order=order,
+        spectral_coherence=coherence,
+        autocorrelation=autocorrelation,
+        mask_fraction=area / size**2,
+    )
 
 
 def classifier_accuracy(classifier: DiffShapesClassifier, *, n: int = 2000, seed: int = 10**9) -> dict[str, float]:
