@@ -28,6 +28,11 @@ def test_train_export_evaluate(tmp_path):
     assert result.exit_code == 1, result.output
     record = json.loads(scores.read_text())
     assert record["samples"] == 120 and 0.0 <= record["shape"] <= 1.0 and record["shape"] < 0.9
+    texture = record["confusion"]["texture"]
+    assert len(texture) == 4 and sum(map(sum, texture)) == 120
+    assert sum(texture[i][i] for i in range(4)) / 120 == record["texture"]
+    assert [sum(row) for row in texture] == [30, 30, 30, 30]  # each texture is 30 of the 120 conditions
+    assert "conditioned" in result.output and "classified" in result.output  # the confusion table
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from PIL import Image
 

@@ -123,7 +123,6 @@ def _stripes(frequency: float, angle: float, size: int = 32, *, wavy: float = 0.
     """A red disc of radius 12 px filled with DiffShapes-like stripes on grey; ``wavy`` bends their phase."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float64)
     u = (np.cos(angle) * x + np.sin(angle) * y) * frequency
-    v = -np.sin(angle) * x + np.cos(angle) * y
     # A smooth phase field that drifts both along and across the stripes (periods of 7 to 11 px).
     rng = np.random.default_rng(seed)
     for _ in range(4):

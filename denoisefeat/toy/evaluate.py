@@ -492,9 +492,10 @@ def texture_statistics(
     coherence = np.where(near_peak & bins[None], power, 0.0).sum(axis=(1, 2)) / band_sum
 
     # Overlap-normalised autocorrelation of the band-passed signal, corr(d) = sum s(x) s(x+d) /
-    # sum m(x) m(x+d), over corr(0), at about one period along the peak wave vector k: the best of the lags t k / |k|^2 for
-    # t in [0.8, 1.25] (the peak bin only approximates the frequency).  Zero-padded to twice the
-    # size so that lags do not wrap around; evaluated at non-integer lags as Fourier sums.
+    # sum m(x) m(x+d), over corr(0), at about one period along the peak wave vector k: the best
+    # of the lags t k / |k|^2 for t in [0.8, 1.25] (the peak bin only approximates the
+    # frequency).  Zero-padded to twice the size so that lags do not wrap around; evaluated at
+    # non-integer lags as Fourier sums.
     padded = 2 * size
     gy, gx = np.meshgrid(np.fft.fftfreq(padded), np.fft.fftfreq(padded), indexing="ij")
     padded_band = (np.hypot(gy, gx) >= band[0]) & (np.hypot(gy, gx) <= band[1])
