@@ -203,3 +203,14 @@ def test_command_line_recipe_sets_the_defaults():
     config, _ = _parse_args(["--out", "x", "--recipe", "v3", "--iterations", "10"])
     assert config == recipe("v3", iterations=10)
     assert _parse_args(["--out", "x"])[0] == TrainConfig()
+
+
+def test_milestone_checkpoints_are_kept(tmp_path):
+    config = TrainConfig(**{**TINY.to_json(), "iterations": 5, "checkpoint_every": 1, "keep_checkpoints": 1,
+                            "keep_every": 2})
+    train(config, tmp_path, progress=False)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "iteration-0000002", "iteration-0000004", "iteration-0000005"
+    ]
+    with pytest.raises(ValueError, match="keep_every"):
+        TrainConfig(keep_every=-1)

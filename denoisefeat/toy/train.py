@@ -69,7 +69,7 @@ _LATEST = "latest.json"
 _CHECKPOINTS = "checkpoints"
 # Fields that do not change the trained weights (up to floating-point
 # reduction order for ``threads``) and may differ when a run is resumed.
-_OPERATIONAL_FIELDS = ("checkpoint_every", "keep_checkpoints", "log_every", "threads")
+_OPERATIONAL_FIELDS = ("checkpoint_every", "keep_checkpoints", "keep_every", "log_every", "threads")
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,9 @@ class TrainConfig:
         Iterations between checkpoints (a checkpoint is also written at the end).
     keep_checkpoints : int
         Number of most recent checkpoints kept on disk.
+    keep_every : int
+        Also keep, for good, the checkpoints whose iteration is a multiple of this (milestones to
+        compare a run's stages with); 0 keeps none beyond the ``keep_checkpoints`` most recent.
     log_every : int
         Iterations between loss log lines.
     threads : int
@@ -170,6 +173,7 @@ class TrainConfig:
     min_snr_gamma: float | None = 5.0
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
+    keep_every: int = 0
     log_every: int = 25
     threads: int = 2
 
@@ -190,6 +194,8 @@ class TrainConfig:
             raise ValueError(f"class_dropout must lie in [0, 1), got {self.class_dropout}")
         if self.iterations < 1 or self.checkpoint_every < 1:
             raise ValueError("iterations and checkpoint_every must be positive")
+        if self.keep_every < 0:
+            raise ValueError(f"keep_every must be 0 (none) or positive, got {self.keep_every}")
 
     def to_json(self) -> dict:
         """The configuration as a JSON-serialisable dict."""
@@ -215,7 +221,7 @@ RECIPES: Mapping[str, TrainConfig] = MappingProxyType({
     "v3": TrainConfig(
         block_out_channels=(32, 64, 128), layers_per_block=2, attention_levels=2, attention_head_dim=16,
         batch_size=48, iterations=16000, learning_rate=5e-4, warmup=500, min_snr_gamma=20.0, ema_decay=0.9995,
-        checkpoint_every=200,
+        checkpoint_every=200, keep_every=2000,
     ),
 })
 #: The recipe of ``denoisefeat toy train`` without ``--recipe``: the one of the shipped weights.
@@ -460,6 +466,8 @@ def _save_checkpoint(
     _write_json_atomic(out_dir / _LATEST, {"checkpoint": name, "iteration": iteration})
     kept = sorted(p for p in root.iterdir() if p.name.startswith("iteration-"))
     for old in kept[: -config.keep_checkpoints]:
+        if config.keep_every and int(old.name.removeprefix("iteration-")) % config.keep_every == 0:
+            continue  # a milestone
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -614,7 +622,7 @@ def train(
     resume : bool, optional
         Continue from the latest checkpoint in ``out_dir`` if there is one.
         The stored configuration must equal ``config`` except for the
-        operational fields ``checkpoint_every``, ``keep_checkpoints``,
+        operational fields ``checkpoint_every``, ``keep_checkpoints``, ``keep_every``,
         ``log_every`` and ``threads`` (and ``iterations`` with ``extend``).
     progress : bool, optional
         Show a rich progress bar (loss lines are logged either way).
