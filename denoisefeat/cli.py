@@ -48,11 +48,11 @@ def _error(message: str) -> None:
 
 def _damage_of(kwargs) -> str | None:
     """When a command failed on a store: the store's damage, read chunk by chunk (None if undamaged)."""
-    from denoisefeat.store import RunStore, StoreError, describe_damage
+    from denoisefeat.store import RunStore, StoreError, describe_damage, is_run_store
 
     for key in ("store", "out"):
         path = kwargs.get(key)
-        if isinstance(path, Path) and (path / "zarr.json").is_file():
+        if isinstance(path, Path) and is_run_store(path):
             try:
                 store = RunStore.open(path, mode="r", verify=False)
                 damage = store.damage(decode=True)
@@ -295,10 +295,9 @@ def _print_info(run) -> None:
     if conditions:
         shown = ", ".join(map(str, conditions[:4])) + (" …" if len(conditions) > 4 else "")
         table.add_row("conditions", escape(shown))
-    group = run.store.group
     for name in ("xt", "x0", "images", "final"):
-        if name in group:
-            array = group[name]
+        if run.store.holds(name):
+            array = run.store.array(name)
             dims = ", ".join(f"{d}={s}" for d, s in zip(array.metadata.dimension_names, array.shape, strict=True))
             table.add_row(name, f"({dims}) {array.dtype}")
     for layer in run.layers():
@@ -559,6 +558,10 @@ def attribute_patching(
                                 help="Number of step windows, or start:stop pairs (default: every step)."),
     method: str = typer.Option("zero", "--method", help="zero, mean, resample, or identity (the null control)."),
     features: str = _FEATURES,
+    estimator: str = typer.Option(
+        "first_order", "--estimator",
+        help="first_order (one backward pass for all layers) or exact_step (each edited step run exactly: one "
+             "denoiser call per layer and step; ranks like the exact scan where first_order does not)."),
     verify_top: int = typer.Option(0, "--verify-top",
                                    help="Ablate the top K cells per feature exactly and report the agreement."),
     device: str = _DEVICE,
@@ -573,7 +576,7 @@ def attribute_patching(
 
     pipe = _scan_pipe(model, device, fp16)
     options = dict(layers=list(layer), windows=None if windows is None else _windows(windows), method=method,
-                   features=_split(features), **run, store=out, overwrite=overwrite, progress=True)
+                   features=_split(features), estimator=estimator, **run, store=out, overwrite=overwrite, progress=True)
     if verify_top > 0:
         frame = attribution_study(pipe, top_k=verify_top, **options)
         for method_name in sorted(frame["method"].unique()):

@@ -35,6 +35,9 @@ __all__ = [
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 TOY_WEIGHTS = Path(__file__).parent / "toy" / "weights"
+#: The ``label_set`` the toy pipeline declares (its config; a run's ``attrs["run"]["label_set"]``):
+#: its class labels are the DiffShapes conditions of :func:`denoisefeat.toy.diffshapes.condition_names`.
+TOY_LABEL_SET = "diffshapes"
 
 
 def is_hub_id(text: str) -> bool:
@@ -189,7 +192,10 @@ def _load_toy(*, dtype):
             "`denoisefeat toy train`."
         )
     # The weights ship in float16 to keep the package small; compute in float32 unless asked.
-    return _load_folder(TOY_WEIGHTS, dtype=torch.float32 if dtype is None else dtype)
+    pipe = _load_folder(TOY_WEIGHTS, dtype=torch.float32 if dtype is None else dtype)
+    if pipe.config.get("label_set") is None:  # weights saved before pipelines declared their labels
+        pipe.register_to_config(label_set=TOY_LABEL_SET)
+    return pipe
 
 
 def denoiser_of(pipe) -> torch.nn.Module:

@@ -13,6 +13,7 @@ import difflib
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
+from typing import ClassVar
 
 import numpy as np
 
@@ -160,6 +161,7 @@ class RunOptions:
             width=self.width,
             decode=bool(decode),
             dtype=str(denoiser.dtype).removeprefix("torch."),
+            label_set=_label_set(pipe),
         )
         family_loop = family_of(pipe, request)
         if family_loop.flow_matching and schedulers.sample_convention(fresh) != "flow":
@@ -242,6 +244,11 @@ class TraceRequest:
     dtype: str
     extra: dict = field(default_factory=dict)
     timestep_options: dict = field(default_factory=dict)
+    label_set: str | None = None
+
+    #: Attributes added after stores were first written: a store without one still resumes
+    #: (:meth:`denoisefeat.store.RunStore.differing_attrs`).
+    ADDED_ATTRS: ClassVar[tuple[str, ...]] = ("label_set",)
 
     @property
     def n_samples(self) -> int:
@@ -251,12 +258,22 @@ class TraceRequest:
         """The request as the JSON-able mapping stored in the run's ``attrs["run"]``.
 
         ``timestep_options`` is left out where it is empty (every family but SD3 with dynamic shifting
-        and Flux), so that stores written before it existed still resume.
+        and Flux), and ``label_set`` where the pipeline declares none, so that stores written before
+        they existed still resume.
         """
         attrs = asdict(self)
         if not attrs["timestep_options"]:
             del attrs["timestep_options"]
+        if attrs["label_set"] is None:
+            del attrs["label_set"]
         return attrs
+
+
+def _label_set(pipe) -> str | None:
+    """What the pipeline says its class labels name (its config's ``label_set``), if it says."""
+    config = getattr(pipe, "config", None)
+    value = config.get("label_set") if isinstance(config, Mapping) else None
+    return None if value is None else str(value)
 
 
 def _count(samples, prompts, class_labels) -> int:

@@ -33,18 +33,25 @@ class ClassConditionalImagePipeline(DiffusionPipeline):
     default_guidance_scale : float, optional
         The guidance scale used when a call (or :func:`denoisefeat.trace`) gives none; saved
         with the pipeline, so a model can ship with the scale it was evaluated at.
+    label_set : str, optional
+        What the class labels name, saved with the pipeline and recorded by :func:`denoisefeat.trace`
+        in the run's attributes: ``"diffshapes"`` (:data:`denoisefeat.models.TOY_LABEL_SET`) for the
+        DiffShapes conditions of the toy model, whose probes then decode shape, colour and texture
+        (:func:`denoisefeat.probes.label_targets`); ``None``: plain class indices.
     """
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet, scheduler, null_class: int | None = None, default_guidance_scale: float = 1.0):
+    def __init__(self, unet, scheduler, null_class: int | None = None, default_guidance_scale: float = 1.0,
+                 label_set: str | None = None):
         super().__init__()
         if unet.config.num_class_embeds is None:
             raise ValueError("ClassConditionalImagePipeline needs a UNet2DModel with num_class_embeds set.")
         if null_class is None:
             null_class = unet.config.num_class_embeds - 1
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(null_class=int(null_class), default_guidance_scale=float(default_guidance_scale))
+        self.register_to_config(null_class=int(null_class), default_guidance_scale=float(default_guidance_scale),
+                                label_set=None if label_set is None else str(label_set))
 
     @property
     def null_class(self) -> int:

@@ -71,6 +71,7 @@ from pathlib import Path
 import numpy as np
 
 from denoisefeat.frequency import DEFAULT_BANDS
+from denoisefeat.progress import progress_bar
 
 __all__ = ["FREQUENCY_VARIABLES", "SNR_VARIABLES", "features", "load_features"]
 
@@ -81,7 +82,6 @@ FREQUENCY_VARIABLES: tuple[str, ...] = (
 #: Per-band SNR of x_t in model space, computed when the store holds ``x0`` (and ``xt``).
 SNR_VARIABLES: tuple[str, ...] = ("band_snr_scheduler", "band_snr_measured")
 
-_GROUP = "features"
 _CONFIG_VERSION = 1
 _ORIENTATIONS = ("horizontal", "vertical", "diagonal", "approximation")
 _STEP_COORDS = ("timestep", "sigma", "alpha_bar")
@@ -125,32 +125,27 @@ _FREQUENCY_ATTRS = {
 
 
 def _store_of(run, *, mode: str):
-    """The run's RunStore, its group opened without consolidated metadata (so new arrays show)."""
-    import zarr
-
+    """The run's RunStore, reopened without consolidated metadata (so that new arrays show)."""
     from denoisefeat.store import Run, RunStore
 
     if isinstance(run, (str, Path)):
-        checked = RunStore.open(run, mode="r")  # the store's own checks and messages
-        path = checked.path
+        store = RunStore.open(run, mode="r")  # the store's own checks and messages
     elif isinstance(run, Run):
-        if run.path is None:  # an in-memory run: its group is the only handle there is
-            return run.store
-        path = run.path
+        store = run.store
     else:
         raise TypeError(f"run must be a Run (from trace or open_run) or a store path, got {type(run).__name__}.")
-    group = zarr.open_group(str(path), mode=mode, use_consolidated=False)
-    return RunStore(group, Path(path))
+    return store.reopened(mode=mode)
 
 
-def _features_group(store):
-    if _GROUP not in store.group:
+def _features_config(store) -> dict:
+    config = store.features_config()
+    if not config:
         where = str(store.path) if store.path is not None else "this in-memory run"
         raise ValueError(
             f"No features computed for {where}. Compute them with denoisefeat.features(run) "
             f"(CLI: `denoisefeat analyze {store.path or 'RUN.zarr'}`)."
         )
-    return store.group[_GROUP]
+    return config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,16 +191,16 @@ def _range_json(bounds) -> list:
     return [None if (b is None or math.isinf(b)) else float(b) for b in bounds]
 
 
-def _source(group) -> str:
-    if "images" in group:
+def _source(store) -> str:
+    if store.holds("images"):
         return "images"
-    if "x0" in group:
+    if store.holds("x0"):
         return "x0"
     raise ValueError("The run holds neither 'images' nor 'x0' per step: trace it with keep=('images', ...).")
 
 
-def _check_x0_source(group) -> None:
-    x0, final = group["x0"], group["final"]
+def _check_x0_source(store) -> None:
+    x0, final = store.array("x0"), store.array("final")
     if x0.shape[2] not in (1, 3) or tuple(x0.shape[-2:]) != tuple(final.shape[-2:]):
         raise ValueError(
             f"The run has no decoded 'images' and its x0 {tuple(x0.shape[2:])} is not a pixel image like the "
@@ -216,17 +211,16 @@ def _check_x0_source(group) -> None:
 def _config(store, *, metrics, bands, wavelet) -> dict:
     from denoisefeat.frequency import wavelet_energy
 
-    group = store.group
-    source = _source(group)
+    source = _source(store)
     if source == "x0":
-        _check_x0_source(group)
-    shape = tuple(group[source].shape)
+        _check_x0_source(store)
+    shape = tuple(store.array(source).shape)
     channels, H, W = shape[2], shape[-2], shape[-1]
     probe = wavelet_energy(np.zeros((H, W)), wavelet=wavelet)  # validates; the maximum number of levels
     variables = [*_metric_names(metrics, channels), *FREQUENCY_VARIABLES]
-    if "x0" in group and "alpha_bar" in group:
+    if store.holds("x0") and store.holds("alpha_bar"):
         variables.append("band_snr_scheduler")
-    if "x0" in group and "xt" in group and "alpha_bar" in group:
+    if store.holds("x0") and store.holds("xt") and store.holds("alpha_bar"):
         variables.append("band_snr_measured")
     return {
         "version": _CONFIG_VERSION,
@@ -350,7 +344,7 @@ def _signal_scales(store) -> np.ndarray | None:
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         warnings.warn(f"band_snr_measured left NaN: cannot rebuild the run's scheduler ({error}).", stacklevel=3)
         return None
-    stored = np.asarray(store.group["alpha_bar"][...], dtype=np.float64)
+    stored = np.asarray(store.array("alpha_bar")[...], dtype=np.float64)
     alpha_bar = np.array([lv.alpha_bar for lv in levels])
     if alpha_bar.shape != stored.shape or not np.allclose(alpha_bar, stored, rtol=1e-5, atol=1e-7):
         warnings.warn("band_snr_measured left NaN: the rebuilt scheduler does not reproduce the stored alpha_bar.",
@@ -375,10 +369,9 @@ def _compute_samples(store, todo: np.ndarray, *, config, bands, batch_size, sign
     With a ``device``, each block of images (and its final images) is copied there, its image
     features are computed there and the values are copied back, block by block.
     """
-    group = store.group
     T = store.n_steps
-    source = group[config["source"]]
-    final = np.asarray(group["final"].oindex[todo], dtype=np.float64)
+    source = store.array(config["source"])
+    final = np.asarray(store.array("final").oindex[todo], dtype=np.float64)
     if device is None:
         def to_device(a):
             return a
@@ -389,8 +382,8 @@ def _compute_samples(store, todo: np.ndarray, *, config, bands, batch_size, sign
             return torch.from_numpy(a).to(device)
     want_sched = "band_snr_scheduler" in config["variables"]
     want_meas = "band_snr_measured" in config["variables"]
-    x0_final = _read(group["x0"], todo, T - 1) if (want_sched or want_meas) else None
-    alpha_bar = np.asarray(group["alpha_bar"][...], dtype=np.float64) if want_sched else None
+    x0_final = _read(store.array("x0"), todo, T - 1) if (want_sched or want_meas) else None
+    alpha_bar = np.asarray(store.array("alpha_bar")[...], dtype=np.float64) if want_sched else None
     n_block = min(len(todo), batch_size)
     t_block = max(1, batch_size // n_block)
     parts: dict[str, list[list[np.ndarray]]] = {}
@@ -410,7 +403,7 @@ def _compute_samples(store, todo: np.ndarray, *, config, bands, batch_size, sign
                     n, t = images.shape[:2]
                     block["band_snr_measured"] = np.full((n, t, len(bands)), np.nan)
                 else:
-                    xt = _read(group["xt"], todo[rows], steps)
+                    xt = _read(store.array("xt"), todo[rows], steps)
                     block["band_snr_measured"] = _measured_snr(xt, x0_final[rows], signal[steps], bands=bands)
             for name, values in block.items():
                 row_parts.setdefault(name, []).append(np.asarray(values))
@@ -446,80 +439,29 @@ def _tail_shape(name: str, config: dict, H: int, W: int) -> tuple[int, ...]:
     return tuple(sizes[d] for d in _DIMS.get(name, ()))
 
 
-def _prepare_group(store, config: dict, *, overwrite: bool, owns_everything: bool):
-    """Create (or check, or replace) the features group for ``config``; return it."""
-    from denoisefeat.store import RunMismatchError
+def _prepare_group(store, config: dict, *, overwrite: bool, owns_everything: bool) -> None:
+    """Create (or check, or replace) the store's features for ``config``: its group, marker and arrays."""
+    from denoisefeat.store import FEATURES, RunMismatchError, features_path
 
-    group = store.group
-    if _GROUP in group:
-        old = dict(group[_GROUP].attrs.get("config", {}))
-        if old != config:
-            if overwrite and owns_everything:
-                del group[_GROUP]
-            else:
-                changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-                fix = ("pass overwrite=True (CLI: --overwrite) to recompute everything" if not overwrite else
-                       "recompute the whole run first (without samples=), then the tasks can resume")
-                raise RunMismatchError(
-                    f"The store's features were computed with other settings ({', '.join(changed)}; stored metrics: "
-                    f"{', '.join(old.get('metrics', [])) or 'none'}). Ask for the same settings, or {fix}."
-                )
-        elif overwrite and owns_everything:
-            del group[_GROUP]
-    fgroup = group.require_group(_GROUP)
-    if "config" not in fgroup.attrs:
-        fgroup.attrs["config"] = config
+    old = store.features_config()
+    if store.holds(FEATURES) and old != config and not (overwrite and owns_everything):
+        changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        fix = ("pass overwrite=True (CLI: --overwrite) to recompute everything" if not overwrite else
+               "recompute the whole run first (without samples=), then the tasks can resume")
+        raise RunMismatchError(
+            f"The store's features were computed with other settings ({', '.join(changed)}; stored metrics: "
+            f"{', '.join(old.get('metrics', [])) or 'none'}). Ask for the same settings, or {fix}."
+        )
+    if overwrite and owns_everything:
+        store.drop_features()
+    store.declare_features(config)
     n, T = store.n_samples, store.n_steps
-    H, W = group["final"].shape[-2:]
-    store.ensure_array(f"{_GROUP}/complete", shape=(n,), dims=("sample",), dtype=bool, fill_value=False)
-    store.write_coordinate(f"{_GROUP}/freq", _rapsd_freq(int(H), int(W)), dim="freq")
+    H, W = store.array("final").shape[-2:]
+    store.write_coordinate(features_path("freq"), _rapsd_freq(int(H), int(W)), dim="freq")
     for name in config["variables"]:
         tail = _DIMS.get(name, ())
-        store.ensure_array(f"{_GROUP}/{name}", shape=(n, T, *_tail_shape(name, config, int(H), int(W))),
+        store.ensure_array(features_path(name), shape=(n, T, *_tail_shape(name, config, int(H), int(W))),
                            dims=("sample", "step", *tail), dtype="float32", attrs=_attrs_of(name))
-    return group[_GROUP]
-
-
-def _owned_chunks(store, samples) -> list[slice]:
-    chunks = store.sample_chunks()
-    if samples is None:
-        return chunks
-    if not isinstance(samples, slice):
-        raise TypeError(f"samples must be a slice of whole sample chunks (e.g. slice(0, 8)), got {samples!r}.")
-    n, c = store.n_samples, store.chunk_samples
-    start, stop, step = samples.indices(n)
-    if step != 1 or start >= stop:
-        raise ValueError(f"samples={samples.start}:{samples.stop}: give a non-empty range with step 1 "
-                         f"within the run's {n} samples.")
-    if start % c or (stop % c and stop != n):
-        lo, hi = (start // c) * c, min(n, -(-stop // c) * c)
-        raise ValueError(
-            f"samples={start}:{stop} is not aligned to the store's sample chunks of {c} (a task owns whole chunks: "
-            f"boundaries at multiples of {c}, and {n}); e.g. samples={lo}:{hi}."
-        )
-    return [ch for ch in chunks if ch.start >= start and ch.stop <= stop]
-
-
-class _Progress:
-    """A rich progress bar over samples, or nothing."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total = enabled and total > 0, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda k: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._bar = Progress(TextColumn("features"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        self._bar.__enter__()
-        task = self._bar.add_task("features", total=self.total)
-        return lambda k: self._bar.advance(task, k)
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self._bar.__exit__(*exc)
-        return False
 
 
 def _check_device(device):
@@ -609,14 +551,14 @@ def features(
     See the module docstring for the conventions (reference image, luminance, SNR, ground truth)
     and for resuming.  A call that finds everything done only reads.
     """
-    from denoisefeat.store import IncompleteRunError, Run, index_ranges
+    from denoisefeat.store import IncompleteRunError, Run, features_path, index_ranges
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     device = _check_device(device)
     store = _store_of(run, mode="r+")
     config = _config(store, metrics=metrics, bands=bands, wavelet=wavelet)
-    chunks = _owned_chunks(store, samples)
+    chunks = store.owned_chunks(samples)
     owned = np.zeros(store.n_samples, dtype=bool)
     for chunk in chunks:
         owned[chunk] = True
@@ -628,24 +570,23 @@ def features(
             "their features cannot be computed yet: finish the trace first (resume=True, CLI --resume)"
             + (", or pass samples= for complete chunks." if samples is None else ".")
         )
-    fgroup = _prepare_group(store, config, overwrite=overwrite, owns_everything=samples is None)
-    marker = fgroup["complete"]
+    _prepare_group(store, config, overwrite=overwrite, owns_everything=samples is None)
     if overwrite and samples is not None:
         for chunk in chunks:
-            marker[chunk] = False
-    done = np.asarray(marker[...], dtype=bool)
+            store.mark_features_complete(chunk, complete=False)
+    done = store.features_completed()
     work = [(chunk, np.arange(chunk.start, chunk.stop)[~done[chunk]]) for chunk in chunks]
     work = [(chunk, todo) for chunk, todo in work if todo.size]
     if work:
         bands_ = _bands_from_json(config)
         signal = _signal_scales(store) if "band_snr_measured" in config["variables"] else None
-        with _Progress(progress, int(sum(todo.size for _, todo in work))) as advance:
+        with progress_bar(progress, total=int(sum(todo.size for _, todo in work)), label="features") as advance:
             for _chunk, todo in work:
                 values = _compute_samples(store, todo, config=config, bands=bands_, batch_size=int(batch_size),
                                           signal=signal, device=device)
                 for name in config["variables"]:
-                    fgroup[name].oindex[todo] = values[name].astype(np.float32)
-                marker.oindex[todo] = True  # last: a sample is complete only with all its variables
+                    store.array(features_path(name)).oindex[todo] = values[name].astype(np.float32)
+                store.mark_features_complete(todo)  # last: a sample is complete only with all its variables
                 advance(todo.size)
         store.finalize()
     ds = load_features(Run(store), allow_incomplete=samples is not None)
@@ -676,37 +617,35 @@ def load_features(run, *, allow_incomplete: bool = False):
     """
     import xarray as xr
 
-    from denoisefeat.store import IncompleteRunError, index_ranges
+    from denoisefeat.store import IncompleteRunError, features_path, index_ranges
 
     store = _store_of(run, mode="r")
-    fgroup = _features_group(store)
-    config = dict(fgroup.attrs["config"])
-    done = np.asarray(fgroup["complete"][...], dtype=bool)
+    config = _features_config(store)
+    done = store.features_completed()
     if not allow_incomplete and not done.all():
         raise IncompleteRunError(
             f"Features of samples {index_ranges(~done)} of {str(store.path or 'the run')!r} are not computed yet: run "
             "features(run) (CLI: `denoisefeat analyze`) to finish them, or load_features(..., allow_incomplete=True)."
         )
-    root = store.group
-    coords = {"sample": np.asarray(root["sample"][...]), "step": np.arange(store.n_steps)}
-    if "step" in root:
-        coords["step"] = np.asarray(root["step"][...])
+    coords = {"sample": np.asarray(store.array("sample")[...]), "step": np.arange(store.n_steps)}
+    if store.holds("step"):
+        coords["step"] = np.asarray(store.array("step")[...])
     for name in _STEP_COORDS:
-        if name in root:
-            coords[name] = ("step", np.asarray(root[name][...]))
+        if store.holds(name):
+            coords[name] = ("step", np.asarray(store.array(name)[...]))
     for name in _SAMPLE_COORDS:
-        if name in root:
-            coords[name] = ("sample", np.asarray(root[name][...]))
+        if store.holds(name):
+            coords[name] = ("sample", np.asarray(store.array(name)[...]))
     bands = config["bands"]
     coords["band"] = list(bands)
     coords["band_low"] = ("band", [lo for lo, _ in bands.values()])
     coords["band_high"] = ("band", [math.inf if hi is None else hi for _, hi in bands.values()])
-    coords["freq"] = ("freq", np.asarray(fgroup["freq"][...]), {"units": "cycles/pixel"})
+    coords["freq"] = ("freq", np.asarray(store.array(features_path("freq"))[...]), {"units": "cycles/pixel"})
     coords["level"] = np.arange(1, config["wavelet_level"] + 1)
     coords["orientation"] = list(_ORIENTATIONS)
     data = {}
     for name in config["variables"]:
-        array = fgroup[name]
+        array = store.array(features_path(name))
         data[name] = xr.DataArray(np.asarray(array[...]), dims=tuple(array.metadata.dimension_names),
                                   attrs=dict(array.attrs))
     ds = xr.Dataset(data, coords=coords, attrs={"config": config, "run": str(store.path or "in memory")})

@@ -14,10 +14,20 @@ Layout (``S`` samples, ``T`` loop steps; dimension names are stored with each ar
       images  (sample, step, rgb, height, width)  x̂0 in pixel space, [0, 1] (VAE-decoded for latent models)
       final   (sample, rgb, height, width)        the pipeline's output, [0, 1]
       complete (sample)                           True once a sample chunk's data is all written
-      acts/<layer>/<reducer>  (sample, [branch,] step, ...)   recorded activations
+      acts/<layer>/<reducer>  (sample, [branch,] step, ...)   recorded activations (:func:`acts_path`);
+                              group attrs: ``layers`` (in the order they were recorded)
       attention/<layer>       (sample, step, token, y, x)      cross-attention maps of the conditional
                                                                branch (:mod:`denoisefeat.hooks.attention`);
                               group attrs: ``layers``, ``words`` (per prompt: [word, start, stop] token spans)
+      features/<variable>     (sample, step, ...)             per-step features (:mod:`denoisefeat.step_features`,
+                                                               :func:`features_path`); group attrs: ``config``;
+                                                               ``features/complete (sample)`` their own marker
+      attribution/<table>                                      attribution tables (:mod:`denoisefeat.analyses.table`)
+
+Every group path is made here (:func:`acts_path`, :func:`attention_path`, :func:`features_path`) and
+every group is read through :class:`RunStore` / :class:`Run` methods: no other module indexes the
+zarr group (``tests/test_structure.py``; the attribution tables of :mod:`denoisefeat.analyses.table`
+are the one layout not moved here yet), so a layout changes in this module only.
 
 Concurrency: a writer owns whole sample chunks (``chunk_samples`` consecutive samples); every
 per-sample array is chunked along ``sample`` by ``chunk_samples``, so two writers never touch the
@@ -66,8 +76,14 @@ __all__ = [
     "SchemaVersionError",
     "StepWriter",
     "StoreError",
-    "describe_damage",
+    "ACTS",
+    "ATTENTION",
+    "FEATURES",
+    "acts_path",
     "attention_path",
+    "describe_damage",
+    "features_path",
+    "is_run_store",
     "open_run",
 ]
 
@@ -196,6 +212,18 @@ def _run_digest(attrs) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def _fsync_tree(path: Path) -> None:
+    """fsync a file, or every file under a folder."""
+    if path.is_file():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        return
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                os.fsync(f.fileno())
+
+
 def _head(path: Path, n: int = 4096) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -221,6 +249,67 @@ def attention_path(layer: str) -> str:
     str
     """
     return f"{ATTENTION}/{layer}"
+
+
+#: The group of the recorded activations: ``acts/<layer>/<reducer>``.
+ACTS = "acts"
+
+
+def acts_path(layer: str, reducer: str) -> str:
+    """The store path of ``layer``'s activations recorded with ``reducer``.
+
+    Parameters
+    ----------
+    layer : str
+        The module's path (as recorded).
+    reducer : str
+        The reducer's name (``"full"``, ``"channel_mean"``, …).
+
+    Returns
+    -------
+    str
+    """
+    return f"{ACTS}/{layer}/{reducer}"
+
+
+#: The group of the per-step features (:mod:`denoisefeat.step_features`): ``features/<variable>``.
+FEATURES = "features"
+
+
+def features_path(name: str) -> str:
+    """The store path of the feature variable (or coordinate) ``name``.
+
+    Parameters
+    ----------
+    name : str
+        A variable (``"ssim"``, ``"band_energy"``), a coordinate (``"freq"``) or ``"complete"``.
+
+    Returns
+    -------
+    str
+    """
+    return f"{FEATURES}/{name}"
+
+
+def is_run_store(path) -> bool:
+    """Whether ``path`` is a folder whose root metadata says it is a denoisefeat store (perhaps damaged).
+
+    Cheap (reads the first bytes of one file, opens nothing): for deciding whether to look closer,
+    e.g. to report a failed command's damage; :meth:`RunStore.open` does the real checks.
+
+    Parameters
+    ----------
+    path : str, path or object
+        Anything; only an existing folder can be a store.
+
+    Returns
+    -------
+    bool
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        return False
+    meta = Path(path).expanduser() / "zarr.json"
+    return meta.is_file() and _MARKER.encode() in _head(meta)
 
 
 def _is_coordinate(name: str) -> bool:
@@ -461,13 +550,13 @@ class RunStore:
             return
         done = None
         if per_sample:
-            marker = "features/complete" if name.startswith("features/") else "complete"
+            marker = features_path("complete") if name.startswith(f"{FEATURES}/") else "complete"
             try:
                 done = np.asarray(self.group[marker][:], dtype=bool) if marker in self.group else np.zeros(0, bool)
             except Exception:  # noqa: BLE001  (an undecodable marker is listed as damage of the marker itself)
                 done = np.zeros(0, bool)
         recorded = None
-        if name.startswith(("acts/", f"{ATTENTION}/")) and "step" in dims:
+        if name.startswith((f"{ACTS}/", f"{ATTENTION}/")) and "step" in dims:
             steps = (self.run_attrs.get("extra") or {}).get("record_steps")
             recorded = None if steps is None else np.asarray(steps, dtype=np.int64)
             step_axis = dims.index("step")
@@ -577,7 +666,7 @@ class RunStore:
             )
         redo = np.zeros(self.n_samples, dtype=bool)
         for d in damage:
-            if d.samples is not None and not d.array.startswith("features/"):
+            if d.samples is not None and not d.array.startswith(f"{FEATURES}/"):
                 redo[slice(*d.samples)] = True
         for d in damage:
             if self.path is not None:
@@ -585,12 +674,12 @@ class RunStore:
         chunks = [c for c in self.sample_chunks() if redo[c].any()]
         for chunk in chunks:
             self.group["complete"][chunk] = False
-        if "features/complete" in self.group:
-            features_done = self.group["features/complete"]
+        if features_path("complete") in self.group:
+            features_done = self.group[features_path("complete")]
             for chunk in chunks:
                 features_done[chunk] = False
             for d in damage:
-                if d.array.startswith("features/") and d.samples is not None:
+                if d.array.startswith(f"{FEATURES}/") and d.samples is not None:
                     features_done[slice(*d.samples)] = False
         return chunks
 
@@ -628,15 +717,250 @@ class RunStore:
             return True
         return self.path is not None and (self.path / name / "zarr.json").is_file()
 
-    def differing_attrs(self, run_attrs: Mapping) -> list[str]:
-        """Keys whose values differ between ``run_attrs`` and the store's (empty: the same run)."""
+    def array(self, name: str) -> zarr.Array:
+        """The array at ``name``, a path inside the store (``"x0"``, :func:`acts_path`, :func:`features_path`).
+
+        Parameters
+        ----------
+        name : str
+
+        Returns
+        -------
+        zarr.Array
+
+        Raises
+        ------
+        KeyError
+            The store has no array ``name``.
+        """
+        member = self._member(name)
+        if not isinstance(member, zarr.Array):
+            raise KeyError(f"{str(self.path or 'The run')!r} has no array {name!r}.")
+        return member
+
+    def _member(self, name: str):
+        """The array or group at ``name``, also one written after the group was opened with consolidated
+        metadata (which does not list it); ``None`` if there is none."""
+        member = self.group.get(name)
+        if member is None and self.path is not None and (self.path / name / "zarr.json").is_file():
+            member = self.reopened(mode="r" if self.group.read_only else "r+").group.get(name)
+        return member
+
+    def group_names(self) -> list[str]:
+        """The groups at the top of the store (``acts``, ``attention``, ``features``, ``attribution``), sorted.
+
+        Returns
+        -------
+        list of str
+        """
+        return sorted(name for name, _ in self.group.groups())
+
+    def differing_attrs(self, run_attrs: Mapping, *, added: Sequence[str] = ()) -> list[str]:
+        """Keys whose values differ between ``run_attrs`` and the store's (empty: the same run).
+
+        Parameters
+        ----------
+        run_attrs : mapping
+            The run attributes a resumed trace would write.
+        added : sequence of str
+            Keys added to the run attributes after the store may have been written: one the store
+            lacks compares as compatible (an old store resumes), one it has must match.
+
+        Returns
+        -------
+        list of str
+        """
         new, old = _jsonable(dict(run_attrs)), self.run_attrs
-        return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        return sorted(k for k in set(old) | set(new)
+                      if old.get(k) != new.get(k) and not (k in added and k not in old))
+
+    def reopened(self, *, mode: str = "r+") -> RunStore:
+        """This store opened again from its folder without the consolidated metadata, so that arrays
+        written since it was consolidated (by this process or another) show.
+
+        Parameters
+        ----------
+        mode : {"r+", "r"}
+
+        Returns
+        -------
+        RunStore
+            A new handle; an in-memory store is returned as it is (its group is the only handle).
+        """
+        if self.path is None:
+            return self
+        return RunStore(zarr.open_group(str(self.path), mode=mode, use_consolidated=False), self.path)
+
+    def fsync(self, samples: tuple[int, int], *, group: str | None = None) -> None:
+        """fsync every chunk file that holds samples ``start … stop − 1`` (arrays whose first axis is ``sample``).
+
+        A cluster task calls it before writing its "done" marker, so that a crash after the marker
+        cannot lose the chunks it owns.
+
+        Parameters
+        ----------
+        samples : (int, int)
+            ``(start, stop)``: the task's samples.
+        group : str, optional
+            Only the arrays of this group (:data:`FEATURES`); default: every array of the store.
+        """
+        if self.path is None:
+            return
+        root = self.reopened(mode="r").group
+        if group is not None:
+            root = root[group]
+        prefix = self.path / (group or "")
+        for name, array in root.members(max_depth=None):
+            if not isinstance(array, zarr.Array):
+                continue
+            names = array.metadata.dimension_names or ()
+            if not names or names[0] != "sample":
+                continue
+            per_chunk = array.chunks[0]
+            for k in range(samples[0] // per_chunk, -(-samples[1] // per_chunk)):
+                chunk = prefix / name / "c" / str(k)  # zarr v3's default chunk key encoding: c/<i>/<j>/…
+                if chunk.exists():
+                    _fsync_tree(chunk)
+
+    # -- activations and features -------------------------------------------------------------
+    def declare_acts(self, layers: Sequence[str]) -> None:
+        """Describe the ``acts`` group once: the layers a run records, in recording order.
+
+        Parameters
+        ----------
+        layers : sequence of str
+        """
+        group = self.group.require_group(ACTS)
+        if group.attrs.get("layers") != list(layers):  # written once: concurrent tasks share this group
+            group.attrs["layers"] = list(layers)
+
+    def acts_layers(self) -> list[str]:
+        """Layers with recorded activations, in the order they were recorded.
+
+        Returns
+        -------
+        list of str
+        """
+        group = self._member(ACTS)
+        return list(group.attrs.get("layers", [])) if isinstance(group, zarr.Group) else []
+
+    def acts_reducers(self, layer: str) -> list[str]:
+        """The reducers ``layer`` was recorded with, sorted (empty: not recorded).
+
+        Parameters
+        ----------
+        layer : str
+
+        Returns
+        -------
+        list of str
+        """
+        group = self._member(f"{ACTS}/{layer}")
+        return sorted(group.array_keys()) if isinstance(group, zarr.Group) else []
+
+    def features_config(self) -> dict:
+        """What the stored features were computed with (``features`` group attrs ``config``).
+
+        Returns
+        -------
+        dict
+            Empty where no features were computed.
+        """
+        group = self._member(FEATURES)
+        return dict(group.attrs.get("config", {})) if isinstance(group, zarr.Group) else {}
+
+    def drop_features(self) -> None:
+        """Delete the ``features`` group (before computing them again with other settings)."""
+        if FEATURES in self.group:
+            del self.group[FEATURES]
+        elif self.holds(FEATURES):  # written after this handle's consolidated metadata
+            del self.reopened().group[FEATURES]
+
+    def declare_features(self, config: Mapping) -> None:
+        """Create the ``features`` group with its ``config`` (kept if it is there) and its ``complete`` marker.
+
+        Parameters
+        ----------
+        config : mapping
+            JSON-serialisable; :meth:`features_config` returns it.
+        """
+        group = self.group.require_group(FEATURES)
+        if "config" not in group.attrs:
+            group.attrs["config"] = dict(config)
+        self.ensure_array(features_path("complete"), shape=(self.n_samples,), dims=("sample",), dtype=bool,
+                          fill_value=False)
+
+    def features_completed(self) -> np.ndarray:
+        """Boolean (sample,): which samples' features are all written (all false where none were computed).
+
+        Returns
+        -------
+        numpy.ndarray of bool
+        """
+        marker = self._member(features_path("complete"))
+        if not isinstance(marker, zarr.Array):
+            return np.zeros(self.n_samples, dtype=bool)
+        return np.asarray(marker[...], dtype=bool)
+
+    def mark_features_complete(self, samples, *, complete: bool = True) -> None:
+        """Mark the features of ``samples`` done (call only after all their variables are written), or not.
+
+        Parameters
+        ----------
+        samples : slice or sequence of int
+        complete : bool
+            ``False`` marks them to be recomputed.
+        """
+        marker = self.array(features_path("complete"))
+        if isinstance(samples, slice):
+            marker[samples] = complete
+        else:
+            marker.oindex[np.asarray(samples)] = complete
 
     def sample_chunks(self) -> list[slice]:
         """The sample ranges writers own, in order."""
         n, c = self.n_samples, self.chunk_samples
         return [slice(s, min(s + c, n)) for s in range(0, n, c)]
+
+    def owned_chunks(self, samples: slice | None, *, option: str = "samples") -> list[slice]:
+        """The sample chunks inside ``samples``, which must be whole chunks (what one writer or task owns).
+
+        Parameters
+        ----------
+        samples : slice or None
+            ``slice(start, stop)`` with ``start`` and ``stop`` on chunk boundaries (multiples of
+            ``chunk_samples``, or ``n_samples``); ``None``: every chunk.
+        option : str
+            The caller's name of ``samples``, for the messages (``"only_samples"``).
+
+        Returns
+        -------
+        list of slice
+
+        Raises
+        ------
+        TypeError
+            ``samples`` is not a slice.
+        ValueError
+            An empty range, a step other than 1, or a range that splits a sample chunk.
+        """
+        chunks = self.sample_chunks()
+        if samples is None:
+            return chunks
+        if not isinstance(samples, slice):
+            raise TypeError(f"{option} must be a slice of whole sample chunks (e.g. slice(0, 8)), got {samples!r}.")
+        n, c = self.n_samples, self.chunk_samples
+        start, stop, step = samples.indices(n)
+        if step != 1 or start >= stop:
+            raise ValueError(f"{option}={samples.start}:{samples.stop}: give a non-empty range with step 1 "
+                             f"within the run's {n} samples.")
+        if start % c or (stop % c and stop != n):
+            lo, hi = (start // c) * c, min(n, -(-stop // c) * c)
+            raise ValueError(
+                f"{option}={start}:{stop} does not fall on the store's sample chunks of {c} (it is not aligned: a "
+                f"task owns whole chunks, boundaries at multiples of {c} and {n}); e.g. {option}={lo}:{hi}."
+            )
+        return [chunk for chunk in chunks if chunk.start >= start and chunk.stop <= stop]
 
     def completed(self) -> np.ndarray:
         """Boolean (sample,): which samples are marked complete."""
@@ -970,9 +1294,7 @@ class Run:
 
     def layers(self) -> list[str]:
         """Layers with recorded activations, in the order they were recorded."""
-        if "acts" not in self.store.group:
-            return []
-        return list(self.store.group["acts"].attrs.get("layers", []))
+        return self.store.acts_layers()
 
     def acts(self, layer: str, reducer: str | None = None):
         """Recorded activations of ``layer`` as an ``xarray.DataArray`` (sample, [branch,] step, …).
@@ -993,15 +1315,14 @@ class Run:
             close = difflib.get_close_matches(layer, layers, n=3, cutoff=0.4)
             hint = f" Close: {', '.join(close)}." if close else ""
             raise KeyError(f"No activations recorded for {layer!r}.{hint} Recorded: {', '.join(layers) or 'none'}.")
-        group = self.store.group["acts"][layer]
-        reducers = sorted(group.array_keys())
+        reducers = self.store.acts_reducers(layer)
         if reducer is None:
             if len(reducers) != 1:
                 raise KeyError(f"{layer!r} was recorded with reducers {reducers}; pass reducer=...")
             reducer = reducers[0]
         if reducer not in reducers:
             raise KeyError(f"{layer!r} has no {reducer!r} record; it has {reducers}.")
-        array = group[reducer]
+        array = self.store.array(acts_path(layer, reducer))
         dims = list(array.metadata.dimension_names)
         data = xr.DataArray(array[...], dims=dims, name=f"{layer}/{reducer}", attrs=dict(array.attrs))
         ds = self.dataset

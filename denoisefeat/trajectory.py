@@ -46,6 +46,7 @@ from denoisefeat.store import (
     RunStore,
     StepWriter,
     StoreError,
+    acts_path,
 )
 
 __all__ = ["DenoisingLoop", "LoopState", "PrefixCache", "trace"]
@@ -572,12 +573,11 @@ def trace(
         if repair and run_store.path is not None:
             run_store.repair(run_store.damage(decode=True))
             _write_coordinates(run_store, request, loop.coords, rewrite=True)
-        chunks = _owned_chunks(run_store, only_samples)
+        owned = run_store.owned_chunks(only_samples, option="only_samples")  # a cluster task's share
+        chunks = [c for c in run_store.incomplete_chunks() if c in owned]
         _write_coordinates(run_store, request, loop.coords)
         if recorder is not None:
-            acts = run_store.group.require_group("acts")
-            if acts.attrs.get("layers") != recorder.layers:  # written once: concurrent tasks share this group
-                acts.attrs["layers"] = recorder.layers
+            run_store.declare_acts(recorder.layers)
         if maps is not None:
             run_store.declare_attention(maps.layers, words)
         managers = [m for m in (editor, recorder) if m is not None]  # edits first: records show the edited flow
@@ -608,20 +608,6 @@ def _hooked(loop: DenoisingLoop, managers, backend: str):
             yield
         finally:
             loop.family.forward = loop.family.denoiser
-
-
-def _owned_chunks(run_store: RunStore, only_samples: slice | None) -> list[slice]:
-    """The store's incomplete sample chunks, inside ``only_samples`` (what a cluster task owns)."""
-    chunks = run_store.incomplete_chunks()
-    if only_samples is None:
-        return chunks
-    start, stop, _ = only_samples.indices(run_store.n_samples)
-    bounds = {0, run_store.n_samples} | {c.start for c in run_store.sample_chunks()}
-    if start not in bounds or stop not in bounds:
-        raise ValueError(f"only_samples={start}:{stop} does not fall on the store's sample chunks of "
-                         f"{run_store.chunk_samples} (boundaries at multiples of {run_store.chunk_samples} "
-                         f"and {run_store.n_samples}).")
-    return [c for c in chunks if c.start >= start and c.stop <= stop]
 
 
 class _ChunkCapture:
@@ -749,7 +735,7 @@ def _hook_managers(pipe, request, record, record_steps, edits, loop, current):
     if record is not None:
         def sink(layer, reducer, step, tensor, dims, branched):
             capture = current["capture"]
-            writer, name = capture.writer, f"acts/{layer}/{reducer}"
+            writer, name = capture.writer, acts_path(layer, reducer)
             dtype = "float16" if tensor.dtype == torch.float16 else "float32"  # fp16 models: fp16 storage
             if not writer.declared(name):
                 attrs = {"layer": layer, "reducer": reducer}
@@ -816,7 +802,7 @@ _DIMS = {
 
 
 def _write_coordinates(store: RunStore, request: TraceRequest, coords: dict, *, rewrite: bool = False) -> None:
-    if "timestep" in store.group and not rewrite:
+    if store.holds("timestep") and not rewrite:
         return
     store.write_coordinate("step", np.arange(len(coords["timestep"])), dim="step")
     for name, values in coords.items():
@@ -830,7 +816,7 @@ def _open_or_create(path, request: TraceRequest, *, n_steps, batch_size, overwri
     attrs = request.as_attrs()
     if path is not None and resume and Path(path).expanduser().exists():
         store = RunStore.open(path)
-        diff = store.differing_attrs(attrs)
+        diff = store.differing_attrs(attrs, added=TraceRequest.ADDED_ATTRS)
         if diff:
             raise RunMismatchError(
                 f"Cannot resume {str(store.path)!r}: it was started with different settings ({', '.join(diff)}). "

@@ -152,6 +152,11 @@ def test_patching_command_stores_the_estimate_and_verifies_its_top_cells(tmp_pat
     assert "boundary_width: Spearman" in output
     assert set(read_attribution(out, name="attribution_study")["method"]) == {"attribution_patching:zero",
                                                                               "ablation:zero"}
+    _ok(["attribute", "patching", "planted-factorized", "--out", str(out), "--layer", "layout", "--windows", "0:2",
+         "--features", "edges", "--estimator", "exact_step", "--overwrite", *SMALL])
+    assert set(read_attribution(out, name="attribution_patching")["estimator"]) == {"exact_step"}
+    assert "Unknown estimator" in _error(["attribute", "patching", "planted", "--out", str(tmp_path / "z.zarr"),
+                                          "--layer", "layout", "--estimator", "second", *SMALL])
     assert "has no smooth surrogate" in _error(["attribute", "patching", "planted", "--out", str(tmp_path / "x.zarr"),
                                                 "--layer", "layout", "--features", "edge_density", *SMALL])
     assert "keeps past model outputs" in _error(["attribute", "patching", "planted", "--out", str(tmp_path / "y.zarr"),

@@ -240,3 +240,50 @@ def test_a_feature_that_does_not_vary_between_samples_is_refused(linear):
     with pytest.raises(ValueError, match=r"do not vary between the clean samples"):
         attribution_patching(linear, layers=LAYERS, features={"flat": lambda images: images.sum(dim=(1, 2, 3)) * 0},
                              **RUN)
+
+
+class _QuadraticDetail(LinearPlantedDenoiser):
+    """The linear planted model with x̂_0 quadratic in ``detail``'s output at the last step: the first
+    order is not exact for a ``detail`` edit there, but the edit's exact Δx (``exact_step``) reaches
+    the final image with no later step to linearise."""
+
+    def forward(self, sample, timestep, return_dict: bool = True):
+        from denoisefeat.toy.planted import _prediction
+
+        alpha_bar = self.alpha_bar(timestep, batch=sample.shape[0])
+        detail = self.detail(sample, alpha_bar)
+        last = (alpha_bar > 0.99).to(detail.dtype).reshape(-1, 1, 1, 1)  # the last step only: affine before it
+        x0 = self.layout(sample, alpha_bar) + detail + last * detail * detail.abs()
+        return _prediction(sample, x0, alpha_bar, self.config.prediction_type, return_dict)
+
+
+def test_exact_step_is_exact_where_only_the_edited_step_is_nonlinear(linear):
+    from diffusers import DDIMPipeline
+
+    pipe = DDIMPipeline(unet=_QuadraticDetail(), scheduler=linear.scheduler)
+    last = RUN["steps"] - 1
+    clean = torch.as_tensor(dft.trace(pipe, keep=(), **RUN)["final"].values)
+    assert (0.0 < clean.min()) and (clean.max() < 1.0)  # no clipping: the image is x_final's affine map
+    exact = float((_affine(_exact(pipe, "detail", "zero", [last])) - _affine(clean)).double().mean())
+    estimate = {est: attribution_patching(pipe, layers=["detail"], windows=[(last, last + 1)], estimator=est,
+                                          features={"affine": _affine}, **RUN)
+                for est in ("first_order", "exact_step")}
+    assert estimate["exact_step"]["effect"].item() == pytest.approx(exact, rel=1e-3, abs=1e-6)
+    first = estimate["first_order"]["effect"].item()
+    assert abs(first - exact) > 0.05 * abs(exact) > 50 * 1e-6  # the quadratic term is far above the tolerance
+    frame = estimate["exact_step"]
+    assert (frame["estimator"] == "exact_step").all() and frame.attrs["estimator"] == "exact_step"
+    # one more denoiser call per layer and step of a window than the first order: the exact single-step edits
+    assert frame.attrs["denoiser_calls"] == estimate["first_order"].attrs["denoiser_calls"] + 1
+
+
+@pytest.mark.parametrize("method", ["zero", "mean"])
+def test_exact_step_equals_the_first_order_on_the_affine_model(linear, method):
+    run = dict(layers=LAYERS, method=method, windows=[(0, 2), (2, 5)], features={"affine": _affine}, **RUN)
+    first, step = (attribution_patching(linear, estimator=est, **run) for est in ("first_order", "exact_step"))
+    np.testing.assert_allclose(step["effect"], first["effect"], rtol=1e-3, atol=1e-6)
+
+
+def test_an_unknown_estimator_is_refused(linear):
+    with pytest.raises(ValueError, match="estimator"):
+        attribution_patching(linear, layers=LAYERS, estimator="second_order", features={"affine": _affine}, **RUN)

@@ -224,6 +224,23 @@ def test_probe_table_on_a_real_run(tiny_pipes):
         probes.probe_table(run, targets={"colour": colour}, layers="up_blocks.0")
 
 
+def test_the_toy_model_is_recognised_from_what_the_store_says_never_from_a_class_count(tiny_pipes):
+    from denoisefeat.toy.diffshapes import NUM_CONDITIONS
+    from denoisefeat.trajectory import trace
+
+    run = trace(tiny_pipes["tiny-class-unet"], class_labels=[0, 1, 2], steps=2, keep=("images",))
+    assert "label_set" not in run.attrs
+    assert list(probes.label_targets(run)) == ["class_label"]
+    toy_count = {"denoiser_config": {"num_class_embeds": NUM_CONDITIONS + 1}, "model_id": "my/model"}
+    assert not probes.is_diffshapes_run(toy_count)  # 121 classes alone say nothing
+    assert probes.is_diffshapes_run({"label_set": "diffshapes", "model_id": "my/model"})
+    assert not probes.is_diffshapes_run({"label_set": "imagenet", "model_id": "toy"})  # what it declares wins
+    # stores written before runs recorded label_set: the built-in toy model by its model_id
+    assert probes.is_diffshapes_run({"model_id": "toy"})
+    assert probes.is_diffshapes_run({"model_id": "/venv/lib/python3.12/site-packages/denoisefeat/toy/weights"})
+    assert not probes.is_diffshapes_run({"model_id": "google/ddpm-cifar10-32"})
+
+
 def test_toy_model_colour_is_decodable_late_in_sampling():
     from denoisefeat.models import TOY_WEIGHTS, load_pipeline
     from denoisefeat.toy.diffshapes import COLORS, condition_label
@@ -235,6 +252,10 @@ def test_toy_model_colour_is_decodable_late_in_sampling():
     labels = [condition_label("circle", c, "solid") for c in colours]
     run = trace(load_pipeline("toy"), class_labels=labels, steps=6, seed=0, guidance_scale=1.0,
                 record={"mid_block": "channel_mean"})
+    assert run.attrs["label_set"] == "diffshapes"  # the toy pipeline says what its labels are; trace records it
+    targets = probes.label_targets(run)
+    assert sorted(targets) == ["color", "shape", "texture"]
+    assert targets["color"].values.tolist() == colours and set(targets["shape"].values) == {"circle"}
     result = probes.fit(run.acts("mid_block"), np.array(colours), cv=4, n_boot=0, control=probes.xt_features(run))
     assert float(result["score"].isel(step=-1)) > 0.9
 

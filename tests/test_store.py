@@ -164,3 +164,87 @@ def test_step_writer_buffers_at_most_one_step_chunk():
     writer.close()  # waits for the background writes
     np.testing.assert_array_equal(array[8:16], expected)
     assert np.isnan(array[0:8]).all(), "the other writer's chunk is untouched"
+
+
+def test_is_run_store_tells_stores_from_other_folders(pipe, tmp_path):
+    from denoisefeat.store import is_run_store
+
+    path = tmp_path / "run.zarr"
+    trace(pipe, class_labels=[1], steps=2, store=path)
+    assert is_run_store(path) and is_run_store(str(path))
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w").create_array("data", shape=(3,), dtype="f4")
+    assert not is_run_store(tmp_path / "other.zarr")  # a zarr group denoisefeat did not write
+    assert not is_run_store(tmp_path / "missing.zarr") and not is_run_store(tmp_path) and not is_run_store(None)
+    (path / "zarr.json").write_text((path / "zarr.json").read_text()[:200])  # damaged metadata: still a store
+    assert is_run_store(path)
+
+
+def test_acts_and_features_layouts_are_the_stores(pipe, tmp_path):
+    """The store's named paths and readers match what it writes (``acts/<layer>/<reducer>``, ``features/``)."""
+    from denoisefeat.store import RunStore, acts_path, features_path
+
+    path = tmp_path / "run.zarr"
+    run = trace(pipe, class_labels=[1, 2], steps=2, store=path, batch_size=1,
+                record={"mid_block": ["channel_mean", "full"]})
+    group = zarr.open_group(str(path), mode="r")
+    assert acts_path("mid_block", "full") == "acts/mid_block/full" and features_path("ssim") == "features/ssim"
+    assert sorted(group["acts"]["mid_block"].array_keys()) == run.store.acts_reducers("mid_block") \
+        == ["channel_mean", "full"]
+    assert group["acts"].attrs["layers"] == run.store.acts_layers() == ["mid_block"]
+    assert run.store.acts_reducers("up_blocks.0") == [] and run.store.features_config() == {}
+    np.testing.assert_array_equal(run.store.array(acts_path("mid_block", "full"))[...],
+                                  group["acts/mid_block/full"][...])
+    with pytest.raises(KeyError, match="no array 'nope'"):
+        run.store.array("nope")
+    store = RunStore.open(path)
+    assert not store.features_completed().any() and store.features_completed().shape == (2,)
+    store.declare_features({"version": 1, "variables": []})
+    store.mark_features_complete([1])
+    reopened = RunStore.open(path, mode="r", verify=False).reopened(mode="r")
+    assert reopened.features_config() == {"version": 1, "variables": []}
+    assert reopened.features_completed().tolist() == [False, True]
+    assert zarr.open_group(str(path), mode="r", use_consolidated=False)["features/complete"][...].tolist() == [
+        False, True]
+    store.mark_features_complete(slice(0, 2), complete=False)
+    assert not store.features_completed().any()
+    store.fsync((0, 1))  # the chunk files of sample 0 exist and are flushed; nothing else is touched
+    store.drop_features()
+    assert store.features_config() == {} and "features" not in store.group_names()
+
+
+def test_an_attribute_added_later_does_not_stop_an_old_store_resuming(tmp_path):
+    """``label_set`` is newer than the first stores: absent there it is compatible; present it must match."""
+    from denoisefeat.tiny import TINY_BUILDERS
+
+    pipe = TINY_BUILDERS["tiny-class-unet"]()
+    path = tmp_path / "run.zarr"
+    trace(pipe, class_labels=[1, 2], steps=2, store=path, batch_size=1, only_samples=slice(0, 1), resume=True)
+    assert "label_set" not in open_run(path, allow_incomplete=True).attrs  # as a store written before label_set
+    pipe.register_to_config(label_set="diffshapes")
+    run = trace(pipe, class_labels=[1, 2], steps=2, store=path, batch_size=1, resume=True)
+    assert run.store.completed().all()
+    labelled = tmp_path / "labelled.zarr"
+    trace(pipe, class_labels=[1], steps=2, store=labelled)
+    assert open_run(labelled).attrs["label_set"] == "diffshapes"
+    pipe.register_to_config(label_set="other")
+    with pytest.raises(RunMismatchError, match="label_set"):
+        trace(pipe, class_labels=[1], steps=2, store=labelled, resume=True)
+
+
+def test_a_writer_owns_whole_sample_chunks():
+    """One check of chunk ownership for the trace's tasks (only_samples) and the features' (samples)."""
+    from denoisefeat.store import RunStore
+
+    store = RunStore.create(None, run_attrs={}, n_samples=10, n_steps=2, chunk_samples=4)
+    assert store.owned_chunks(None) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    assert store.owned_chunks(slice(4, 10)) == [slice(4, 8), slice(8, 10)]
+    assert store.owned_chunks(slice(0, 4), option="only_samples") == [slice(0, 4)]
+    with pytest.raises(ValueError, match=r"only_samples=2:6 does not fall on the store's sample chunks of 4 .*"
+                                         r"e\.g\. only_samples=0:8"):
+        store.owned_chunks(slice(2, 6), option="only_samples")
+    with pytest.raises(ValueError, match="non-empty range with step 1"):
+        store.owned_chunks(slice(4, 4))
+    with pytest.raises(ValueError, match="non-empty range with step 1"):
+        store.owned_chunks(slice(0, 8, 2))
+    with pytest.raises(TypeError, match="must be a slice"):
+        store.owned_chunks((0, 4))

@@ -199,3 +199,90 @@ def test_readme_architecture_draws_the_contract_layers():
     rows = [line.split("  ", 1)[0] for line in picture.splitlines()[1:] if line.strip()]
     drawn = [sorted(name.strip() for name in row.split("│")) for row in rows if row]
     assert drawn == layers
+
+
+# ---------------------------------------------------------------------------------------------
+# The store owns every group layout
+# ---------------------------------------------------------------------------------------------
+#: Modules that still index a store's zarr group themselves.  The attribution tables' layout
+#: (``attribution/<table>``, written and read by analyses.table, listed by the viewer and the report)
+#: moves into the store with the attribution work; nothing else may be added here.
+STORE_INTERNALS_ALLOWED = {
+    "denoisefeat.analyses.table": "write_attribution / read_attribution: the attribution/ layout",
+    "denoisefeat.viewer.app": "lists the attribution tables through analyses.table",
+    "denoisefeat.viz.report": "the attribution tables and the store's creation time",
+}
+
+
+def _store_internals(source: str) -> list[str]:
+    """Uses of a store's zarr internals in ``source``: ``X.group`` (other than a call, ``match.group(1)``),
+    ``require_group``, ``open_group`` and the ``zarr.json`` metadata file (outside docstrings)."""
+    tree = ast.parse(source)
+    calls = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "group" and id(node) not in calls:
+            found.append(f"line {node.lineno}: .group")
+        elif isinstance(node, ast.Attribute) and node.attr in ("require_group", "open_group"):
+            found.append(f"line {node.lineno}: .{node.attr}")
+        elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and "zarr.json" in node.value
+              and id(node) not in docstrings):
+            found.append(f"line {node.lineno}: {node.value[:40]!r}")
+    return found
+
+
+def test_only_the_store_reads_zarr_internals():
+    """Group paths and zarr internals live in ``denoisefeat.store``: every other module goes through
+    ``RunStore`` / ``Run`` (``array``, ``acts_path``, ``features_path``, ``is_run_store`` …)."""
+    found = {module: uses for module in MODULES if module != "denoisefeat.store"
+             and module not in STORE_INTERNALS_ALLOWED
+             for uses in [_store_internals(MODULES[module].read_text(encoding="utf-8"))] if uses}
+    assert found == {}
+    assert set(STORE_INTERNALS_ALLOWED) <= set(MODULES)  # no stale entry
+
+
+def test_the_store_internals_check_can_fail():
+    bad = ('def f(run, path):\n    """Reads run.store.group and zarr.json (a docstring may say so)."""\n'
+           '    run.store.group["acts"]\n    run.store.group.require_group("x")\n'
+           '    return (path / "zarr.json").is_file() or "x" in run.store.group\n')
+    assert len(_store_internals(bad)) == 5
+    assert _store_internals("import re\nre.match('a', 'a').group(0)\n") == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Function length
+# ---------------------------------------------------------------------------------------------
+MAX_FUNCTION_LINES = 80
+
+
+def _code_lines(node, lines: list[str]) -> int:
+    """Lines of code of a function's body: without its docstring, blank lines and comment lines."""
+    body = node.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        body = body[1:]
+    numbers = {n for stmt in body for n in range(stmt.lineno, stmt.end_lineno + 1)}
+    return sum(1 for n in numbers if lines[n - 1].strip() and not lines[n - 1].strip().startswith("#"))
+
+
+def _long_functions(source: str, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    lines = source.splitlines()
+    return [f"{node.name} ({count} lines, line {node.lineno})" for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for count in [_code_lines(node, lines)] if count > limit]
+
+
+def test_no_function_is_longer_than_80_lines_of_code():
+    found = {module: long for module in MODULES
+             for long in [_long_functions(MODULES[module].read_text(encoding="utf-8"))] if long}
+    assert found == {}
+
+
+def test_the_function_length_check_can_fail():
+    body = "".join(f"    x{i} = {i}  # a line\n\n" for i in range(81))
+    source = f'def f():\n    """Doc\n\n    string."""\n    # a comment\n{body}'
+    assert _long_functions(source) == ["f (81 lines, line 1)"]
+    assert _long_functions(source, limit=81) == []

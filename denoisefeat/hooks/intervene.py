@@ -156,16 +156,15 @@ class _PatchSource:
     """Reads a source run's ``full`` activations of one layer for a batch of samples at a step."""
 
     def __init__(self, run, layer: str):
-        from denoisefeat.store import Run
+        from denoisefeat.store import Run, acts_path
 
         if not isinstance(run, Run):
             raise TypeError("patch source must be a denoisefeat Run (from trace(..., record=...) or open_run)")
         if layer not in run.layers():
             raise ValueError(f"The patch source did not record {layer!r}; record it with the 'full' reducer.")
-        group = run.store.group["acts"][layer]
-        if "full" not in group:
+        if "full" not in run.store.acts_reducers(layer):
             raise ValueError(f"The patch source recorded {layer!r} without the 'full' reducer; patching needs it.")
-        self.array = group["full"]
+        self.array = run.store.array(acts_path(layer, "full"))
         self.dims = list(self.array.metadata.dimension_names)
         self.seeds = np.asarray(run.dataset["seed"].values)
 

@@ -58,9 +58,8 @@ def open_lazy(store: str | Path, *, group: str | None = None):
     from denoisefeat.store import RunStore
 
     run = RunStore.open(store, mode="r")
-    root = run.group
-    if group is not None and group not in root:
-        groups = sorted(name for name, _ in root.groups())
+    if group is not None and not run.holds(group):
+        groups = run.group_names()
         raise KeyError(f"The store has no group {group!r}; it has {', '.join(groups) or 'none'}.")
     path = str(run.path)
     ds = xr.open_zarr(path, group=group, chunks={}, consolidated=False, zarr_format=3)

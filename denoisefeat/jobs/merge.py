@@ -43,7 +43,7 @@ def merge(spec: JobSpec, *, allow_incomplete: bool = False) -> dict:
     IncompleteJobError
         Some tasks are not done and ``allow_incomplete`` is false.
     """
-    from denoisefeat.store import RunStore
+    from denoisefeat.store import FEATURES, RunStore
 
     grid = task_grid(spec)
     states = {task.id: task_state(spec.jobs_dir, task.id) for task in grid}
@@ -68,8 +68,8 @@ def merge(spec: JobSpec, *, allow_incomplete: bool = False) -> dict:
                 continue
             store = RunStore.open(config.store)
             entry["samples_complete"] = int(store.completed().sum())
-            if "features" in store.group and "complete" in store.group["features"]:
-                entry["features_complete"] = int(store.group["features"]["complete"][...].sum())
+            if store.holds(FEATURES):
+                entry["features_complete"] = int(store.features_completed().sum())
             tables = [ablation_table_path(spec, t) for t in grid
                       if t.kind == "ablation" and t.config == config and states[t.id].state == "done"]
             if tables:

@@ -94,46 +94,6 @@ def _first_writer(spec: JobSpec, name: str, work) -> None:
     work()
 
 
-def _fsync_tree(path: Path) -> None:
-    if path.is_file():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
-        return
-    for folder, _dirs, files in os.walk(path):
-        for name in files:
-            with open(os.path.join(folder, name), "rb") as f:
-                os.fsync(f.fileno())
-
-
-def _fsync_owned(store: Path, samples: tuple[int, int], *, group: str | None = None) -> None:
-    """fsync every chunk file of the sample chunks in ``samples`` (arrays whose first dim is ``sample``)."""
-    import zarr
-
-    root = zarr.open_group(str(store), mode="r", use_consolidated=False)
-    if group is not None:
-        root = root[group]
-    prefix = Path(store) / (group or "")
-    for path, array in _arrays(root):
-        names = array.metadata.dimension_names or ()
-        if not names or names[0] != "sample":
-            continue
-        per_chunk = array.chunks[0]
-        first, last = samples[0] // per_chunk, -(-samples[1] // per_chunk)
-        for k in range(first, last):
-            chunk = prefix / path / "c" / str(k)
-            if chunk.exists():
-                _fsync_tree(chunk)
-
-
-def _arrays(group, base: str = ""):
-    for name, member in group.members():
-        path = f"{base}{name}"
-        if hasattr(member, "shape"):
-            yield path, member
-        else:
-            yield from _arrays(member, f"{path}/")
-
-
 # ---------------------------------------------------------------------------------------------
 # The three kinds
 # ---------------------------------------------------------------------------------------------
@@ -150,6 +110,7 @@ def _trace_kwargs(spec: JobSpec, task: Task) -> dict:
 
 
 def _extract(spec: JobSpec, task: Task) -> None:
+    from denoisefeat.store import RunStore
     from denoisefeat.trajectory import trace
 
     pipe = _pipe(spec)
@@ -161,12 +122,12 @@ def _extract(spec: JobSpec, task: Task) -> None:
         trace(pipe, **kwargs, store=store, resume=True, only_samples=slice(*task.samples))
 
     _first_writer(spec, f"{task.config.name}.run", work)
-    _fsync_owned(store, task.samples)
+    RunStore.open(store, mode="r", verify=False).fsync(task.samples)  # before the task's marker
 
 
 def _features(spec: JobSpec, task: Task) -> None:
     from denoisefeat.step_features import features
-    from denoisefeat.store import IncompleteRunError
+    from denoisefeat.store import FEATURES, IncompleteRunError, RunStore
 
     feats = spec.features
     store = task.config.store
@@ -181,7 +142,7 @@ def _features(spec: JobSpec, task: Task) -> None:
                  batch_size=feats.batch_size)
 
     _first_writer(spec, f"{task.config.name}.features", work)
-    _fsync_owned(store, task.samples, group="features")
+    RunStore.open(store, mode="r", verify=False).fsync(task.samples, group=FEATURES)
 
 
 def _loop_steps(pipe, spec: JobSpec, task: Task) -> int:

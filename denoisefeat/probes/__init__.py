@@ -18,7 +18,12 @@ from denoisefeat.probes.controls import random_init_acts, xt_features
 from denoisefeat.probes.linear import DEFAULT_ALPHAS, KINDS, fit
 from denoisefeat.probes.pixelwise import fit_pixelwise
 from denoisefeat.probes.table import CONTROLS, probe_table
-from denoisefeat.probes.targets import DEFAULT_FEATURE_TARGETS, final_feature_targets, label_targets
+from denoisefeat.probes.targets import (
+    DEFAULT_FEATURE_TARGETS,
+    final_feature_targets,
+    is_diffshapes_run,
+    label_targets,
+)
 
 __all__ = [
     "CONTROLS",
@@ -28,6 +33,7 @@ __all__ = [
     "fit",
     "final_feature_targets",
     "fit_pixelwise",
+    "is_diffshapes_run",
     "label_targets",
     "probe_table",
     "random_init_acts",

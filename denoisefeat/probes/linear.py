@@ -23,6 +23,7 @@ randomly initialised copy of the model, :func:`~denoisefeat.probes.controls.rand
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
@@ -303,31 +304,9 @@ def fit(
     values, classes = _encoded_target(values, kind)
     if control is not None:
         control = _aligned_control(control, acts)
-    if not isinstance(n_shuffles, (int, np.integer)) or n_shuffles < 0:
-        raise ValueError(f"n_shuffles must be a non-negative integer; got {n_shuffles!r}.")
-    if control is None and n_shuffles == 0:
-        raise ValueError("With control=None the selectivity is measured against shuffled targets: n_shuffles ≥ 1.")
-    if not 0 < ci < 1:
-        raise ValueError(f"ci must lie in (0, 1); got {ci!r}.")
-    if alphas is None:
-        alphas = DEFAULT_ALPHAS if kind == "ridge" else (1.0,)
-    alphas = tuple(float(a) for a in np.atleast_1d(alphas))
-    if not alphas or min(alphas) <= 0:
-        raise ValueError(f"alphas must be positive regularisation strengths; got {alphas}.")
-
-    from denoisefeat.analyses.inference import min_resamples
-
-    least_shuffles = min_resamples(1.0 - ci)  # enough refitted shuffles for a permutation interval and p
-    n_samples = acts.sizes["sample"]
-    groups = np.arange(n_samples) if groups is None else np.asarray(groups)
-    if groups.shape != (n_samples,):
-        raise ValueError(f"groups must have one label per sample ({n_samples},); got shape {groups.shape}.")
-    group_codes = np.unique(groups, return_inverse=True)[1]  # the units of CV, bootstrap and paired test
-    n_groups = int(group_codes.max()) + 1
-    per_sample = values if values.ndim == 1 else None
-    folds = sample_folds(groups, per_sample, cv=cv, stratify=kind == "logistic" and per_sample is not None, seed=seed)
-    rng = np.random.default_rng(seed)
-    permutations = [rng.permutation(n_samples) for _ in range(n_shuffles)]  # break the sample–target pairing
+    alphas = _checked_options(kind, control=control, n_shuffles=n_shuffles, ci=ci, alphas=alphas)
+    plan = _Plan.of(acts, values, kind=kind, alphas=alphas, groups=groups, cv=cv, n_shuffles=n_shuffles,
+                    n_boot=n_boot, ci=ci, seed=seed)
     steps = np.asarray(acts["step"].values)
     spans = step_windows(len(steps) if windows is None else windows, steps)
     windows = [np.flatnonzero((steps >= start) & (steps < stop)) for start, stop in spans]  # positions
@@ -341,73 +320,146 @@ def fit(
     if control is not None:
         names.insert(4, "control")
     out = {name: np.full(shape, np.nan) for name in names}
-    n_scored = np.zeros(shape, dtype=int)
-    metric = "r2" if kind == "ridge" else "accuracy"
+    out["n"] = np.zeros(shape, dtype=int)
     for b, branch in enumerate(branches):
         data = acts if branch is None else acts.sel(branch=branch)
         for w, positions in enumerate(windows):
-            X, rows_sample, rows_step = _design(data.isel(step=positions))
-            if X is None:
-                continue
-            y = values[rows_sample] if values.ndim == 1 else values[rows_sample, positions[rows_step]]
-            fold, rows_group = folds[rows_sample], group_codes[rows_sample]
-            fit_kw = {"kind": kind, "alphas": alphas}
-            sums = _sums(kind, y, oof_predict(X, y, rows_group, fold, **fit_kw), rows_group, n_groups)
-            shuffled_sums = []
-            for perm in permutations:
-                permuted = values[perm]
-                y_perm = permuted[rows_sample] if values.ndim == 1 else permuted[rows_sample, positions[rows_step]]
-                yhat = oof_predict(X, y_perm, rows_group, fold, **fit_kw)
-                shuffled_sums.append(_sums(kind, y_perm, yhat, rows_group, n_groups))
-            controls = shuffled_sums
-            if control is not None:
-                Xc, c_sample, c_step = _design(control.isel(step=positions), name="control")
-                if Xc is None or not (np.array_equal(c_sample, rows_sample) and np.array_equal(c_step, rows_step)):
-                    start, stop = spans[w]
-                    raise ValueError(f"control is missing steps {start}–{stop - 1} that the activations have.")
-                control_sums = _sums(kind, y, oof_predict(Xc, y, rows_group, fold, **fit_kw), rows_group, n_groups)
-                controls = [control_sums]
-                out["control"][b, w] = _scores.score(metric, control_sums)
-            keep = sums[:, 0] > 0  # groups with rows in this window
-            sums, controls = sums[keep], [c[keep] for c in controls]
-            shuffled_sums = [s[keep] for s in shuffled_sums]
-            value = _scores.score(metric, sums)
-            out["score"][b, w] = value
-            out["ci_low"][b, w], out["ci_high"][b, w] = _scores.bootstrap_ci(
-                metric, sums, n_boot=n_boot, ci=ci, seed=seed
-            )
-            if shuffled_sums:
-                out["shuffled"][b, w] = np.mean([_scores.score(metric, s) for s in shuffled_sums])
-            reference = out["control"][b, w] if control is not None else out["shuffled"][b, w]
-            out["selectivity"][b, w] = value - reference
-            if control is None and n_shuffles >= least_shuffles:  # refitted shuffles: a permutation test
-                shuffled = np.array([_scores.score(metric, s) for s in shuffled_sums])
-                selectivity = _scores.permutation_selectivity(value, shuffled, ci=ci)
-            else:
-                selectivity = _scores.bootstrap_selectivity(metric, sums, controls=controls, n_boot=n_boot, ci=ci,
-                                                            seed=seed)
-            out["selectivity_ci_low"][b, w], out["selectivity_ci_high"][b, w] = selectivity.ci_low, selectivity.ci_high
-            out["p"][b, w] = selectivity.p
-            n_scored[b, w] = len(np.unique(rows_sample))
+            for name, value in plan.window(data, control, positions, spans[w]).items():
+                out[name][b, w] = value
+    return _result(out, acts, plan, spans, windows, branches, control=control, classes=classes)
 
+
+def _checked_options(kind: str, *, control, n_shuffles, ci, alphas) -> tuple[float, ...]:
+    """Check the controls' and the CIs' options; return the α grid (the kind's default when none is given)."""
+    if not isinstance(n_shuffles, (int, np.integer)) or n_shuffles < 0:
+        raise ValueError(f"n_shuffles must be a non-negative integer; got {n_shuffles!r}.")
+    if control is None and n_shuffles == 0:
+        raise ValueError("With control=None the selectivity is measured against shuffled targets: n_shuffles ≥ 1.")
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must lie in (0, 1); got {ci!r}.")
+    if alphas is None:
+        alphas = DEFAULT_ALPHAS if kind == "ridge" else (1.0,)
+    alphas = tuple(float(a) for a in np.atleast_1d(alphas))
+    if not alphas or min(alphas) <= 0:
+        raise ValueError(f"alphas must be positive regularisation strengths; got {alphas}.")
+    return alphas
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What every probe of one :func:`fit` shares: the target, the folds, the shuffles, the statistics."""
+
+    kind: str
+    metric: str
+    alphas: tuple[float, ...]
+    cv: int
+    values: np.ndarray  # the encoded target, (sample,) or (sample, step)
+    folds: np.ndarray  # fold of each sample
+    group_codes: np.ndarray  # group of each sample: the units of CV, bootstrap and paired test
+    n_groups: int
+    permutations: list  # of the samples, one per shuffled-target probe (the same at every step)
+    n_shuffles: int
+    least_shuffles: int  # enough refitted shuffles for a permutation interval and p
+    n_boot: int
+    ci: float
+    seed: int
+
+    @classmethod
+    def of(cls, acts, values, *, kind, alphas, groups, cv, n_shuffles, n_boot, ci, seed) -> _Plan:
+        from denoisefeat.analyses.inference import min_resamples
+
+        n_samples = acts.sizes["sample"]
+        groups = np.arange(n_samples) if groups is None else np.asarray(groups)
+        if groups.shape != (n_samples,):
+            raise ValueError(f"groups must have one label per sample ({n_samples},); got shape {groups.shape}.")
+        group_codes = np.unique(groups, return_inverse=True)[1]
+        per_sample = values if values.ndim == 1 else None
+        folds = sample_folds(groups, per_sample, cv=cv, stratify=kind == "logistic" and per_sample is not None,
+                             seed=seed)
+        rng = np.random.default_rng(seed)
+        permutations = [rng.permutation(n_samples) for _ in range(n_shuffles)]  # break the sample–target pairing
+        return cls(kind=kind, metric="r2" if kind == "ridge" else "accuracy", alphas=alphas, cv=int(cv), values=values,
+                   folds=folds, group_codes=group_codes, n_groups=int(group_codes.max()) + 1,
+                   permutations=permutations, n_shuffles=int(n_shuffles), least_shuffles=min_resamples(1.0 - ci),
+                   n_boot=n_boot, ci=ci, seed=seed)
+
+    def _target(self, values, rows_sample, rows_step, positions) -> np.ndarray:
+        return values[rows_sample] if values.ndim == 1 else values[rows_sample, positions[rows_step]]
+
+    def _oof_sums(self, X, y, rows_group, fold) -> np.ndarray:
+        yhat = oof_predict(X, y, rows_group, fold, kind=self.kind, alphas=self.alphas)
+        return _sums(self.kind, y, yhat, rows_group, self.n_groups)
+
+    def window(self, data, control, positions, span) -> dict[str, float]:
+        """The scores of the probe on one window of one branch (empty where none of its steps was recorded)."""
+        X, rows_sample, rows_step = _design(data.isel(step=positions))
+        if X is None:
+            return {}
+        y = self._target(self.values, rows_sample, rows_step, positions)
+        fold, rows_group = self.folds[rows_sample], self.group_codes[rows_sample]
+        sums = self._oof_sums(X, y, rows_group, fold)
+        shuffled_sums = []
+        for perm in self.permutations:
+            y_perm = self._target(self.values[perm], rows_sample, rows_step, positions)
+            shuffled_sums.append(self._oof_sums(X, y_perm, rows_group, fold))
+        out, controls = {}, shuffled_sums
+        if control is not None:
+            Xc, c_sample, c_step = _design(control.isel(step=positions), name="control")
+            if Xc is None or not (np.array_equal(c_sample, rows_sample) and np.array_equal(c_step, rows_step)):
+                start, stop = span
+                raise ValueError(f"control is missing steps {start}–{stop - 1} that the activations have.")
+            control_sums = self._oof_sums(Xc, y, rows_group, fold)
+            controls = [control_sums]
+            out["control"] = _scores.score(self.metric, control_sums)
+        keep = sums[:, 0] > 0  # groups with rows in this window
+        sums, controls = sums[keep], [c[keep] for c in controls]
+        shuffled_sums = [s[keep] for s in shuffled_sums]
+        out.update(self._statistics(sums, controls, shuffled_sums, control_score=out.get("control")))
+        out["n"] = len(np.unique(rows_sample))
+        return out
+
+    def _statistics(self, sums, controls, shuffled_sums, *, control_score) -> dict[str, float]:
+        """Score, its CI, the shuffled score and the selectivity (CI, p) from the per-group sums."""
+        metric = self.metric
+        value = _scores.score(metric, sums)
+        out = {"score": value}
+        out["ci_low"], out["ci_high"] = _scores.bootstrap_ci(metric, sums, n_boot=self.n_boot, ci=self.ci,
+                                                             seed=self.seed)
+        out["shuffled"] = np.mean([_scores.score(metric, s) for s in shuffled_sums]) if shuffled_sums else np.nan
+        reference = control_score if control_score is not None else out["shuffled"]
+        out["selectivity"] = value - reference
+        if control_score is None and self.n_shuffles >= self.least_shuffles:  # refitted shuffles: a permutation test
+            shuffled = np.array([_scores.score(metric, s) for s in shuffled_sums])
+            selectivity = _scores.permutation_selectivity(value, shuffled, ci=self.ci)
+        else:
+            selectivity = _scores.bootstrap_selectivity(metric, sums, controls=controls, n_boot=self.n_boot,
+                                                        ci=self.ci, seed=self.seed)
+        out["selectivity_ci_low"], out["selectivity_ci_high"] = selectivity.ci_low, selectivity.ci_high
+        out["p"] = selectivity.p
+        return out
+
+
+def _result(out, acts, plan: _Plan, spans, windows, branches, *, control, classes) -> xr.Dataset:
+    """The probes' scores as the Dataset :func:`fit` returns."""
     starts = np.array([start for start, _ in spans])
     stops = np.array([stop for _, stop in spans])
     dims = ("branch", "step")
     coords = {"branch": branches, "step": starts, "step_stop": ("step", stops)}
     if "timestep" in acts.coords and acts["timestep"].dims == ("step",):
         coords["timestep"] = ("step", acts["timestep"].values[[positions[0] for positions in windows]])
+    n_scored = out.pop("n")
     result = xr.Dataset({name: (dims, v) for name, v in out.items()}, coords=coords)
     result["n"] = (dims, n_scored)
     chance = 0.0
-    if kind == "logistic":
-        chance = float(np.bincount(values.ravel()).max() / values.size)
+    if plan.kind == "logistic":
+        chance = float(np.bincount(plan.values.ravel()).max() / plan.values.size)
     result.attrs = {
-        "kind": kind, "metric": metric, "chance": chance, "cv": int(cv),
+        "kind": plan.kind, "metric": plan.metric, "chance": chance, "cv": plan.cv,
         "windows": [[int(start), int(stop)] for start, stop in spans],
-        "n_shuffles": int(n_shuffles), "layer": str(acts.attrs.get("layer", acts.name or "")),
+        "n_shuffles": plan.n_shuffles, "layer": str(acts.attrs.get("layer", acts.name or "")),
         "control": "shuffled" if control is None else str(control.name or "control"),
     }
-    if kind == "logistic":
+    if plan.kind == "logistic":
         result.attrs["classes"] = [c.item() if hasattr(c, "item") else c for c in classes]
     return result.squeeze("branch", drop=True) if branches == [None] else result
 

@@ -13,11 +13,12 @@ Both return ``{name: xarray.DataArray (sample,)}``, the ``targets`` of
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-__all__ = ["DEFAULT_FEATURE_TARGETS", "final_feature_targets", "label_targets"]
+__all__ = ["DEFAULT_FEATURE_TARGETS", "final_feature_targets", "is_diffshapes_run", "label_targets"]
 
 #: Reference-free metrics of the final image probed by default: edges, texture and colour.
 DEFAULT_FEATURE_TARGETS: tuple[str, ...] = (
@@ -79,9 +80,9 @@ def label_targets(run) -> dict[str, xr.DataArray]:
     Returns
     -------
     dict of str to xarray.DataArray
-        For a run of the DiffShapes toy model (a denoiser with one class embedding per DiffShapes
-        condition plus the null class): ``{"shape", "color", "texture"}`` with the names of each
-        sample's condition; for another class-conditional model ``{"class_label": label}``.
+        For a run of the DiffShapes toy model (:func:`is_diffshapes_run`) whose samples are all
+        conditional: ``{"shape", "color", "texture"}`` with the names of each sample's condition;
+        otherwise ``{"class_label": label}``.
 
     Raises
     ------
@@ -90,16 +91,40 @@ def label_targets(run) -> dict[str, xr.DataArray]:
     """
     from denoisefeat.toy.diffshapes import NUM_CONDITIONS, condition_names
 
-    labels = run.attrs.get("class_labels")
+    attrs = run.attrs
+    labels = attrs.get("class_labels")
     if labels is None:
         raise ValueError("The run has no class labels (it was traced with prompts or unconditionally); "
                          "probe final-image features instead.")
     sample = run["final"]["sample"].values
     labels = np.asarray(labels, dtype=np.int64)[: len(sample)]
-    config = run.attrs.get("denoiser_config") or {}
-    is_toy = config.get("num_class_embeds") == NUM_CONDITIONS + 1 and bool(np.all(labels < NUM_CONDITIONS))
-    if not is_toy:
+    if not (is_diffshapes_run(attrs) and bool(np.all(labels < NUM_CONDITIONS))):  # the null label names nothing
         return {"class_label": xr.DataArray(labels, dims=("sample",), coords={"sample": sample}, name="class_label")}
     names = np.array([condition_names(int(label)) for label in labels], dtype=object)
     return {part: xr.DataArray(names[:, i].astype(str), dims=("sample",), coords={"sample": sample}, name=part)
             for i, part in enumerate(("shape", "color", "texture"))}
+
+
+def is_diffshapes_run(attrs) -> bool:
+    """Whether a run's class labels are DiffShapes conditions, from what its store says it is.
+
+    The pipeline declares it (``label_set``, :data:`denoisefeat.models.TOY_LABEL_SET`), and
+    :func:`denoisefeat.trace` records it in the run's attributes; a store written before runs
+    recorded it says so by its ``model_id``: ``"toy"`` (``load_pipeline("toy")`` from the CLI or
+    the cluster jobs) or the toy model's weights folder.
+
+    Parameters
+    ----------
+    attrs : mapping
+        The run's attributes (:attr:`denoisefeat.store.Run.attrs`).
+
+    Returns
+    -------
+    bool
+    """
+    from denoisefeat.models import TOY_LABEL_SET
+
+    if attrs.get("label_set") is not None:
+        return attrs["label_set"] == TOY_LABEL_SET
+    model_id = str(attrs.get("model_id") or "")
+    return model_id == "toy" or Path(model_id).parts[-3:] == ("denoisefeat", "toy", "weights")

@@ -17,7 +17,7 @@ _PREFERRED = ("full", "spatial_mean_map", "channel_mean", "spatial_energy", "ban
 
 
 def _reducer_of(run, layer: str, reducer: str | None) -> str:
-    recorded = sorted(run.store.group["acts"][layer].array_keys())
+    recorded = run.store.acts_reducers(layer)
     if reducer is not None:
         if reducer not in recorded:
             raise KeyError(f"{layer!r} has no {reducer!r} record; it has {recorded}")
