@@ -6,7 +6,9 @@ With the recipe's architecture and random weights: the size of its fp16 safetens
 10 MB), ``load_pipeline`` of the saved folder (budget < 1 s), 8 class-conditional samples × 50
 DDIM steps with guidance 1.5 through ``trace`` as ``benchmarks/toy_model.py`` times the shipped
 model (budget ≤ 10 s on 2 cores), and seconds per training iteration over a few iterations of
-the recipe's batch (from the run's ``log.jsonl``).
+the recipe's batch (from the run's ``log.jsonl``).  Also the floating-point operations of one
+batch-16 forward pass (``torch.utils.flop_counter``; one guided DDIM step of 8 samples): unlike the
+timings, they do not depend on how busy the machine is (v2 9.71 GFLOP, v3 10.11).
 """
 import argparse
 import json
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from denoisefeat.models import ClassConditionalImagePipeline, load_pipeline
 from denoisefeat.toy.diffshapes import NULL_LABEL
@@ -37,6 +40,8 @@ config = recipe(args.recipe, threads=args.threads)
 torch.manual_seed(0)
 unet = build_unet(config).to(torch.float16).eval()
 parameters = sum(p.numel() for p in unet.parameters())
+with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    build_unet(config)(torch.zeros(16, 3, config.size, config.size), 10, class_labels=torch.zeros(16, dtype=torch.long))
 with tempfile.TemporaryDirectory() as tmp:
     folder = Path(tmp) / "weights"
     ClassConditionalImagePipeline(unet=unet, scheduler=build_sampling_scheduler(config), null_class=NULL_LABEL,
@@ -62,7 +67,8 @@ with tempfile.TemporaryDirectory() as tmp:
                     else round(seconds[0], 3)}
 emit({
     "benchmark": "toy_recipe", "recipe": args.recipe, "config": config.to_json(), "machine": machine(),
-    "parameters": parameters, "weights_mb": round(weights_bytes / 2**20, 2), "weights_target_mb": 10.0,
+    "parameters": parameters, "forward_gflop_batch16": round(counter.get_total_flops() / 1e9, 2),
+    "weights_mb": round(weights_bytes / 2**20, 2), "weights_target_mb": 10.0,
     "load_s": {"first": round(first_load, 3), "warm_median": round(warm_load["median_s"], 3), "target": 1.0},
     "sample_8x50_guided_s": {"median": round(sampling["median_s"], 3), "times": sampling["times_s"], "target": 10.0},
     "train": training,
