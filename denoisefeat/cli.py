@@ -472,6 +472,9 @@ _DEVICE = typer.Option("cpu", "--device", help="cpu, cuda, mps …")
 _FP16 = typer.Option(False, "--fp16", help="Run the model in float16.")
 _OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing denoisefeat store.")
 _TOP = typer.Option(3, "--top", help="Rows per feature in the printed summary.")
+_KEEP_IMAGES = typer.Option(0, "--keep-images", min=0,
+                            help="Keep the final images of the first K samples of every edited run beside the table "
+                                 "(the viewer and report show them when a cell is clicked).")
 
 
 @attribute_app.command("scan")
@@ -485,6 +488,7 @@ def attribute_scan(
     method: list[str] = typer.Option(["zero"], "--method",
                                      help="zero, mean, resample, or identity (the null control); repeat for several."),
     features: str = _FEATURES,
+    keep_images: int = _KEEP_IMAGES,
     device: str = _DEVICE,
     fp16: bool = _FP16,
     overwrite: bool = _OVERWRITE,
@@ -499,7 +503,7 @@ def attribute_scan(
     pipe = _scan_pipe(model, device, fp16)
     frame = ablation_scan(
         pipe, layers=list(layer), windows=_windows(windows), method=list(method), features=_split(features),
-        **run,
+        keep_images=keep_images, **run,
         store=out, overwrite=overwrite, progress=True,
     )
     calls = frame.attrs.get("denoiser_calls")
@@ -523,6 +527,7 @@ def attribute_trace(
     corrupt_seed: int = typer.Option(
         None, "--corrupt-seed", help="First seed of the corrupted noise (--corrupt noise)."),
     features: str = _FEATURES,
+    keep_images: int = _KEEP_IMAGES,
     n_boot: int = _N_BOOT,
     device: str = _DEVICE,
     fp16: bool = _FP16,
@@ -539,7 +544,7 @@ def attribute_trace(
     frame = causal_trace(
         pipe, layers=list(layer), windows=_windows(windows), corrupt=corrupt,
         corrupt_class_labels=corrupt_label or None, corrupt_prompts=corrupt_prompt or None,
-        corrupt_seed=corrupt_seed, features=_split(features),
+        corrupt_seed=corrupt_seed, features=_split(features), keep_images=keep_images,
         **run, n_boot=n_boot,
         store=out, overwrite=overwrite, progress=True,
     )

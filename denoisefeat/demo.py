@@ -31,6 +31,7 @@ DEMO_FEATURES: dict[str, str] = _headline_metrics()
 #: Feature families the known facts call fine (made late) and coarse (made early).
 _FINE, _COARSE = ("texture", "edges"), ("shape", "color")
 _BLOCKS = ("down_blocks.*", "mid_block", "up_blocks.*")
+_KEPT_IMAGES = 2  # the ablated final images of the first samples, for the report's and the viewer's click-through
 
 
 @dataclass(frozen=True)
@@ -303,7 +304,7 @@ def run_demo(out, *, quick: bool = False, overwrite: bool = False,
     table = timed("ablation", lambda: ablation_scan(
         pipe, layers=list(_BLOCKS), windows=settings.windows, method="mean",
         features=list(DEMO_FEATURES.values()), class_labels=labels[:n], steps=settings.steps, seed=0,
-        batch_size=n, progress=progress))
+        batch_size=n, keep_images=_KEPT_IMAGES, progress=progress))
     write_attribution(store, table, name="ablation", overwrite=True)
     layers = list_layers(pipe)
     timed("report", lambda: build_report(store, report, title="denoisefeat demo: the DiffShapes toy model",

@@ -23,6 +23,8 @@ Layout (``S`` samples, ``T`` loop steps; dimension names are stored with each ar
                                                                :func:`features_path`); group attrs: ``config``;
                                                                ``features/complete (sample)`` their own marker
       attribution/<table>                                      attribution tables (:mod:`denoisefeat.analyses.table`)
+      attribution/<table>/images/                              the final images a scan kept (``keep_images``,
+                                                               :func:`cell_images_path`)
 
 Every group path is made here (:func:`acts_path`, :func:`attention_path`, :func:`features_path`) and
 every group is read through :class:`RunStore` / :class:`Run` methods: no other module indexes the
@@ -81,6 +83,7 @@ __all__ = [
     "FEATURES",
     "acts_path",
     "attention_path",
+    "cell_images_path",
     "describe_damage",
     "features_path",
     "is_run_store",
@@ -310,6 +313,36 @@ def is_run_store(path) -> bool:
         return False
     meta = Path(path).expanduser() / "zarr.json"
     return meta.is_file() and _MARKER.encode() in _head(meta)
+
+
+#: The group of the attribution tables: ``attribution/<table>``.
+ATTRIBUTION = "attribution"
+
+
+def cell_images_path(table: str) -> str:
+    """The store path of the images kept beside attribution table ``table``.
+
+    Layout of that group (:func:`denoisefeat.analyses.table.write_attribution` writes it)::
+
+        attribution/<table>/images/
+          attrs["cells"]  [[layer, step_start, step_stop, method], ...]   one entry per edited run
+          clean      (sample, rgb, height, width)         the final images of the unedited run
+          edited     (cell, sample, rgb, height, width)   the final images of each edited run
+          corrupted  (sample, rgb, height, width)         causal tracing: the corrupted run, optional
+
+    float32 in [0, 1], one image per chunk (a viewer reads one at a time); ``sample`` counts the
+    scan's first samples.
+
+    Parameters
+    ----------
+    table : str
+        The attribution table's name.
+
+    Returns
+    -------
+    str
+    """
+    return f"{ATTRIBUTION}/{table}/images"
 
 
 def _is_coordinate(name: str) -> bool:
@@ -617,13 +650,20 @@ class RunStore:
                 folder = self.path / name
                 present = {str(Path(root, f).relative_to(folder)) for root, _, files in os.walk(folder)
                            for f in files if f != "zarr.json"}
+            whole = False  # a marker that decodes as a whole decodes chunk by chunk: one read, not one per chunk
             for coords, region, samples, optional in self._expected_chunks(name, array):
                 key = array.metadata.encode_chunk_key(coords)
+                if optional and whole is False and not decode:
+                    try:
+                        array[...]
+                        whole = True
+                    except Exception:  # noqa: BLE001  (then each chunk is tried below)
+                        whole = None
                 if present is not None and key not in present:
                     if not optional:
                         found.append(Damage(name, samples, "missing", f"{name}/{key}"))
                     continue
-                if decode or optional:
+                if decode or (optional and whole is not True):
                     try:
                         array[region]
                     except Exception:
@@ -1065,6 +1105,30 @@ class RunStore:
         if dict(group.attrs) != attrs:  # written once: concurrent tasks share this group
             group.attrs.update(attrs)
 
+    def write_images(self, path: str, arrays: Mapping[str, tuple[Sequence[str], np.ndarray]], *,
+                     attrs: Mapping) -> None:
+        """Write a group of RGB image arrays in one go, one ``(3, H, W)`` image per chunk.
+
+        Parameters
+        ----------
+        path : str
+            The group's path in the store (e.g. :func:`cell_images_path`); it must not exist yet.
+        arrays : mapping of str to (sequence of str, numpy.ndarray)
+            ``{name: (dims, images)}``, images ``(..., 3, H, W)`` (stored as float32).
+        attrs : mapping
+            The group's attributes (JSON).
+        """
+        if path in self.group:
+            raise RunExistsError(f"{path!r} exists in the store; delete its parent table first.")
+        group = self.group.require_group(path)
+        group.attrs.update(_jsonable(dict(attrs)))
+        for name, (dims, images) in arrays.items():
+            data = np.ascontiguousarray(images, dtype=np.float32)
+            chunks = (*(1,) * (data.ndim - 3), *data.shape[-3:])
+            array = self.ensure_array(f"{path}/{name}", shape=data.shape, dims=dims, dtype=np.float32,
+                                      chunks=chunks)
+            array[...] = data
+
     def mark_complete(self, samples: slice) -> None:
         """Mark ``samples`` done; call only after all their data is written."""
         self.group["complete"][samples] = True
@@ -1291,6 +1355,39 @@ class Run:
 
     def __getitem__(self, name: str):
         return self.dataset[name]
+
+    def shape(self, name: str) -> tuple[int, ...] | None:
+        """The shape of stored array ``name`` (e.g. ``"images"``), or None when the run has none (no read).
+
+        Parameters
+        ----------
+        name : str
+
+        Returns
+        -------
+        tuple of int or None
+        """
+        try:
+            return tuple(self.store.array(name).shape)
+        except KeyError:
+            return None
+
+    def read(self, name: str, *index) -> np.ndarray:
+        """One region of a stored array, read straight from its chunks (no xarray: a frame in milliseconds).
+
+        Parameters
+        ----------
+        name : str
+            A stored array, e.g. ``"images"`` or ``"timestep"``.
+        *index : int or slice
+            Positions along its leading dimensions (``run.read("images", sample, step)``: one
+            ``(3, H, W)`` image); none reads all of it.
+
+        Returns
+        -------
+        numpy.ndarray
+        """
+        return np.asarray(self.store.array(name)[index if index else ...])
 
     def layers(self) -> list[str]:
         """Layers with recorded activations, in the order they were recorded."""

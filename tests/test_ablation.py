@@ -219,6 +219,51 @@ def test_scan_writes_clean_run_and_table(noop_pipe, tmp_path):
         ablation_scan(noop_pipe, store=path, **kw)
 
 
+def test_kept_images_are_the_edited_runs_and_travel_with_the_table(noop_pipe, tmp_path):
+    """keep_images: the clean and every ablated run's final images of the first k samples, written beside the table."""
+    import copy
+
+    from denoisefeat.analyses.table import CellImages, read_cell_images, write_attribution
+
+    run = dict(samples=3, class_labels=[0, 1, 2], steps=3, batch_size=2)
+    path = tmp_path / "kept.zarr"
+    frame = ablation_scan(noop_pipe, layers=["up_blocks.0"], windows=[(0, 2), (1, 3)], method=["zero", "mean"],
+                          features="colorfulness", keep_images=2, store=path, **run)
+    images = frame.attrs["images"]
+    assert isinstance(images, CellImages) and images.n_samples == 2 and len(images.cells) == 4
+    assert copy.deepcopy(frame).attrs["images"] is images and frame[frame.n > 0].attrs["images"] is images
+    clean = as_images(dft.trace(noop_pipe, keep=(), **run)["final"].values)
+    np.testing.assert_array_equal(images.clean, clean[:2].astype(np.float32))
+    edit = Edit(layer="up_blocks.0", method="mean", steps=range(1, 3))
+    edited = as_images(dft.trace(noop_pipe, keep=(), intervene=[edit], **run)["final"].values)
+    cell = images.index("up_blocks.0", 1, 3, "ablation:mean")
+    np.testing.assert_array_equal(images.edited[cell], edited[:2].astype(np.float32))
+    assert np.abs(images.edited[cell] - images.clean).max() > 1e-3
+    back = read_cell_images(path, "ablation")
+    assert back.cells == images.cells and back.corrupted is None
+    np.testing.assert_array_equal(back.edited[cell, 1], images.edited[cell, 1])  # one chunk read
+    np.testing.assert_array_equal(back.clean[...], images.clean)
+    assert open_run(path).store.damage(decode=True) == []
+    write_attribution(path, _without_images(frame.copy()), name="plain")
+    with pytest.raises(KeyError, match="holds no images"):
+        read_cell_images(path, "plain")
+    with pytest.raises(ValueError, match="keep_images=4 is more than the scan's 3 samples"):
+        ablation_scan(noop_pipe, layers=[NOOP], windows=1, features="colorfulness", keep_images=4, **run)
+    with pytest.raises(ValueError, match="non-negative integer"):
+        ablation_scan(noop_pipe, layers=[NOOP], windows=1, features="colorfulness", keep_images=-1, **run)
+
+    traced = causal_trace(noop_pipe, layers=["conv_out"], windows=[(0, 3)], features="delta_e2000", samples=2,
+                          class_labels=[0, 1], steps=3, n_boot=20, keep_images=1)
+    kept = traced.attrs["images"]
+    np.testing.assert_allclose(kept.edited[0], kept.clean, atol=1e-6)  # conv_out restored everywhere: the clean run
+    assert np.abs(kept.corrupted - kept.clean).max() > 1e-3
+
+
+def _without_images(frame):
+    frame.attrs = {k: v for k, v in frame.attrs.items() if k != "images"}
+    return frame
+
+
 def test_bad_inputs(noop_pipe):
     pipe = noop_pipe
     with pytest.raises(UnknownLayerError, match="Closest"):

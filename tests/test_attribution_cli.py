@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from denoisefeat.analyses import FEATURE_GROUPS
-from denoisefeat.analyses.table import rank, read_attribution
+from denoisefeat.analyses.table import rank, read_attribution, read_cell_images
 from denoisefeat.cli import app
 from denoisefeat.store import open_run
 
@@ -34,8 +34,12 @@ def _top_rows(output, feature):
 def test_scan_stores_the_table_it_prints(tmp_path):
     out = tmp_path / "scan.zarr"
     output = _ok(["attribute", "scan", "tiny-class-unet", "--out", str(out), "--layer", "mid_block",
-                  "--layer", "up_blocks.*", "--windows", "0:2,2:4", "--features", "edges,color", "--top", "2", *SMALL])
+                  "--layer", "up_blocks.*", "--windows", "0:2,2:4", "--features", "edges,color", "--top", "2",
+                  "--keep-images", "1", *SMALL])
     table = read_attribution(out, name="ablation")
+    kept = read_cell_images(out, "ablation")  # --keep-images: the first sample's clean and ablated final images
+    assert kept.n_samples == 1 and len(kept.cells) == len(table[["layer", "step_start", "step_stop"]].drop_duplicates())
+    np.testing.assert_allclose(kept.clean[0], np.clip(open_run(out)["final"].values[0], 0, 1))
     assert set(table["feature"]) == {*FEATURE_GROUPS["edges"], *FEATURE_GROUPS["color"]}
     assert set(zip(table["step_start"], table["step_stop"])) == {(0, 2), (2, 4)}
     assert {"mid_block", "up_blocks.0", "up_blocks.1"} <= set(table["layer"])
@@ -73,8 +77,10 @@ def test_unknown_layer_lists_close_matches(tmp_path):
 def test_causal_trace_command(tmp_path):
     out = tmp_path / "trace.zarr"
     output = _ok(["attribute", "trace", "tiny-class-unet", "--out", str(out), "--layer", "mid_block",
-                  "--windows", "1", "--features", "color", "--label", "3", "--n-boot", "50", *SMALL])
+                  "--windows", "1", "--features", "color", "--label", "3", "--n-boot", "50", "--keep-images", "1",
+                  *SMALL])
     table = read_attribution(out, name="causal_tracing")
+    assert read_cell_images(out, "causal_tracing").corrupted.shape[0] == 1
     assert set(table["method"]) == {"causal_tracing"}
     assert len(table) == len(FEATURE_GROUPS["color"]) and np.isfinite(table["n"]).all()
     assert "causal tracing" in output

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from denoisefeat.analyses.table import rank, read_attribution
+from denoisefeat.analyses.table import rank, read_attribution, read_cell_images
 from denoisefeat.cli import app
 from denoisefeat.demo import DEMO_FEATURES, QUICK
 from denoisefeat.models import TOY_WEIGHTS
@@ -43,6 +43,8 @@ def test_store_holds_the_whole_study(demo):
     assert set(ablation["feature"]) == set(DEMO_FEATURES.values())
     assert ablation.groupby(["layer"]).size().eq(len(DEMO_FEATURES) * QUICK.windows).all()
     assert {"shape", "color", "texture"} <= set(table.loc[table["table"] == "probe", "feature"])
+    kept = read_cell_images(out / "demo.zarr", "ablation")  # the click-through images of the first 2 samples
+    assert kept.n_samples == 2 and len(kept.cells) == len(ablation[["layer", "step_start"]].drop_duplicates())
 
 
 def test_summary_claims_match_the_stored_table(demo):

@@ -258,8 +258,8 @@ def report(chromium, tmp_path_factory):
     run = dft.trace(pipe, prompts=[f"{XSS} a red circle", "x & y <b>bold</b>", "a blue square"], seed=0, steps=T,
                     store=folder / "run.zarr", record={"mid_block": "channel_mean", "up_blocks.1": "spatial_energy"})
     rng = np.random.default_rng(2)
-    images = {(layer, window): rng.uniform(size=(2, 3, 32, 32)) for layer in ("mid_block", "conv_in")
-              for window in ((0, 2), (2, 5))}
+    images = {(layer, window, method): rng.uniform(size=(2, 3, 32, 32)) for layer in ("mid_block", "conv_in")
+              for window in ((0, 2), (2, 5)) for method in METHODS}  # each method's runs have their own images
     path = build_report(run, folder / "report.html", title=f"Report {XSS}", features=_features(),
                         attribution=_attribution(), attribution_images=images)
     return path
@@ -370,11 +370,14 @@ def test_clicking_a_cell_shows_its_images(page):
         var r = gd.getBoundingClientRect();
         return [r.x + xa._offset + xa.d2p('[2, 5)'), r.y + ya._offset + ya.d2p('conv_in')]; }})()""")
     source = f"document.querySelector('{ATTRIBUTION}').data[{meta['image_trace']}].source"
-    assert page.evaluate(source) == meta["cells"]["mid_block|0|2"]
+    assert meta["by_method"] is True and page.evaluate(source) == meta["cells"]["mid_block|0|2|ablation:zero"]
     page.click(*cell)
-    page.poll(f"{source} === {json.dumps(meta['cells']['conv_in|2|5'])}", timeout=10)
+    page.poll(f"{source} === {json.dumps(meta['cells']['conv_in|2|5|ablation:zero'])}", timeout=10)
     title = page.evaluate(f"document.querySelector('{ATTRIBUTION}').layout.annotations[{meta['image_title']}].text")
     assert title == "intervened: conv_in [2, 5)"
+    _choose(page, 1, "pearson")  # the same cell of the other method shows that method's images
+    page.click(*cell)
+    page.poll(f"{source} === {json.dumps(meta['cells']['conv_in|2|5|pearson'])}", timeout=10)
     assert page.errors() == []
 
 

@@ -121,7 +121,8 @@ def test_the_reports_spectra_equal_an_independent_float64_computation(run):
 
     from denoisefeat.viz.report import _run_spectra
 
-    spectra = _run_spectra(run)
+    spectra, none = _run_spectra(run)
+    assert none is None
     gray = rgb2gray(np.moveaxis(np.clip(np.asarray(run["images"].values, np.float64), 0, 1), -3, -1))
     power = np.abs(np.fft.fft2(gray, norm="ortho")) ** 2
     f = np.hypot(*np.meshgrid(np.fft.fftfreq(SIZE), np.fft.fftfreq(SIZE), indexing="ij"))
@@ -131,3 +132,55 @@ def test_the_reports_spectra_equal_an_independent_float64_computation(run):
     coeffs = pywt.wavedec2(gray, "haar", mode="periodization", axes=(-2, -1))
     finest = np.stack([(c ** 2).sum((-2, -1)) for c in coeffs[-1]], -1)  # level 1: (H, V, D)
     np.testing.assert_allclose(spectra["wavelet_energy"].sel(level=1).values[..., :3], finest, rtol=2e-4)
+
+
+def test_the_grid_frames_of_the_spectras_read_are_the_grids_own(run):
+    """One read of x̂0 for the spectra and the x̂0 grid: the grid drawn from it is the grid that reads the store."""
+    from denoisefeat.viz.report import _run_spectra
+
+    policy = FramePolicy(max_px=32)
+    spectra, data = _run_spectra(run, grid=(2, [0, 3, 5], policy))
+    assert data.shape == (2, 3, 32, 32, 3) and data.dtype == np.uint8
+    np.testing.assert_array_equal(spectra["rapsd"].values, _run_spectra(run)[0]["rapsd"].values)
+    own = step_image_grid(run, samples=range(2), steps=[0, 3, 5], frames=policy)
+    shared = step_image_grid(run, samples=range(2), steps=[0, 3, 5], frames=policy, data=data)
+    assert shared.to_json() == own.to_json()
+    with pytest.raises(ValueError, match=r"data must be \(2, 3, h, w, 3\) uint8"):
+        step_image_grid(run, samples=range(2), steps=[0, 3, 5], frames=policy, data=data[:, :2])
+
+
+def test_the_report_shows_the_images_a_scan_kept_downscaled_per_cell_and_method(run, tmp_path):
+    """A table written with CellImages (a scan's keep_images): each cell's click-strip is its own method's
+    ablated images, block-means at the report's frame size; the budget line holds them too."""
+    import json
+    import shutil
+
+    import pandas as pd
+    from photo_store import photo
+
+    from denoisefeat.analyses.table import CellImages, write_attribution
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(run.path, copy)
+    rng = np.random.default_rng(3)
+    cells = [(layer, start, stop, method) for layer in ("mid_block", "up_blocks.0") for start, stop in ((0, 3), (3, 6))
+             for method in ("ablation:zero", "ablation:mean")]
+    rows = [dict(feature="edges", layer=layer, step_start=start, step_stop=stop, method=method, effect=0.1 * i,
+                 ci_low=0.0, ci_high=0.2, p=0.01, p_adj=0.02, n=S, effect_std=0.1 * i, disruption=1.0,
+                 specificity=0.1) for i, (layer, start, stop, method) in enumerate(cells)]
+    table = pd.DataFrame(rows)
+    kept = CellImages(cells=cells, clean=np.stack([photo(rng, SIZE) for _ in range(2)]),
+                      edited=np.stack([np.stack([photo(rng, SIZE) for _ in range(2)]) for _ in cells]))
+    table.attrs["images"] = kept
+    write_attribution(copy, table, name="ablation")
+    text = build_report(dft.open_run(copy), tmp_path / "r.html", frames=FramePolicy(max_px=32, lossless_px=64)
+                        ).read_text()
+    meta = json.loads(re.search(r'"denoisefeat":(\{"kind":"attribution".*?\})\}', text).group(1))
+    assert meta["by_method"] is True and len(meta["cells"]) == len(cells)
+    for i, (layer, start, stop, method) in enumerate(cells):
+        shown = decode_image_uri(meta["cells"][f"{layer}|{start}|{stop}|{method}"])
+        assert shown.shape == (32, 65, 3)  # two 32 px images, one white column between
+        for s in range(2):
+            diff = np.abs(shown[:, 33 * s:33 * s + 32].astype(int) - _reference(kept.edited[i, s], 4))
+            assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+    assert "Click a cell to see the clean and intervened images." in text

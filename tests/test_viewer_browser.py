@@ -30,6 +30,23 @@ S, T, SIZE = 3, 6, 64
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
+KEPT = 2  # samples whose clean and ablated final images the scan table keeps
+
+
+def _cell_images(table):
+    """Images of the table's ablation cells as a scan with keep_images=KEPT would keep them (photo-like, distinct)."""
+    from photo_store import photo
+
+    from denoisefeat.analyses.table import CellImages
+
+    rng = np.random.default_rng(5)
+    rows = table[table["method"] == "ablation:zero"].drop_duplicates(["layer", "step_start", "step_stop"])
+    cells = [(r.layer, r.step_start, r.step_stop, r.method) for r in rows.itertuples()]
+    clean = np.stack([photo(rng, SIZE) for _ in range(KEPT)])
+    edited = np.stack([np.stack([photo(rng, SIZE) for _ in range(KEPT)]) for _ in cells])
+    return CellImages(cells=cells, clean=clean, edited=edited)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     from denoisefeat.analyses.table import write_attribution
@@ -37,7 +54,9 @@ def store(tmp_path_factory):
     path = write_photo_store(tmp_path_factory.mktemp("viewer") / "run.zarr", samples=S, steps=T, size=SIZE)
     dft.features(dft.open_run(path), metrics=["edge_density", "colorfulness"])
     table = _attribution()
-    write_attribution(path, table[table["method"] != "probe"], name="scan")
+    table = table[table["method"] != "probe"].copy()
+    table.attrs["images"] = _cell_images(table)
+    write_attribution(path, table, name="scan")
     return path
 
 
@@ -128,7 +147,15 @@ def test_band_picker_shows_the_band_pass_image(page, store):
     assert page.errors() == []
 
 
-def test_clicking_an_attribution_cell_shows_the_window(page, store):
+def _block_mean(image) -> np.ndarray:
+    """The documented downscaling of a (3, H, W) image to half size: 2 × 2 block means, rounded to 8 bits."""
+    mean = downscale_local_mean(np.asarray(image, dtype=np.float64), (1, 2, 2))
+    return np.round(np.clip(np.moveaxis(mean, 0, -1), 0, 1) * 255).astype(np.uint8)
+
+
+def test_clicking_an_attribution_cell_shows_its_clean_and_ablated_images(page, store):
+    from denoisefeat.analyses.table import read_cell_images
+
     page.evaluate("document.querySelector('#attribution').scrollIntoView()")
     time.sleep(0.3)
     cell = page.evaluate("""(function () {
@@ -136,13 +163,42 @@ def test_clicking_an_attribution_cell_shows_the_window(page, store):
             ya = gd._fullLayout.yaxis, r = gd.getBoundingClientRect();
         return [r.x + xa._offset + xa.d2p('[2, 5)'), r.y + ya._offset + ya.d2p('mid_block')]; })()""")
     page.click(*cell)
-    page.poll("document.querySelector('#cell-start') && document.querySelector('#cell-start').src"
+    page.poll("document.querySelector('#cell-edited') && document.querySelector('#cell-edited').src"
               ".indexOf('data:image/png') === 0", timeout=20)
-    assert page.evaluate("document.querySelector('#cell-start-caption').textContent") == \
-        "mid_block [2, 5): x̂0 of sample 0 at step 2"
-    _assert_same(_shown(page, "#cell-start"), _reference(store, 0, 2))
-    _assert_same(_shown(page, "#cell-stop"), _reference(store, 0, 4))
+    assert page.evaluate("document.querySelector('#cell-edited-caption').textContent") == \
+        "final image, edited in mid_block [2, 5)"
+    assert "ablation:zero · mid_block [2, 5) · sample 0" in page.evaluate(
+        "document.querySelector('#cell-caption').textContent")
+    kept = read_cell_images(store, "scan")
+    index = kept.index("mid_block", 2, 5, "ablation:zero")
+    _assert_same(_shown(page, "#cell-clean"), _block_mean(kept.clean[0]))
+    _assert_same(_shown(page, "#cell-edited"), _block_mean(kept.edited[index, 0]))
+    assert not page.evaluate("document.querySelector('#cell-corrupted').getAttribute('src')")  # an ablation: none
     assert page.errors() == []
+
+
+def test_a_cell_without_kept_images_says_so(store, tmp_path):
+    import shutil
+
+    from denoisefeat.analyses.table import read_attribution, write_attribution
+    from denoisefeat.viewer import VIEWER_FRAMES
+    from denoisefeat.viewer.app import _cell, _Source
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(store, copy)
+    plain = read_attribution(copy, "scan")
+    write_attribution(copy, plain[plain["method"] == "ablation:zero"].assign(method="ablation:mean"), name="plain")
+    source = _Source(dft.open_run(copy), VIEWER_FRAMES)
+    table = source.attribution()
+    none = _cell(source, table, "edges", "ablation:mean", "mid_block", 2, 5, 0)
+    assert none[0].startswith("Table 'plain' holds no images of its edited runs: rerun the scan with keep_images")
+    pearson = _cell(source, table, "edges", "pearson", "mid_block", 2, 5, 0)
+    assert pearson[0] == "Table 'scan' keeps no images of mid_block [2, 5) by pearson." and pearson[1] is None
+    later = _cell(source, table, "edges", "ablation:zero", "mid_block", 2, 5, KEPT)
+    assert later[0].startswith(f"Table 'scan' keeps the images of samples 0–{KEPT - 1} only")
+    assert source.cell_images("nope") is None
+    shown = _cell(source, table, "edges", "ablation:zero", "conv_in", 0, 2, 1)
+    assert shown[1].startswith("data:image/png") and shown[5] is None
 
 
 def test_only_the_viewer_is_contacted_and_screenshot(page, tmp_path):

@@ -387,6 +387,8 @@ def test_attribution_heatmap_with_images():
                                   _expected_uint8(clean[0]))
     with pytest.raises(ValueError, match="clean"):
         attribution_heatmap(table, images=images)
+    with pytest.raises(ValueError, match="keys must all be"):  # with and without a method: ambiguous
+        attribution_heatmap(table, images={**images, ("conv_in", (0, 4), "ablation:zero"): clean}, clean=clean)
 
 
 def test_attribution_errors_and_escaping():

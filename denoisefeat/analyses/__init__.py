@@ -7,6 +7,7 @@
   top cells (:mod:`~denoisefeat.analyses.attribution_patching`);
 * :mod:`~denoisefeat.analyses.table` — the shared attribution table: :func:`validate`,
   :func:`write_attribution` / :func:`read_attribution` / :func:`attribution_names` (run store),
+  :class:`CellImages` / :func:`read_cell_images` (the final images a scan kept, ``keep_images``),
   :func:`to_xarray`, :func:`rank`, :func:`benjamini_hochberg`;
 * ``correlate``, ``feature_change`` (:mod:`~denoisefeat.analyses.correlation`) and ``regress``
   (:mod:`~denoisefeat.analyses.regression`), imported on first use;
@@ -39,10 +40,12 @@ from denoisefeat.analyses.contrast import contrast, run_query  # after the modul
 from denoisefeat.analyses.query import QuerySpec, QuerySpecError
 from denoisefeat.analyses.table import (
     COLUMNS,
+    CellImages,
     attribution_names,
     benjamini_hochberg,
     rank,
     read_attribution,
+    read_cell_images,
     to_xarray,
     validate,
     write_attribution,
@@ -66,10 +69,12 @@ __all__ = [
     "contrast",
     "run_query",
     "COLUMNS",
+    "CellImages",
     "attribution_names",
     "benjamini_hochberg",
     "rank",
     "read_attribution",
+    "read_cell_images",
     "to_xarray",
     "validate",
     "write_attribution",

@@ -46,7 +46,7 @@ from denoisefeat.analyses.inference import (
     t_inference,
 )
 from denoisefeat.analyses.scan import EditScan, as_images
-from denoisefeat.analyses.table import benjamini_hochberg, validate, write_attribution
+from denoisefeat.analyses.table import CellImages, benjamini_hochberg, validate, write_attribution
 from denoisefeat.frequency import DEFAULT_BANDS, band_energy
 from denoisefeat.hooks import Edit, resolve_layers
 from denoisefeat.hooks.layers import probe_layers
@@ -307,6 +307,7 @@ def ablation_scan(
     alpha: float = 0.05,
     cache: bool = True,
     lanes: int | None = None,
+    keep_images: int = 0,
     store=None,
     overwrite: bool = False,
     progress: bool = False,
@@ -340,6 +341,12 @@ def ablation_scan(
         step; :class:`~denoisefeat.analyses.scan.EditScan`): the same table, fewer and larger
         denoiser calls.  Default: 1 on a CPU (there the gain is modest: 1.4× over prefix caching
         alone on the toy model, 2 samples, 2 threads), on CUDA as many as fit in half the free memory.
+    keep_images : int
+        Keep the final images of the first ``keep_images`` samples, clean and of every ablated
+        run, in ``attrs["images"]`` (a :class:`~denoisefeat.analyses.table.CellImages`), which
+        :func:`~denoisefeat.analyses.table.write_attribution` stores beside the table: the viewer
+        and the report show them when a cell is clicked.  Host memory: ``(cells + 1) × keep_images
+        × 3 × H × W × 4`` bytes.  0 (default) keeps none; at most the scan's samples.
     store : str or path, optional
         Write the clean trajectory there (every step, :func:`denoisefeat.trace`) and the table
         under ``attribution/ablation`` (:func:`~denoisefeat.analyses.table.write_attribution`).
@@ -389,7 +396,8 @@ def ablation_scan(
     methods = _methods(method)
     names = resolve_features(features)
     layer_names = _layers(pipe, layers)
-    scan = EditScan(pipe, _scan_options(run, caller="ablation_scan"), cache=cache, progress=progress, lanes=lanes)
+    scan = EditScan(pipe, _scan_options(run, caller="ablation_scan"), cache=cache, progress=progress, lanes=lanes,
+                    keep_images=keep_images)
     _check_counts(scan.n_samples, alpha)
     cells = [(layer, pair, m) for layer in layer_names for pair in step_windows(windows, scan.n_steps)
              for m in methods]
@@ -406,6 +414,10 @@ def ablation_scan(
     frame = _finish(rows, alpha=alpha, inference="t", image_resolution=resolution)
     frame.attrs.update(denoiser_calls=scan.calls,
                        denoiser_calls_uncached=scan.planned_calls(edits, cache=False, lanes=1))
+    if keep_images:
+        frame.attrs["images"] = CellImages(
+            cells=[(layer, start, stop, f"ablation:{m}") for layer, (start, stop), m in cells],
+            clean=scan.kept_base, edited=np.stack(scan.kept))
     if store is not None:
         write_attribution(store, frame, name="ablation", overwrite=overwrite)
     return frame
@@ -481,6 +493,7 @@ def causal_trace(
     alpha: float = 0.05,
     cache: bool = True,
     lanes: int | None = None,
+    keep_images: int = 0,
     store=None,
     overwrite: bool = False,
     progress: bool = False,
@@ -512,6 +525,9 @@ def causal_trace(
         The corrupted run's seeds (``corrupt="noise"``).
     features, cache, lanes
         As for :func:`ablation_scan`; prefix caching shares the corrupted run's prefix.
+    keep_images : int
+        As for :func:`ablation_scan`: the clean, the corrupted and every patched run's final images
+        of the first ``keep_images`` samples, in ``attrs["images"]``.
     n_boot : int
         Paired bootstrap resamples of the samples for each row's interval and p-value (one
         procedure, :func:`~denoisefeat.analyses.inference.bootstrap_inference`); at least
@@ -561,7 +577,7 @@ def causal_trace(
     bad_prompts, bad_labels, bad_seeds = _corrupted_conditions(
         pipe, request, corrupt, corrupt_class_labels, corrupt_prompts, corrupt_seed)
     scan = EditScan(pipe, replace(options, prompts=bad_prompts, class_labels=bad_labels, seed=list(bad_seeds)),
-                    cache=cache, progress=progress, lanes=lanes)
+                    cache=cache, progress=progress, lanes=lanes, keep_images=keep_images)
     cells = [(layer, pair) for layer in layer_names for pair in step_windows(windows, scan.n_steps)]
     window_steps = sorted({s for _, (start, stop) in cells for s in range(start, stop)})
     clean_run = trace(pipe, record={layer: "full" for layer in layer_names}, record_steps=window_steps,
@@ -586,6 +602,10 @@ def causal_trace(
     frame = _finish(rows, alpha=alpha, inference="bootstrap", image_resolution=resolution, n_boot=n_boot)
     frame.attrs.update(denoiser_calls=scan.calls,
                        denoiser_calls_uncached=scan.planned_calls(edits, cache=False, lanes=1))
+    if keep_images:
+        frame.attrs["images"] = CellImages(
+            cells=[(layer, start, stop, "causal_tracing") for layer, (start, stop) in cells],
+            clean=clean[:keep_images].astype(np.float32), edited=np.stack(scan.kept), corrupted=scan.kept_base)
     if store is not None:
         write_attribution(store, frame, name="causal_tracing", overwrite=overwrite)
     return frame

@@ -94,6 +94,10 @@ class EditScan:
     lanes : int, optional
         The most edited runs denoised in one batch (module notes); default: 1 on a CPU, on CUDA
         as many as fit in half the free memory.
+    keep_images : int
+        Keep the final images of the first ``keep_images`` samples of the unedited run
+        (:attr:`kept_base`) and of every edited run (:attr:`kept`), float32: ``(edits + 1) ×
+        keep_images × 3 × H × W × 4`` bytes of host memory; 0 keeps none.
 
     Attributes
     ----------
@@ -103,12 +107,19 @@ class EditScan:
         The unedited run, once :meth:`run_base` made it.
     calls : int
         Denoiser calls made so far (the unedited run's included; a batch of lanes is one call).
+    kept_base : numpy.ndarray or None
+        ``(keep_images, 3, H, W)``: the unedited run's first final images, once :meth:`run_base` ran
+        (None with ``keep_images=0``).
+    kept : list of numpy.ndarray
+        ``(keep_images, 3, H, W)`` of each edited run :meth:`run_edits` yielded, in its order.
     """
 
     def __init__(self, pipe, options: RunOptions, *, cache: bool = True, progress: bool = False,
-                 lanes: int | None = None):
+                 lanes: int | None = None, keep_images: int = 0):
         if lanes is not None and (isinstance(lanes, bool) or not isinstance(lanes, (int, np.integer)) or lanes < 1):
             raise ValueError(f"lanes must be a positive integer or None, got {lanes!r}.")
+        if isinstance(keep_images, bool) or not isinstance(keep_images, (int, np.integer)) or keep_images < 0:
+            raise ValueError(f"keep_images must be a non-negative integer, got {keep_images!r}.")
         self.pipe, self.options, self.cache, self.progress = pipe, options, cache, progress
         self.lanes = None if lanes is None else int(lanes)
         self._chunk_bytes = 0  # device memory the unedited run needed per sample chunk (CUDA)
@@ -116,6 +127,11 @@ class EditScan:
         self.loop = DenoisingLoop(pipe, request, scheduler)
         self.chunks = self.loop.chunks(options.batch_size)
         self.n_samples, self.n_steps = request.n_samples, self.loop.n_steps
+        if keep_images > self.n_samples:
+            raise ValueError(f"keep_images={keep_images} is more than the scan's {self.n_samples} samples.")
+        self.keep_images = int(keep_images)
+        self.kept_base: np.ndarray | None = None
+        self.kept: list[np.ndarray] = []
         self.base = None
         self.calls = 0
         self._prefixes: PrefixCache | None = None
@@ -187,7 +203,10 @@ class EditScan:
         if device.type == "cuda":
             self._chunk_bytes = torch.cuda.max_memory_allocated(device) - before
         self.calls += len(self.chunks) * self.n_steps
-        return as_images(self.base["final"].values)
+        final = as_images(self.base["final"].values)
+        if self.keep_images:
+            self.kept_base = final[:self.keep_images].astype(np.float32)
+        return final
 
     def run_edits(self, edits: Sequence[Edit]) -> Iterator[np.ndarray]:
         """The final images of each edited run, in the order of ``edits``.
@@ -219,7 +238,10 @@ class EditScan:
             for start, group in self._groups(edits, cache=self.cache, lanes=lanes):
                 done.update(zip(group, self._run_lanes([edits[i] for i in group], start, advance), strict=True))
                 while following in done:  # in the order of ``edits``
-                    yield as_images(done.pop(following))
+                    images = as_images(done.pop(following))
+                    if self.keep_images:
+                        self.kept.append(images[:self.keep_images].astype(np.float32))
+                    yield images
                     following += 1
 
     def _run_lanes(self, edits: Sequence[Edit], start: int, advance) -> list[np.ndarray]:

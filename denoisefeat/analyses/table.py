@@ -22,6 +22,11 @@ Rules every table follows:
 * :func:`rank` orders each method's rows in its documented direction (:data:`DIRECTIONS`).
 
 Extra columns (e.g. ``band``, ``baseline``, ``recovered_fraction``) are allowed and kept.
+A scan run with ``keep_images=k`` (:func:`~denoisefeat.analyses.ablation_scan`,
+:func:`~denoisefeat.analyses.causal_trace`) puts a :class:`CellImages` in ``attrs["images"]``: the
+final images of its first ``k`` samples, clean and per edited cell; :func:`write_attribution`
+stores them beside the table (:func:`denoisefeat.store.cell_images_path`) and
+:func:`read_cell_images` reads them back lazily.
 Tables are stored in a run store under ``attribution/<name>`` as one array per column;
 string columns are stored as integer codes with their categories in the array attributes.  Tables
 written before format :data:`TABLE_FORMAT` (denoisefeat 0.1) are refused on reading with
@@ -33,6 +38,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +47,7 @@ import xarray as xr
 import zarr
 from statsmodels.stats.multitest import multipletests
 
-from denoisefeat.store import COMPRESSORS, Run, RunStore, StoreError
+from denoisefeat.store import COMPRESSORS, Run, RunStore, StoreError, cell_images_path
 
 __all__ = [
     "COLUMNS",
@@ -51,11 +57,13 @@ __all__ = [
     "RANK_BY",
     "TABLE_FORMAT",
     "StaleTableError",
+    "CellImages",
     "validate",
     "benjamini_hochberg",
     "write_attribution",
     "attribution_names",
     "read_attribution",
+    "read_cell_images",
     "to_xarray",
     "rank",
 ]
@@ -112,6 +120,88 @@ class StaleTableError(StoreError):
     """An attribution table written by an older format (:data:`TABLE_FORMAT`): recompute it."""
 
 _GROUP = "attribution"
+_CELL_KEYS = ("layer", "step_start", "step_stop", "method")
+
+
+@dataclass(frozen=True, eq=False)
+class CellImages:
+    """The final images of a scan's first samples: of the unedited run and of every edited cell.
+
+    A cell is one edited run: a ``(layer, step_start, step_stop, method)`` of the table, whose rows
+    of every feature it shares.  Immutable (a deep copy is the object itself, so that pandas,
+    which deep-copies a frame's ``attrs``, never copies the images).
+
+    Parameters
+    ----------
+    cells : sequence of (str, int, int, str)
+        ``(layer, step_start, step_stop, method)`` of each edited run, in the order of ``edited``.
+    clean : array_like
+        ``(sample, 3, H, W)`` in [0, 1]: the unedited (clean) run's final images.
+    edited : array_like
+        ``(cell, sample, 3, H, W)`` in [0, 1]: each edited run's final images.
+    corrupted : array_like, optional
+        ``(sample, 3, H, W)``: causal tracing's corrupted run, which the patches start from.
+
+    Notes
+    -----
+    Made by a scan, the arrays are float32 numpy arrays; read from a store
+    (:func:`read_cell_images`), zarr arrays that read only the images indexed.  Memory of a scan's
+    images: ``(cells + 2) × k × 3 × H × W × 4`` bytes (a 512 px model, 4 samples, 35 cells: 440 MB).
+    """
+
+    cells: tuple[tuple[str, int, int, str], ...]
+    clean: object
+    edited: object
+    corrupted: object = None
+
+    def __post_init__(self):
+        cells = tuple((str(layer), int(start), int(stop), str(method)) for layer, start, stop, method in self.cells)
+        object.__setattr__(self, "cells", cells)
+        shape = tuple(self.edited.shape)
+        if len(shape) != 5 or shape[0] != len(cells) or shape[2] != 3 or tuple(self.clean.shape) != shape[1:]:
+            raise ValueError(f"CellImages: edited {shape} must be (cell={len(cells)}, *clean.shape) and clean "
+                             f"{tuple(self.clean.shape)} (sample, 3, H, W)")
+        if self.corrupted is not None and tuple(self.corrupted.shape) != shape[1:]:
+            raise ValueError(f"CellImages: corrupted {tuple(self.corrupted.shape)} must match clean {shape[1:]}")
+        for name in ("clean", "edited", "corrupted"):
+            value = getattr(self, name)
+            if isinstance(value, np.ndarray):
+                value = np.array(value, dtype=np.float32)
+                value.flags.writeable = False
+                object.__setattr__(self, name, value)
+
+    def __deepcopy__(self, memo):
+        return self
+
+    @property
+    def n_samples(self) -> int:
+        """The samples kept (the scan's first ones)."""
+        return int(self.clean.shape[0])
+
+    def index(self, layer: str, step_start: int, step_stop: int, method: str) -> int:
+        """The position of a cell in :attr:`edited`.
+
+        Parameters
+        ----------
+        layer : str
+        step_start, step_stop : int
+        method : str
+            The table's method name (e.g. ``"ablation:zero"``).
+
+        Returns
+        -------
+        int
+
+        Raises
+        ------
+        KeyError
+            No image was kept for that cell.
+        """
+        key = (str(layer), int(step_start), int(step_stop), str(method))
+        try:
+            return self.cells.index(key)
+        except ValueError:
+            raise KeyError(f"no images kept for cell {key}") from None
 
 
 def validate(frame: pd.DataFrame) -> pd.DataFrame:
@@ -208,7 +298,8 @@ def write_attribution(store_or_path, frame: pd.DataFrame, *, name: str = "defaul
     store_or_path : Run, RunStore, zarr.Group, str or path
         An existing run store (a path is opened with :meth:`denoisefeat.store.RunStore.open`).
     frame : pandas.DataFrame
-        A valid attribution table (see :func:`validate`); extra columns are stored too.
+        A valid attribution table (see :func:`validate`); extra columns are stored too, and the
+        :class:`CellImages` of ``frame.attrs["images"]`` beside it.
     name : str
         Table name.
     overwrite : bool
@@ -248,6 +339,13 @@ def write_attribution(store_or_path, frame: pd.DataFrame, *, name: str = "defaul
         columns.append(column)
     group.attrs.update({"columns": columns, "n_rows": len(frame), "format": TABLE_FORMAT,
                         "table_attrs": _json_attrs(frame.attrs)})
+    images = frame.attrs.get("images")
+    if isinstance(images, CellImages):
+        arrays = {"clean": (("sample", "rgb", "height", "width"), images.clean),
+                  "edited": (("cell", "sample", "rgb", "height", "width"), images.edited)}
+        if images.corrupted is not None:
+            arrays["corrupted"] = (("sample", "rgb", "height", "width"), images.corrupted)
+        store.write_images(cell_images_path(name), arrays, attrs={"cells": [list(c) for c in images.cells]})
     store.finalize()  # re-consolidate: readers of a finished run see its metadata through the consolidated copy
 
 
@@ -339,6 +437,37 @@ def read_attribution(store_or_path, name: str | None = None) -> pd.DataFrame:
     if name not in names:
         raise KeyError(f"No attribution table {name!r}; the store holds {names}.")
     return _read_table(root[name], name, store)
+
+
+def read_cell_images(store_or_path, name: str) -> CellImages:
+    """The images kept beside attribution table ``name`` (read lazily: zarr arrays).
+
+    Parameters
+    ----------
+    store_or_path : Run, RunStore, zarr.Group, str or path
+    name : str
+        The table's name.
+
+    Returns
+    -------
+    CellImages
+        ``clean``, ``edited`` (and ``corrupted``) are zarr arrays: indexing one reads only its chunks.
+
+    Raises
+    ------
+    KeyError
+        No such table, or the table holds no images (its scan ran without ``keep_images``).
+    """
+    store = _open_store(store_or_path, "r")
+    names = attribution_names(store)
+    if name not in names:
+        raise KeyError(f"No attribution table {name!r}; the store holds {names}.")
+    path = cell_images_path(name)
+    if not store.holds(path):
+        raise KeyError(f"Attribution table {name!r} holds no images: its scan ran without keep_images.")
+    group = store.group[path]
+    return CellImages(cells=[tuple(c) for c in group.attrs["cells"]], clean=group["clean"], edited=group["edited"],
+                      corrupted=group["corrupted"] if "corrupted" in group else None)
 
 
 def _network_order(layer_order, layers: list[str]) -> list[str]:

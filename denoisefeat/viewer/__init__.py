@@ -1,9 +1,11 @@
 """``denoisefeat view STORE``: a local web app that browses a whole run store (Dash, the ``viewer`` extra).
 
 Pick any sample, step, band, feature, layer; scrub the trajectory; read profile curves with their
-confidence bands and the attribution heatmaps, with click-through from a cell to the sample's x̂0
-in that step window.  The store is read lazily (only the slices shown) and never written; the app
-binds to 127.0.0.1 unless told otherwise and serves nothing but its own page.
+confidence bands and the attribution heatmaps, with click-through from a cell to the chosen sample's
+clean and ablated (or patched) final images, which a scan keeps with ``keep_images``
+(:class:`denoisefeat.analyses.table.CellImages`; the page says so when a table keeps none).  The
+store is read lazily (only the slices shown) and never written; the app binds to 127.0.0.1 unless
+told otherwise and serves nothing but its own page.
 
 Two ways to look at a run: the static report (:func:`denoisefeat.viz.build_report`, one bounded
 HTML file to share) and this viewer (every sample, on your machine).

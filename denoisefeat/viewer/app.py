@@ -1,8 +1,9 @@
 """The viewer's Dash app: a whole run store, browsed lazily and read-only.
 
 The store is opened once with :func:`denoisefeat.store.open_run` (so a path that is not a store, or
-a damaged store, is refused with the CLI's messages) and read with xarray over zarr, one shown
-slice at a time: a frame is one ``images[sample, step]`` read, never the whole array.  The app
+a damaged store, is refused with the CLI's messages) and read one shown slice at a time, straight
+from its chunks (:meth:`denoisefeat.store.Run.read`; no xarray dataset is opened, so the first frame
+costs milliseconds): a frame is one ``images[sample, step]`` read, never the whole array.  The app
 serves only its own page and Dash's bundled scripts (no CDN, no file routes); it never writes to
 the store.
 
@@ -29,6 +30,7 @@ VIEWER_FRAMES = FramePolicy(max_px=256, lossless_px=256)
 """Frames of the viewer: at most 256 px, lossless PNG."""
 
 _IMAGE = "image"
+_CELL_ROLES = ("clean", "edited", "corrupted")  # the images a click on an attribution cell shows
 _PANEL = {"display": "inline-block", "verticalAlign": "top", "marginRight": "18px"}
 
 
@@ -38,7 +40,7 @@ class _Source:
     def __init__(self, run, frames: FramePolicy):
         self.run = run
         self.frames = frames
-        self.dataset = run.dataset  # lazy: arrays are read when indexed
+        self.shape = run.shape("images")  # None without images; every read below is one region (run.read)
         self._lock = threading.Lock()
         self._cache: dict = {}
 
@@ -50,23 +52,27 @@ class _Source:
 
     @property
     def has_images(self) -> bool:
-        return "images" in self.dataset
+        return self.shape is not None
+
+    def timesteps(self) -> np.ndarray | None:
+        """The scheduler's timestep of each step, or None when the run stores none."""
+        return self._once("timesteps", lambda: self.run.read("timestep") if self.run.shape("timestep") else None)
 
     def frame(self, sample: int, step: int) -> np.ndarray:
         """(h, w, 3) uint8: x̂0 of one sample at one step (one read)."""
-        return self.frames.frames(self.dataset["images"].isel(sample=sample, step=step).values)
+        return self.frames.frames(self.run.read("images", sample, step))
 
     def final(self, sample: int) -> np.ndarray:
         """(h, w, 3) uint8: the final image of one sample (x̂0 at the last step where no ``final`` is stored)."""
-        if "final" in self.dataset:
-            return self.frames.frames(self.dataset["final"].isel(sample=sample).values)
-        return self.frame(sample, self.dataset.sizes["step"] - 1)
+        if self.run.shape("final") is not None:
+            return self.frames.frames(self.run.read("final", sample))
+        return self.frame(sample, self.shape[1] - 1)
 
     def band_frame(self, sample: int, step: int, band: str) -> np.ndarray:
         """(h, w, 3) uint8 grey image of one band of the luminance, 0 at mid-grey, ±max(|band|) at the ends."""
         from skimage.color import rgb2gray
 
-        rgb = np.clip(self.dataset["images"].isel(sample=sample, step=step).values, 0, 1)
+        rgb = np.clip(self.run.read("images", sample, step), 0, 1)
         part = band_pass(rgb2gray(np.moveaxis(rgb, 0, -1)))[list(DEFAULT_BANDS).index(band)]
         bound = float(np.abs(part).max()) or 1.0
         grey = 0.5 + 0.5 * part / bound if band != next(iter(DEFAULT_BANDS)) else part
@@ -105,6 +111,18 @@ class _Source:
 
         return self._once("attribution", load)
 
+    def cell_images(self, table: str):
+        """The :class:`~denoisefeat.analyses.table.CellImages` kept beside ``table``, or None when it keeps none."""
+        def load():
+            from denoisefeat.analyses.table import read_cell_images
+
+            try:
+                return read_cell_images(self.run.store.group, table)
+            except KeyError:
+                return None
+
+        return self._once(("cell_images", table), load)
+
     def activation_change(self, layer: str) -> np.ndarray:
         from denoisefeat.viz.activations import activation_change
 
@@ -128,7 +146,7 @@ def _header(run, source: _Source):
     store = run.store
     parts = [f"{run.attrs.get('model_id', 'run')}", f"{store.n_samples} samples × {store.n_steps} steps"]
     if source.has_images:
-        height, width = source.dataset["images"].shape[-2:]
+        height, width = source.shape[-2:]
         parts.append(source.frames.describe(int(height), int(width)))
     return html.Div([html.H2(str(run.path), style={"overflowWrap": "anywhere", "margin": "8px 0"}),
                      html.P(" · ".join(parts), id="summary", style={"color": "#555"})])
@@ -140,9 +158,10 @@ def _layout(run, source: _Source):
     store = run.store
     last = store.n_steps - 1
     marks = {int(k): str(int(k)) for k in np.unique(np.linspace(0, last, min(11, store.n_steps)).round())}
+    sample = html.Label(["sample ", dcc.Input(id="sample", type="number", min=0, max=store.n_samples - 1, step=1,
+                                              value=0, debounce=True, style={"width": "90px"})], style=_PANEL)
     controls = html.Div([
-        html.Label(["sample ", dcc.Input(id="sample", type="number", min=0, max=store.n_samples - 1, step=1,
-                                         value=0, debounce=True, style={"width": "90px"})], style=_PANEL),
+        sample,
         html.Label(["show ", dcc.RadioItems(id="band", options=[_IMAGE, *DEFAULT_BANDS], value=_IMAGE, inline=True)],
                    style=_PANEL),
     ])
@@ -171,16 +190,17 @@ def _layout(run, source: _Source):
                       dcc.Dropdown(id="attr-method", options=methods, value=methods[0], clearable=False,
                                    style={"width": "260px"})], style={"display": "flex", "gap": "12px"}),
             dcc.Graph(id="attribution", config={"displaylogo": False}),
-            html.P(id="cell-caption", children="Click a cell: the sample's x̂0 at the first and last step of its "
-                   "window, beside the final image. Ablation scans keep no intervened images in the store."),
-            html.Div([html.Figure([html.Img(id="cell-start", style={"width": "192px"}),
-                                   html.Figcaption(id="cell-start-caption")], style=_PANEL),
-                      html.Figure([html.Img(id="cell-stop", style={"width": "192px"}),
-                                   html.Figcaption(id="cell-stop-caption")], style=_PANEL)]),
+            html.P(id="cell-caption", children="Click a cell: the chosen sample's final image of the clean run beside "
+                   "that of the run edited in the cell (scans run with keep_images keep them)."),
+            html.Div([html.Figure([html.Img(id=f"cell-{role}", style={"width": "192px"}),
+                                   html.Figcaption(id=f"cell-{role}-caption")], style=_PANEL)
+                      for role in _CELL_ROLES]),
         ]
     body = [_header(run, source)]
     if source.has_images:
         body += [html.H3("Trajectory"), controls, scrubber, images]
+    else:  # the activation and attribution views still follow the chosen sample
+        body += [html.Div([sample])]
     if profile_choices:
         body += [html.H3("Feature profile"),
                  dcc.Dropdown(id="feature", options=profile_choices, value=profile_choices[0], clearable=False,
@@ -196,7 +216,7 @@ def _layout(run, source: _Source):
 
 
 def _frame_caption(source: _Source, sample: int, step: int, band: str) -> str:
-    timesteps = source.dataset["timestep"].values if "timestep" in source.dataset else None
+    timesteps = source.timesteps()
     when = f"step {step}" + ("" if timesteps is None else f" (timestep {float(timesteps[step]):g})")
     what = "x̂0" if band == _IMAGE else f"{band} band of x̂0's luminance"
     return f"{what} of sample {sample}, {when}"
@@ -260,23 +280,54 @@ def _callbacks(app, run, source: _Source) -> None:
             value = "effect_std" if rows["effect_std"].notna().any() else "effect"
             return attribution_heatmap(rows, value=value)
 
-        @app.callback(Output("cell-start", "src"), Output("cell-start-caption", "children"),
-                      Output("cell-stop", "src"), Output("cell-stop-caption", "children"),
-                      Input("attribution", "clickData"), State("sample", "value"))
-        def show_cell(click, sample):
+        outputs = [Output("cell-caption", "children")]
+        outputs += [Output(f"cell-{role}{part}", what) for role in _CELL_ROLES
+                    for part, what in (("", "src"), ("-caption", "children"))]
+
+        @app.callback(*outputs, Input("attribution", "clickData"), State("sample", "value"),
+                      State("attr-feature", "value"), State("attr-method", "value"), prevent_initial_call=True)
+        def show_cell(click, sample, feature, method):
             points = (click or {}).get("points") or []
-            if not points or not source.has_images or "customdata" not in points[0]:
-                return no_update, no_update, no_update, no_update
+            if not points or "customdata" not in points[0]:
+                return (no_update,) * len(outputs)
             point = points[0]
             custom = point["customdata"]  # (ci_low, ci_high, p, p_adj, n, level, step_start, step_stop)
             if isinstance(custom, dict):  # a typed array arrives as {"0": …, "1": …}
                 custom = [custom[str(i)] for i in range(len(custom))]
-            start, stop = int(custom[6]), int(custom[7])
-            sample = _sample(sample, n_samples)
-            first, last = min(max(start, 0), n_steps - 1), min(max(stop - 1, 0), n_steps - 1)
-            cell = f"{point['y']} [{start}, {stop})"
-            return (_uri(source, source.frame(sample, first)), f"{cell}: x̂0 of sample {sample} at step {first}",
-                    _uri(source, source.frame(sample, last)), f"{cell}: x̂0 of sample {sample} at step {last}")
+            layer, start, stop = str(point["y"]), int(custom[6]), int(custom[7])
+            return _cell(source, table, feature, method, layer, start, stop, _sample(sample, n_samples))
+
+
+def _cell(source: _Source, table: pd.DataFrame, feature, method, layer: str, start: int, stop: int, sample: int):
+    """The outputs of a click on a cell: a caption, then (src, caption) of the clean, edited and corrupted images."""
+    rows = table[(table["feature"].astype(str) == feature) & (table["method"].astype(str) == method)
+                 & (table["layer"].astype(str) == layer) & (table["step_start"] == start)
+                 & (table["step_stop"] == stop)]
+    cell = f"{layer} [{start}, {stop})"
+    blank = [None, ""] * len(_CELL_ROLES)
+    if rows.empty:
+        return [f"No row of {method} for {cell}.", *blank]
+    name = str(rows["table"].iloc[0])
+    images = source.cell_images(name)
+    if images is None:
+        return [f"Table {name!r} holds no images of its edited runs: rerun the scan with keep_images=K "
+                f"(`denoisefeat attribute scan … --keep-images K`) to see them here.", *blank]
+    if sample >= images.n_samples:
+        return [f"Table {name!r} keeps the images of samples 0–{images.n_samples - 1} only; pick one of them "
+                f"(sample {sample} is chosen).", *blank]
+    try:
+        index = images.index(layer, start, stop, method)
+    except KeyError:
+        return [f"Table {name!r} keeps no images of {cell} by {method}.", *blank]
+    shown = {"clean": images.clean[sample], "edited": images.edited[index, sample],
+             "corrupted": None if images.corrupted is None else images.corrupted[sample]}
+    what = {"clean": "clean run", "edited": f"edited in {cell}", "corrupted": "corrupted run"}
+    out = [f"{method} · {cell} · sample {sample}: final images ({source.frames.describe(*images.clean.shape[-2:])})."]
+    for role in _CELL_ROLES:
+        data = shown[role]
+        out += [None, ""] if data is None else [_uri(source, source.frames.frames(np.asarray(data))),
+                                                f"final image, {what[role]}"]
+    return out
 
 
 def create_app(store, *, frames: FramePolicy = VIEWER_FRAMES):

@@ -200,8 +200,9 @@ def attribution_heatmap(table: pd.DataFrame, *, features=None, methods=None, lay
         Network order and resolution levels: :func:`denoisefeat.hooks.list_layers` of the
         pipeline, a list of names or ``{name: level}``.  Without it, layers are put in the forward
         order of diffusers' UNets by name, and levels come from a ``level`` column if any.
-    images : mapping of (str, (int, int)) to array, optional
-        Images of the intervened runs, keyed by ``(layer, (step_start, step_stop))``: arrays
+    images : mapping of (str, (int, int)) or (str, (int, int), str) to array, optional
+        Images of the intervened runs, keyed by ``(layer, (step_start, step_stop))``, or by
+        ``(layer, (step_start, step_stop), method)`` when the methods' runs differ: arrays
         ``(..., 3, H, W)`` in [0, 1] (e.g. the final images of a few samples).  With ``clean``, adds
         a panel with the clean and the intervened images of a cell; in the report, clicking a cell
         shows its images (standalone, the panel shows the first key).
@@ -226,7 +227,9 @@ def attribution_heatmap(table: pd.DataFrame, *, features=None, methods=None, lay
         ``(ci_low, ci_high, p, p_adj, n, level, step_start, step_stop)``; hover shows effect, CI,
         p and n.  Dotted lines separate resolution levels (labelled ``L<level>``).  With images, two
         ``go.Image`` traces follow (clean, intervened) and ``layout.meta["denoisefeat"]`` holds the
-        image strip (a data URI made by ``frames``) of every cell.
+        image strip (a data URI made by ``frames``) of every cell, keyed ``"layer|start|stop"``
+        (``"layer|start|stop|method"`` with ``by_method`` true and each heatmap's ``meta`` its method,
+        when the keys name methods).
     """
     if value not in VALUES:
         raise ValueError(f"value must be one of {', '.join(map(repr, VALUES))}; got {value!r}")
@@ -242,13 +245,18 @@ def attribution_heatmap(table: pd.DataFrame, *, features=None, methods=None, lay
             raise ValueError("images needs clean: the clean images to compare the intervened ones with")
         if not isinstance(images, Mapping) or not images:
             raise ValueError("images must be a non-empty mapping {(layer, (step_start, step_stop)): array}")
-        cells = {}
+        cells, by_method = {}, None
         for k, array in images.items():
             try:
-                layer, (start, stop) = k
+                layer, (start, stop), *method = k
+                if len(method) > 1 or by_method not in (None, bool(method)):
+                    raise ValueError
             except (TypeError, ValueError):
-                raise ValueError(f"images keys must be (layer, (step_start, step_stop)), got {k!r}") from None
-            cells[f"{layer}|{int(start)}|{int(stop)}"] = frames.encode(strip(array, max_px=frames.max_px))
+                raise ValueError(f"images keys must all be (layer, (step_start, step_stop)) or all "
+                                 f"(layer, (step_start, step_stop), method), got {k!r}") from None
+            by_method = bool(method)
+            cells["|".join(map(str, (layer, int(start), int(stop), *method)))] = frames.encode(
+                strip(array, max_px=frames.max_px))
         fig = make_subplots(rows=2, cols=2, column_widths=[0.68, 0.32], specs=[[{"rowspan": 2}, {}], [None, {}]],
                             subplot_titles=["", "clean", "intervened"], horizontal_spacing=0.12,
                             vertical_spacing=0.12)
@@ -257,16 +265,18 @@ def attribution_heatmap(table: pd.DataFrame, *, features=None, methods=None, lay
         first = next(iter(images))
         fig.add_trace(go.Image(source=frames.encode(strip(clean, max_px=frames.max_px)), name="clean",
                                hoverinfo="skip"), row=1, col=2)
-        fig.add_trace(go.Image(source=cells[f"{first[0]}|{int(first[1][0])}|{int(first[1][1])}"], name="intervened",
-                               hoverinfo="skip"), row=2, col=2)
+        fig.add_trace(go.Image(source=next(iter(cells.values())), name="intervened", hoverinfo="skip"), row=2, col=2)
+        if by_method:  # the report's script finds a cell's images by the clicked trace's method
+            for (f, m), index in trace_of.items():
+                fig.data[index].meta = m
         title_index = [a.text for a in fig.layout.annotations].index("intervened")
         fig.layout.annotations[title_index].text = escape(f"intervened: {first[0]} {_window_label(*first[1])}")
         fig.update_xaxes(visible=False, row=1, col=2)
         fig.update_yaxes(visible=False, row=1, col=2)
         fig.update_xaxes(visible=False, row=2, col=2)
         fig.update_yaxes(visible=False, row=2, col=2)
-        fig.update_layout(meta={META_KEY: {"kind": "attribution", "cells": cells, "image_trace": n_heat + 1,
-                                           "image_title": title_index}})
+        meta = {"kind": "attribution", "cells": cells, "image_trace": n_heat + 1, "image_title": title_index}
+        fig.update_layout(meta={META_KEY: {**meta, "by_method": True} if by_method else meta})
         always = [n_heat, n_heat + 1]
     else:
         fig = go.Figure(traces)

@@ -61,6 +61,7 @@ from denoisefeat.viz.trajectory import (
     band_pass_grid,
     rapsd_curves,
     rapsd_heatmap,
+    read_image_blocks,
     step_image_grid,
     wavelet_heatmap,
 )
@@ -125,15 +126,54 @@ def _load_attribution(run, notes: list[str]) -> pd.DataFrame | None:
     return table
 
 
-_SPECTRA_READ_BYTES = 256 * 2**20  # float32 images read from the store at a time (a block of samples)
+class _Kept:
+    """One cell's kept images in the store, read only when a figure is built (``np.asarray``)."""
+
+    def __init__(self, array, index: int):
+        self.array, self.index = array, index
+        self.shape = tuple(array.shape[1:])
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.array[self.index], dtype=dtype)
 
 
-def _run_spectra(run, *, n_bins=None, wavelet: str = "haar") -> xr.Dataset:
-    """RAPSD and wavelet energy of the luminance of x̂0, streamed a block of samples at a time.
+def _kept_images(run, table: pd.DataFrame, notes: list[str]) -> tuple[dict | None, object]:
+    """The click-images of the first of the store's tables that keeps them (scans with ``keep_images``).
 
-    Computed in float32 with the torch backends of :mod:`denoisefeat.frequency` (multi-threaded FFT
-    and the batched DWT of :mod:`denoisefeat.dwt`, both equal to the numpy path to float32
-    rounding): a figure's precision, at a fraction of float64's cost on 512 px frames.
+    ``({(layer, (start, stop), method): images}, clean images)`` with the methods named as in
+    ``table`` (``"<method> · <table>"`` when the store has several tables), or ``(None, None)``.
+    """
+    from denoisefeat.analyses.table import read_cell_images
+
+    source = run.path if run.path is not None else run.store.group
+    names = list(dict.fromkeys(table["table"].astype(str)))
+    kept = {}
+    for name in names:
+        try:
+            kept[name] = read_cell_images(source, name)
+        except KeyError:
+            continue
+    if not kept:
+        return None, None
+    name, images = next(iter(kept.items()))
+    if len(kept) > 1:
+        notes.append(f"The attribution heatmap shows the kept images of table {name!r} only; `denoisefeat view` "
+                     f"shows those of {', '.join(map(repr, list(kept)[1:]))} too.")
+    suffix = f" · {name}" if len(names) > 1 else ""
+    cells = {(layer, (start, stop), method + suffix): _Kept(images.edited, i)
+             for i, (layer, start, stop, method) in enumerate(images.cells)}
+    return cells, images.clean[...]
+
+
+def _run_spectra(run, *, n_bins=None, wavelet: str = "haar", grid=None) -> tuple[xr.Dataset, np.ndarray | None]:
+    """RAPSD and wavelet energy of the luminance of x̂0, and the x̂0 grid's frames, from one read of x̂0.
+
+    The images are read a block of samples at a time (:func:`~denoisefeat.viz.trajectory.read_image_blocks`).
+    The spectra are computed in float32 with the torch backends of :mod:`denoisefeat.frequency`
+    (multi-threaded FFT and the batched DWT of :mod:`denoisefeat.dwt`, both equal to the numpy path
+    to float32 rounding): a figure's precision, at a fraction of float64's cost on 512 px frames.
+    ``grid = (n_samples, steps, policy)``: also the frames of the first ``n_samples`` at ``steps``
+    (``policy.frames``, uint8), from the same blocks; otherwise None.
     """
     import torch
 
@@ -141,12 +181,11 @@ def _run_spectra(run, *, n_bins=None, wavelet: str = "haar") -> xr.Dataset:
     from denoisefeat.metrics.device import luminance as luminance_of
 
     images = run["images"]
-    n_samples = images.sizes["sample"]
-    per_sample = int(np.prod(images.shape[1:])) * 4
-    block = max(1, _SPECTRA_READ_BYTES // max(per_sample, 1))
-    powers, approx, details, freq = [], [], [], None
-    for start in range(0, n_samples, block):
-        rgb = np.asarray(images.isel(sample=slice(start, start + block)).values, dtype=np.float32)
+    n_samples, n_steps = images.sizes["sample"], images.sizes["step"]
+    powers, approx, details, shown, freq = [], [], [], [], None
+    for positions, rgb in read_image_blocks(images, samples=list(range(n_samples)), steps=list(range(n_steps))):
+        if grid is not None and positions.start < grid[0]:
+            shown.append(grid[2].frames(rgb[:grid[0] - positions.start, grid[1]]))
         gray = luminance_of(torch.from_numpy(rgb).clamp_(0.0, 1.0))  # (s, t, H, W)
         spectrum = radial_power_spectrum(gray, n_bins=n_bins)
         powers.append(spectrum.power.double().numpy())
@@ -160,13 +199,14 @@ def _run_spectra(run, *, n_bins=None, wavelet: str = "haar") -> xr.Dataset:
     wav[..., :3] = details_all
     wav[:, :, level - 1, 3] = np.concatenate(approx)
     coords = {"sample": images["sample"].values, "step": images["step"].values}
-    return xr.Dataset({
+    spectra = xr.Dataset({
         "rapsd": xr.DataArray(np.concatenate(powers), dims=("sample", "step", "freq"),
                               coords={**coords, "freq": freq}),
         "wavelet_energy": xr.DataArray(wav, dims=("sample", "step", "level", "orientation"),
                                        coords={**coords, "level": np.arange(1, level + 1),
                                                "orientation": list(_ORIENTATIONS)}),
     })
+    return spectra, np.concatenate(shown) if shown else None
 
 
 def _has_dims(ds: xr.Dataset | None, name: str, dims: set[str]) -> bool:
@@ -205,20 +245,22 @@ def _short(values, limit: int = 12) -> str | None:
     return shown + (f", … ({len(values)} in all)" if len(values) > limit else "")
 
 
-def _trajectory(run, features: xr.Dataset | None, max_samples: int) -> _Section:
+def _trajectory(run, features: xr.Dataset | None, max_samples: int, frames: FramePolicy) -> _Section:
     section = _Section("trajectory", "Trajectory",
                        "How the predicted clean image x̂0 builds up over the denoising steps, in pixels and in "
                        "frequency.")
     n_samples, n_steps = run.store.n_samples, run.store.n_steps
     shown = min(max_samples, n_samples)
+    first: dict = {}  # the frames of the grid's first rung (``frames``), made in the spectra's read of x̂0
 
     def x0_grid(policy: FramePolicy) -> tuple[go.Figure, str]:
         steps = policy.steps(n_steps)
+        data = first.get("data") if policy == frames else None
         caption = (f"x̂0 (the decoded predicted clean image) of the first {shown} of {n_samples} samples at "
                    + ("every step" if len(steps) == n_steps else f"{len(steps)} of the {n_steps} steps (evenly "
                       "spaced, first and last included)")
                    + ". Drag the slider or press ▶ to follow the denoising; the title gives the scheduler timestep.")
-        return step_image_grid(run, samples=range(shown), steps=steps, frames=policy), caption
+        return step_image_grid(run, samples=range(shown), steps=steps, frames=policy, data=data), caption
 
     def bands(policy: FramePolicy) -> tuple[go.Figure, str]:
         steps = policy.steps(n_steps)
@@ -239,7 +281,7 @@ def _trajectory(run, features: xr.Dataset | None, max_samples: int) -> _Section:
     else:
         wavelets = None
     if rapsd is None or wavelets is None:
-        spectra = _run_spectra(run)
+        spectra, first["data"] = _run_spectra(run, grid=(shown, frames.steps(n_steps), frames))
         rapsd = spectra["rapsd"] if rapsd is None else rapsd
         wavelets = spectra["wavelet_energy"] if wavelets is None else wavelets
     section.figures.append(_Figure(
@@ -449,7 +491,8 @@ _JS = """
       var pt = event && event.points && event.points[0];
       if (!pt || !pt.customdata) { return; }
       var start = pt.customdata[6], stop = pt.customdata[7];
-      var source = meta.cells[pt.y + '|' + start + '|' + stop];
+      var key = pt.y + '|' + start + '|' + stop + (meta.by_method ? '|' + (pt.data && pt.data.meta) : '');
+      var source = meta.cells[key];
       if (!source) { return; }
       Plotly.restyle(gd, {source: [source]}, [meta.image_trace]);
       var update = {};
@@ -597,7 +640,9 @@ def build_report(run, out, *, title: str | None = None, static_dir=None, static_
         Final images of intervened runs keyed by ``(layer, (step_start, step_stop))``, each
         ``(k, 3, H, W)`` for the run's first ``k`` samples: clicking a cell of the attribution heatmap
         shows them beside the run's own final images (see
-        :func:`denoisefeat.viz.attribution.attribution_heatmap`).
+        :func:`denoisefeat.viz.attribution.attribution_heatmap`).  By default, with the store's
+        tables, the images the first of them keeps (a scan run with ``keep_images``) beside that
+        scan's clean images.
     max_samples : int
         Samples in the x̂0 grid.
     max_mb : float
@@ -642,23 +687,25 @@ def build_report(run, out, *, title: str | None = None, static_dir=None, static_
     if features is None:
         features = _load_features(run)
     if "images" in run.dataset:
-        sections.append(_trajectory(run, features, max_samples))
+        sections.append(_trajectory(run, features, max_samples, frames))
     else:
         notes.append("The run stores no decoded images (trace with keep including 'images'): no trajectory views.")
     if features is not None:
         sections.append(_feature_section(features))
     else:
         notes.append("No per-step features in the store (run `denoisefeat analyze` on it): no feature profiles.")
+    clean = None
     if attribution is None:
         attribution = _load_attribution(run, notes)
+        if attribution is not None and attribution_images is None:
+            attribution_images, clean = _kept_images(run, attribution, notes)
     words = None
     if attribution is not None and "word" in attribution.columns:
         by_word = attribution["word"].notna() & (attribution["word"].astype(str) != "")
         words, attribution = attribution[by_word], attribution[~by_word].drop(columns="word")
         attribution = attribution if len(attribution) else None
     if attribution is not None:
-        clean = None
-        if attribution_images:
+        if attribution_images and clean is None:
             k = max(np.asarray(v).reshape(-1, *np.asarray(v).shape[-3:]).shape[0] for v in attribution_images.values())
             clean = run["final"].isel(sample=slice(0, k)).values
         sections.append(_attribution_section(attribution, layers=layers, images=attribution_images, clean=clean))

@@ -10,7 +10,7 @@ and WebP), which keeps a figure of many steps small.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import plotly.graph_objects as go
@@ -23,7 +23,8 @@ from denoisefeat.metrics import luminance
 from denoisefeat.viz.frames import FramePolicy, downscale
 from denoisefeat.viz.style import DIVERGING, SEQUENTIAL, apply_style, axis_title, escape
 
-__all__ = ["band_pass_grid", "rapsd_curves", "rapsd_heatmap", "step_image_grid", "wavelet_heatmap"]
+__all__ = ["band_pass_grid", "rapsd_curves", "rapsd_heatmap", "read_image_blocks", "step_image_grid",
+           "wavelet_heatmap"]
 
 _ANIMATE = {"mode": "immediate", "frame": {"duration": 0, "redraw": True}, "transition": {"duration": 0}}
 
@@ -98,18 +99,50 @@ def _frame_title(prefix: str, step: int, timestep: float | None) -> str:
 _READ_BYTES = 256 * 2**20  # images read from the store at a time (a block of samples)
 
 
+def _selection(idx: list[int]):
+    """A slice for consecutive positions (zarr reads a slice faster than a list), else the list."""
+    if idx and idx == list(range(idx[0], idx[-1] + 1)):
+        return slice(idx[0], idx[-1] + 1)
+    return idx
+
+
+def read_image_blocks(images: xr.DataArray, *, samples: list[int], steps: list[int],
+                      block_bytes: int = _READ_BYTES) -> Iterator[tuple[slice, np.ndarray]]:
+    """``images[samples, steps]`` read from the store a block of samples at a time, float32.
+
+    The one way the figures read x̂0 (the report's spectra and its x̂0 grid share one pass).
+
+    Parameters
+    ----------
+    images : xarray.DataArray
+        ``(sample, step, ...)``, lazy (a run's ``images``).
+    samples, steps : list of int
+        Positions to read.
+    block_bytes : int
+        About the most bytes read at a time (at least one sample).
+
+    Yields
+    ------
+    (slice, numpy.ndarray)
+        The block's positions in ``samples`` and its ``(block, len(steps), ...)`` float32 values.
+    """
+    per_sample = len(steps) * int(np.prod(images.shape[2:])) * 4
+    block = max(1, block_bytes // max(per_sample, 1))
+    for i in range(0, len(samples), block):
+        part = samples[i:i + block]
+        values = images.isel(sample=_selection(part), step=_selection(steps)).values
+        yield slice(i, i + len(part)), np.asarray(values, dtype=np.float32)
+
+
 def _frames_of(images: xr.DataArray, sample_idx: list[int], step_idx: list[int],
                frames: FramePolicy) -> np.ndarray:
     """(sample, step, h, w, 3) uint8 frames, read from the store a block of samples at a time."""
-    per_sample = len(step_idx) * int(np.prod(images.shape[2:])) * images.dtype.itemsize
-    block = max(1, _READ_BYTES // max(per_sample, 1))
-    parts = [frames.frames(images.isel(sample=sample_idx[i:i + block], step=step_idx).values)
-             for i in range(0, len(sample_idx), block)]
-    return np.concatenate(parts)
+    return np.concatenate([frames.frames(block)
+                           for _, block in read_image_blocks(images, samples=sample_idx, steps=step_idx)])
 
 
 def step_image_grid(run, *, samples=None, steps=None, ncols: int | None = None, size: str = "screen",
-                    frames: FramePolicy | None = None) -> go.Figure:
+                    frames: FramePolicy | None = None, data: np.ndarray | None = None) -> go.Figure:
     """x̂0 of several samples, one panel each, with a slider over the denoising steps.
 
     Parameters
@@ -127,6 +160,9 @@ def step_image_grid(run, *, samples=None, steps=None, ncols: int | None = None, 
     frames : FramePolicy, optional
         Size and encoding of the frames (its ``max_steps`` is not applied here: pass ``steps``);
         default ``FramePolicy()``.
+    data : numpy.ndarray, optional
+        The frames already made: ``frames.frames(images[samples, steps])``, ``(sample, step, h, w, 3)``
+        uint8 (the report makes them in its one read of x̂0); default: read from the run.
 
     Returns
     -------
@@ -139,7 +175,11 @@ def step_image_grid(run, *, samples=None, steps=None, ncols: int | None = None, 
     images = _images_of(run)
     sample_idx = _indices(samples, images.sizes["sample"], name="samples", default=8)
     step_idx = _indices(steps, images.sizes["step"], name="steps")
-    data = _frames_of(images, sample_idx, step_idx, frames)  # (s, t, h, w, 3)
+    if data is None:
+        data = _frames_of(images, sample_idx, step_idx, frames)  # (s, t, h, w, 3)
+    elif data.dtype != np.uint8 or data.shape[:2] != (len(sample_idx), len(step_idx)) or data.shape[-1] != 3:
+        raise ValueError(f"data must be ({len(sample_idx)}, {len(step_idx)}, h, w, 3) uint8 frames of the samples "
+                         f"and steps shown, got {data.dtype} {data.shape}")
     step_values = [int(v) for v in images["step"].values[step_idx]]
     timesteps = _timesteps(run, step_idx)
     labels = _condition_labels(run, sample_idx)
