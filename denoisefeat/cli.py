@@ -723,6 +723,8 @@ def demo(
 @_friendly
 def toy_train(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, logs, config (resumed if it exists)."),
+    recipe_name: str = typer.Option(
+        None, "--recipe", help="Named recipe, v2 or v3 (toy/train.py RECIPES; default: the shipped weights')."),
     iterations: int = typer.Option(None, "--iterations", help="Optimizer steps (default: the recipe's)."),
     seed: int = typer.Option(0, "--seed", help="Seeds weights, data and noise."),
     threads: int = typer.Option(2, "--threads", help="torch threads."),
@@ -730,14 +732,11 @@ def toy_train(
     no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if OUT has a checkpoint."),
     export_to: Path = typer.Option(None, "--export", help="After training, write the pipeline folder here."),
 ) -> None:
-    """Train the toy model on DiffShapes from a seed (CPU, resumable); the recipe is denoisefeat/toy/train.py."""
-    import dataclasses
+    """Train the toy model on DiffShapes from a seed (CPU, resumable); the recipes are in denoisefeat/toy/train.py."""
+    from denoisefeat.toy.train import DEFAULT_RECIPE, export, recipe, train
 
-    from denoisefeat.toy.train import TrainConfig, export, train
-
-    config = TrainConfig(seed=seed, threads=threads)
-    if iterations is not None:
-        config = dataclasses.replace(config, iterations=iterations)
+    lengths = {} if iterations is None else {"iterations": iterations}
+    config = recipe(recipe_name or DEFAULT_RECIPE, seed=seed, threads=threads, **lengths)
     checkpoint = train(config, out, resume=not no_resume, progress=True, until=until)
     console.print(f"checkpoint: {checkpoint}", markup=False)
     if export_to is not None:
@@ -766,7 +765,14 @@ def toy_evaluate(
     import torch
 
     from denoisefeat.toy.diffshapes import NUM_CONDITIONS
-    from denoisefeat.toy.evaluate import GATE, evaluate_samples, load_classifier, sample_toy, save_grid
+    from denoisefeat.toy.evaluate import (
+        GATE,
+        confusion_matrices,
+        evaluate_samples,
+        load_classifier,
+        sample_toy,
+        save_grid,
+    )
 
     if checkpoint is not None:
         from denoisefeat.toy.train import TrainConfig, build_sampling_scheduler, latest_checkpoint, load_checkpoint_unet
@@ -792,7 +798,9 @@ def toy_evaluate(
     labels = np.repeat(np.arange(NUM_CONDITIONS), per_condition)
     with console.status(f"sampling {len(labels)} images × {steps} steps"):
         images = sample_toy(unet, scheduler, labels, steps=steps, guidance_scale=guidance, eta=eta, seed=seed)
-    scores = evaluate_samples(images, labels, load_classifier())
+    classifier = load_classifier()
+    scores = evaluate_samples(images, labels, classifier)
+    confusion = confusion_matrices(images, labels, classifier)
     from rich.markup import escape
 
     table = Table(title=f"toy model quality gate: {escape(str(source))}", title_justify="left")
@@ -803,15 +811,29 @@ def toy_evaluate(
         table.add_row(name, f"{scores[name]:.3f}", f"≥ {target:.2f}", "[green]pass[/]" if ok else "[red]below[/]")
     table.add_row("joint", f"{scores['joint']:.3f}", "", "")
     Console().print(table)
+    Console().print(_texture_confusion_table(confusion["texture"]))
     if grid is not None:
         save_grid(images[::per_condition], grid, columns=24)
         console.print(f"grid: {grid}", markup=False)
     if json_out is not None:
         record = {"source": source, "samples": len(labels), "steps": steps, "guidance_scale": guidance, "eta": eta,
-                  "seed": seed, **scores}
+                  "seed": seed, **scores, "confusion": {name: matrix.tolist() for name, matrix in confusion.items()}}
         json_out.write_text(json.dumps(record, indent=2) + "\n")
     if strict and any(scores[name] < target for name, target in GATE.items()):
         raise typer.Exit(code=1)
+
+
+def _texture_confusion_table(matrix) -> Table:
+    """Rows: the texture the samples were conditioned on; columns: what the gate classifier reads."""
+    from denoisefeat.toy.diffshapes import TEXTURES
+
+    table = Table(title="texture: conditioned (rows) vs classified (columns)", title_justify="left")
+    table.add_column("")
+    for name in TEXTURES:
+        table.add_column(name, justify="right")
+    for name, row in zip(TEXTURES, matrix):
+        table.add_row(name, *(str(int(count)) for count in row))
+    return table
 
 
 @app.command()

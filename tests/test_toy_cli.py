@@ -28,6 +28,11 @@ def test_train_export_evaluate(tmp_path):
     assert result.exit_code == 1, result.output
     record = json.loads(scores.read_text())
     assert record["samples"] == 120 and 0.0 <= record["shape"] <= 1.0 and record["shape"] < 0.9
+    texture = record["confusion"]["texture"]
+    assert len(texture) == 4 and sum(map(sum, texture)) == 120
+    assert sum(texture[i][i] for i in range(4)) / 120 == record["texture"]
+    assert [sum(row) for row in texture] == [30, 30, 30, 30]  # each texture is 30 of the 120 conditions
+    assert "conditioned" in result.output and "classified" in result.output  # the confusion table
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from PIL import Image
 
@@ -57,3 +62,17 @@ def test_corrupt_weights_give_a_clear_error(tmp_path):
     (weights / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"pickle would run code")
     with pytest.raises(ModelSourceError):
         load_pipeline(weights)
+
+
+def test_train_takes_a_named_recipe(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["toy", "train", "--out", str(tmp_path / "run"), "--recipe", "v3", "--iterations", "1",
+                                 "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    from denoisefeat.toy.train import TrainConfig, recipe
+
+    stored = TrainConfig.from_json(json.loads((tmp_path / "run" / "config.json").read_text()))
+    assert stored == recipe("v3", iterations=1, threads=1)
+    wrong = runner.invoke(app, ["toy", "train", "--out", str(tmp_path / "other"), "--recipe", "v9"])
+    assert wrong.exit_code == 2 and "unknown toy recipe 'v9'" in wrong.output
+    assert not (tmp_path / "other").exists()

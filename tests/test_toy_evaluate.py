@@ -81,3 +81,39 @@ def test_sample_toy_stochastic_ddim_is_seeded():
     first = sample_toy(unet, scheduler, labels, steps=3, eta=1.0, seed=5)
     np.testing.assert_array_equal(first, sample_toy(unet, scheduler, labels, steps=3, eta=1.0, seed=5))
     assert not np.array_equal(first, sample_toy(unet, scheduler, labels, steps=3, eta=0.0, seed=5))
+
+
+def _constant_classifier(shape: int, color: int, texture: int):
+    """A classifier whose heads ignore the image: every image reads as (shape, color, texture)."""
+    from denoisefeat.toy.evaluate import DiffShapesClassifier
+
+    classifier = DiffShapesClassifier(ClassifierConfig(width=4)).eval()
+    with torch.no_grad():
+        for name, index in (("shape", shape), ("color", color), ("texture", texture)):
+            head = classifier.heads[name]
+            head.weight.zero_()
+            head.bias.zero_()
+            head.bias[index] = 1.0
+    return classifier
+
+
+def test_confusion_matrices_count_condition_against_reading():
+    from denoisefeat.toy.diffshapes import condition_label
+    from denoisefeat.toy.evaluate import confusion_matrices
+
+    labels = np.array([condition_label("circle", "red", "solid"), condition_label("star", "blue", "stripes"),
+                       condition_label("star", "red", "stripes"), condition_label("cross", "green", "dots")])
+    images = generate(4, seed=3, labels=labels).images
+    matrices = confusion_matrices(images, labels, _constant_classifier(shape=1, color=0, texture=2))
+    expected_texture = np.zeros((4, 4), dtype=np.int64)
+    expected_texture[0, 2], expected_texture[1, 2], expected_texture[3, 2] = 1, 2, 1  # solid, stripes x2, dots
+    np.testing.assert_array_equal(matrices["texture"], expected_texture)
+    expected_shape = np.zeros((5, 5), dtype=np.int64)
+    expected_shape[0, 1], expected_shape[3, 1], expected_shape[4, 1] = 1, 2, 1  # circle, star x2, cross
+    np.testing.assert_array_equal(matrices["shape"], expected_shape)
+    assert matrices["color"].shape == (6, 6) and matrices["color"][:, 0].sum() == 4
+    # The trace over n is evaluate_samples' accuracy: red is read right twice.
+    scores = evaluate_samples(images, labels, _constant_classifier(shape=1, color=0, texture=2))
+    assert np.trace(matrices["color"]) / 4 == scores["color"] == 0.5
+    with pytest.raises(ValueError, match="labels"):
+        confusion_matrices(images, labels[:2], _constant_classifier(shape=0, color=0, texture=0))

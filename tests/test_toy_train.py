@@ -1,6 +1,7 @@
 """Tests of the toy model's training recipe: train, checkpoint, resume, export."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,3 +154,63 @@ def test_command_line_parses_every_field():
                              "--block-out-channels", "16,32"])
     assert config.radius == (0.25, 0.4) and config.max_rotation is None and config.min_snr_gamma == 3.0
     assert config.block_out_channels == (16, 32)
+
+
+def test_recipes_v2_is_the_default_and_v3_fits_the_budget():
+    from denoisefeat.toy.train import DEFAULT_RECIPE, RECIPES, build_unet, recipe
+
+    # v2 made the shipped weights, and stays the default until v3 weights ship.
+    assert DEFAULT_RECIPE == "v2" and recipe("v2") == TrainConfig()
+    shipped = json.loads((Path(__file__).parents[1] / "denoisefeat/toy/weights/training.json").read_text())
+    assert TrainConfig.from_json(shipped["config"]) == recipe(DEFAULT_RECIPE)
+    v3 = recipe("v3", threads=1)
+    assert v3.threads == 1 and RECIPES["v3"].threads == 2
+    unet = build_unet(v3)
+    assert sum(p.numel() for p in unet.parameters()) * 2 < 10 * 2**20  # fp16 bytes under the 10 MB budget
+    # Attention at 16 px and 8 px (down_blocks 1 and 2 of a 32 px model), none at 32 px.
+    kinds = [type(block).__name__ for block in unet.down_blocks]
+    assert kinds == ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"], kinds
+    assert [type(block).__name__ for block in unet.up_blocks] == ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"]
+    v2_kinds = [type(block).__name__ for block in build_unet(recipe("v2")).down_blocks]
+    assert v2_kinds == ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"]
+    with torch.no_grad():
+        out = unet(torch.zeros(2, 3, 32, 32), 10, class_labels=torch.tensor([0, NULL_LABEL])).sample
+    assert out.shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="unknown toy recipe 'v9'; known: v2, v3"):
+        recipe("v9")
+    with pytest.raises(ValueError, match="attention_levels"):
+        recipe("v3", attention_levels=4)
+
+
+def test_a_v3_shaped_run_resumes_to_identical_weights(tmp_path):
+    from denoisefeat.toy.train import recipe
+
+    small = recipe("v3", size=16, batch_size=2, iterations=3, warmup=1, block_out_channels=(8, 16, 16),
+                   attention_head_dim=8, checkpoint_every=1, threads=1, log_every=1)
+    train(small, tmp_path / "whole", progress=False)
+    train(small, tmp_path / "killed", progress=False, until=1)
+    train(small, tmp_path / "killed", progress=False)
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
+        expected = load_file(latest_checkpoint(tmp_path / "whole") / name)
+        resumed = load_file(latest_checkpoint(tmp_path / "killed") / name)
+        for key in expected:
+            torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0)
+
+
+def test_command_line_recipe_sets_the_defaults():
+    from denoisefeat.toy.train import _parse_args, recipe
+
+    config, _ = _parse_args(["--out", "x", "--recipe", "v3", "--iterations", "10"])
+    assert config == recipe("v3", iterations=10)
+    assert _parse_args(["--out", "x"])[0] == TrainConfig()
+
+
+def test_milestone_checkpoints_are_kept(tmp_path):
+    config = TrainConfig(**{**TINY.to_json(), "iterations": 5, "checkpoint_every": 1, "keep_checkpoints": 1,
+                            "keep_every": 2})
+    train(config, tmp_path, progress=False)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "iteration-0000002", "iteration-0000004", "iteration-0000005"
+    ]
+    with pytest.raises(ValueError, match="keep_every"):
+        TrainConfig(keep_every=-1)

@@ -44,6 +44,7 @@ from denoisefeat.metrics.edges import (
 from denoisefeat.metrics.foreground import (
     TEXTURE_FREQUENCIES,
     TEXTURE_ORIENTATIONS,
+    TextureStatistics,
     boundary_width,
     object_color,
     object_color_distance,
@@ -52,6 +53,7 @@ from denoisefeat.metrics.foreground import (
     object_mask_iou,
     texture_spectrum,
     texture_spectrum_distance,
+    texture_statistics,
 )
 from denoisefeat.metrics.registry import (
     FEATURE_GROUPS,
@@ -121,6 +123,8 @@ __all__ = [
     "object_color_distance",
     "texture_spectrum",
     "texture_spectrum_distance",
+    "TextureStatistics",
+    "texture_statistics",
     "TEXTURE_ORIENTATIONS",
     "TEXTURE_FREQUENCIES",
     "boundary_width",

@@ -35,6 +35,7 @@ __all__ = [
     "save_classifier",
     "classifier_accuracy",
     "evaluate_samples",
+    "confusion_matrices",
     "sample_toy",
     "evaluate_unet",
     "save_grid",
@@ -287,6 +288,24 @@ def load_classifier(directory: str | os.PathLike = DEFAULT_CLASSIFIER_DIR) -> Di
     return classifier.eval()
 
 
+def _checked_labels(labels: np.ndarray, n: int) -> np.ndarray:
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CONDITIONS):
+        raise ValueError(f"labels must lie in [0, {NUM_CONDITIONS})")
+    return labels
+
+
+def _attributes(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Shape, colour and texture indices of joint labels."""
+    return {
+        "shape": labels // (len(COLORS) * len(TEXTURES)),
+        "color": (labels // len(TEXTURES)) % len(COLORS),
+        "texture": labels % len(TEXTURES),
+    }
+
+
 def evaluate_samples(
     images: np.ndarray | torch.Tensor, labels: np.ndarray, classifier: DiffShapesClassifier
 ) -> dict[str, float]:
@@ -305,20 +324,45 @@ def evaluate_samples(
     dict of str to float
         Accuracies ``"shape"``, ``"color"``, ``"texture"`` and ``"joint"`` (all three right).
     """
-    labels = np.asarray(labels, dtype=np.int64)
-    if labels.shape != (len(images),):
-        raise ValueError(f"labels must have shape ({len(images)},), got {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CONDITIONS):
-        raise ValueError(f"labels must lie in [0, {NUM_CONDITIONS})")
+    labels = _checked_labels(labels, len(images))
     predicted = classifier.predict(images)
-    truth = {
-        "shape": labels // (len(COLORS) * len(TEXTURES)),
-        "color": (labels // len(TEXTURES)) % len(COLORS),
-        "texture": labels % len(TEXTURES),
-    }
+    truth = _attributes(labels)
     scores = {name: float(np.mean(predicted[name] == truth[name])) for name in _HEADS}
     scores["joint"] = float(np.mean(predicted["label"] == labels))
     return scores
+
+
+def confusion_matrices(
+    images: np.ndarray | torch.Tensor, labels: np.ndarray, classifier: DiffShapesClassifier
+) -> dict[str, np.ndarray]:
+    """Counts of conditioned against classified attribute values, one matrix per head.
+
+    Parameters
+    ----------
+    images : array_like, shape (n, 3, H, W)
+        RGB in ``[0, 1]``.
+    labels : array_like of int, shape (n,)
+        Joint labels the images were conditioned on.
+    classifier : DiffShapesClassifier
+
+    Returns
+    -------
+    dict of str to ndarray of int64
+        ``{"shape": (5, 5), "color": (6, 6), "texture": (4, 4)}``: entry ``[i, j]``
+        counts the images conditioned on value ``i`` (row, indexing :data:`SHAPES`,
+        :data:`COLORS`, :data:`TEXTURES`) that the classifier reads as value ``j``.
+        Each matrix sums to ``n``; its trace over ``n`` is that head's accuracy in
+        :func:`evaluate_samples`.
+    """
+    labels = _checked_labels(labels, len(images))
+    predicted = classifier.predict(images)
+    truth = _attributes(labels)
+    matrices = {}
+    for name, count in _HEADS.items():
+        matrix = np.zeros((count, count), dtype=np.int64)
+        np.add.at(matrix, (truth[name], predicted[name]), 1)
+        matrices[name] = matrix
+    return matrices
 
 
 def classifier_accuracy(classifier: DiffShapesClassifier, *, n: int = 2000, seed: int = 10**9) -> dict[str, float]:
