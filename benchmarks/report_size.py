@@ -72,6 +72,9 @@ def main() -> None:
     text = out.read_text(encoding="utf-8")
     from plotly.offline import get_plotlyjs
 
+    from denoisefeat.viz.plotly_bundle import plotly_js
+
+    embedded = next(lib for lib in (plotly_js(["scatter"]), get_plotlyjs()) if lib in text)
     emit({
         "benchmark": "report_size",
         "model": model,
@@ -82,7 +85,8 @@ def main() -> None:
         "size_mb": round(out.stat().st_size / 2**20, 3),
         "max_mb": args.max_mb,
         "budget_lines": re.findall(r'<p class="dft-budget">([^<]*)</p>', text),
-        "plotlyjs_mb": round(len(get_plotlyjs().encode()) / 2**20, 3),
+        "plotlyjs_mb": round(len(embedded.encode()) / 2**20, 3),  # the plotly.js embedded (partial bundle or full)
+        "plotlyjs_bundle": "cartesian" if embedded != get_plotlyjs() else "full",
         "build_s": round(timing["median_s"], 3),
         "build_times_s": timing["times_s"],
         "trace_s": None if trace_s is None else round(trace_s, 3),  # or the synthetic store's writing

@@ -483,11 +483,12 @@ def test_report_sections_follow_the_store(run, tmp_path):
     text = out.read_text()
     assert text.startswith("<!DOCTYPE html>")
     assert text.count('class="plotly-graph-div"') == _figure_count(text) == 6  # 5 trajectory views + activations
-    assert text.count("* plotly.js v") == 1  # the library, embedded once
+    assert text.count("* plotly.js") == 1  # the library, embedded once
     assert text.count("<script") == _figure_count(text) + 2  # plotly.js once, each figure, the click handler
-    from plotly.offline import get_plotlyjs
+    from denoisefeat.viz.plotly_bundle import plotly_js
 
-    page = text.replace(get_plotlyjs(), "")  # the page without the library: nothing loads from a network
+    page = text.replace(plotly_js(["scatter"]), "")  # the page without the library: nothing loads from a network
+    assert len(page) < len(text)
     assert not re.search(r"<script[^>]+src=", page) and not re.search(r"(src|href)=\"https?:", page)
     assert XSS not in text and html.escape(XSS) in text
     assert 'id="trajectory"' in text and 'id="activations"' in text
@@ -598,3 +599,19 @@ def test_report_command(tmp_path):
     assert "<html" in text.lower() and "plotly" in text.lower()
     missing = CliRunner().invoke(app, ["report", str(tmp_path / "nope.zarr"), "--out", str(tmp_path / "x.html")])
     assert missing.exit_code == 2
+
+
+def test_pages_embed_the_cartesian_bundle_when_it_draws_them():
+    from plotly.offline import get_plotlyjs, get_plotlyjs_version
+
+    from denoisefeat.viz.plotly_bundle import CARTESIAN_TRACES, VENDORED_VERSION, plotly_js
+
+    full = get_plotlyjs()
+    assert plotly_js(["scatter3d", "scatter"]) == full  # a trace the partial bundle lacks: the whole library
+    page = plotly_js(["scatter", "heatmap", "image"])
+    if get_plotlyjs_version() != VENDORED_VERSION:  # plotly upgraded past the vendored bundle: the full one
+        assert page == full
+        return
+    assert page != full and len(page) < 0.4 * len(full)  # ≈ 1.4 vs 4.6 MB
+    assert f"plotly.js (cartesian - minified) v{VENDORED_VERSION}" in page[:200]
+    assert {"scatter", "heatmap", "image"} <= CARTESIAN_TRACES

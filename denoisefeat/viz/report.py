@@ -23,7 +23,8 @@ data:
 Every string that comes from the user (title, prompts, labels, model id, feature and method
 names) is HTML-escaped.
 
-**Size.** The file stays under ``max_mb`` (default 25 MB; plotly.js takes ≈ 4.6 MB of it).  The
+**Size.** The file stays under ``max_mb`` (default 25 MB; plotly.js takes ≈ 1.4 MB of it: its
+cartesian partial bundle, :mod:`denoisefeat.viz.plotly_bundle`, or ≈ 4.6 MB for the full one).  The
 figures with pictures (the x̂0 grid, the band-pass images, the attribution click-images) are built
 from a :class:`~denoisefeat.viz.frames.FramePolicy` (default: frames box-downscaled to at most
 128 px, WebP at quality 80 above 64 px and exact PNG below; at most 50 steps on the x̂0 slider and
@@ -577,11 +578,20 @@ def _budget(sections: list[_Section], *, frames: FramePolicy, max_mb: float, fix
     return lines
 
 
+def _trace_types(sections: list[_Section]) -> set[str]:
+    """The trace types of every figure built so far (a picture figure still to build: an ``image``)."""
+    types = {"image"}
+    for section in sections:
+        for item in section.figures:
+            if item.figure is not None:
+                types.update(trace.type for trace in item.figure.data)
+    return types
+
+
 def _page(title: str, overview: str, sections: list[_Section], notes: list[str],
           budget_lines: Sequence[str] = ()) -> str:
-    from plotly.offline import get_plotlyjs
-
     from denoisefeat import __version__
+    from denoisefeat.viz.plotly_bundle import plotly_js
 
     parts, index = [], 0
     for section in sections:
@@ -599,7 +609,7 @@ def _page(title: str, overview: str, sections: list[_Section], notes: list[str],
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
         f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n"
-        f"<script type=\"text/javascript\">{get_plotlyjs()}</script>\n</head>\n<body>\n"
+        f"<script type=\"text/javascript\">{plotly_js(_trace_types(sections))}</script>\n</head>\n<body>\n"
         f"<header><h1>{escape(title)}</h1>{overview}"
         + "".join(f'<p class="dft-budget">{escape(line)}</p>' for line in budget_lines)
         + "</header>\n"
