@@ -85,7 +85,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from denoisefeat.analyses.ablation import ablation_scan
+from denoisefeat.analyses.ablation import ABLATION_METHODS, ablation_scan
 from denoisefeat.analyses.inference import float_resolution, floor_changes, t_inference
 from denoisefeat.analyses.table import benjamini_hochberg, rank, validate, write_attribution
 from denoisefeat.hooks import Edit, intervene, resolve_layers
@@ -116,11 +116,10 @@ __all__ = [
     "attribution_study",
 ]
 
-#: What replaces a layer's output (the methods of :func:`~denoisefeat.analyses.ablation_scan`, the
-#: same :class:`denoisefeat.hooks.Edit` computing the replacement): ``zero``, ``mean`` (over the
-#: batch's samples), ``resample`` (another sample's output), ``identity`` (the null control: every
-#: estimate exactly 0).
-PATCHING_METHODS = ("zero", "mean", "resample", "identity")
+#: What replaces a layer's output: the methods of :func:`~denoisefeat.analyses.ablation_scan`
+#: (:data:`~denoisefeat.analyses.ablation.ABLATION_METHODS`, the same :class:`denoisefeat.hooks.Edit`
+#: computing the replacement); ``identity`` is the null control: every estimate exactly 0.
+PATCHING_METHODS = ABLATION_METHODS
 
 #: How an edit's effect is carried to the final image (module notes): ``first_order`` linearises the
 #: whole chain, the edited step included (attribution patching proper: one backward pass for every
