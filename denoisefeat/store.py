@@ -54,6 +54,7 @@ incomplete so that a resumed trace recomputes exactly those (``extract --resume 
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import shutil
@@ -155,7 +156,9 @@ class Damage:
     file: str
 
 
+@functools.cache
 def _package_versions() -> dict[str, str]:
+    """Installed versions of the packages a store depends on (looked up once per process: ~6 ms each time)."""
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
@@ -433,6 +436,7 @@ class RunStore:
         self.group = group
         self.path = path
         self.replaces: Path | None = None  # the old store this one replaces at finalize()
+        self.fresh = False  # made by create() in this process: its step arrays are made as they are first written
 
     # -- creation and opening -------------------------------------------------------------
     @classmethod
@@ -493,22 +497,21 @@ class RunStore:
                 raise StoreError(
                     f"Cannot create {str(resolved)!r}: the folder {str(resolved.parent)!r} does not exist.")
             store = str(resolved)
-        group = zarr.open_group(store, mode="w-" if path is not None else "w", zarr_format=3)
-        group.attrs.update(
-            {
-                _MARKER: {
-                    "schema_version": SCHEMA_VERSION,
-                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                    "package_versions": _package_versions(),
-                },
-                "run": _jsonable(dict(run_attrs)),
-                "layout": {"n_samples": n_samples, "n_steps": n_steps, "chunk_samples": chunk_samples,
-                           "every_chunk_written": True},
-            }
-        )
-        group.attrs[_MARKER] = {**group.attrs[_MARKER], "digest": _run_digest(group.attrs)}
+        attrs = {
+            _MARKER: {
+                "schema_version": SCHEMA_VERSION,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "package_versions": dict(_package_versions()),
+            },
+            "run": _jsonable(dict(run_attrs)),
+            "layout": {"n_samples": n_samples, "n_steps": n_steps, "chunk_samples": chunk_samples,
+                       "every_chunk_written": True},
+        }
+        attrs[_MARKER]["digest"] = _run_digest(attrs)
+        # one metadata write: the group is created with its attributes
+        group = zarr.open_group(store, mode="w-" if path is not None else "w", zarr_format=3, attributes=attrs)
         self = cls(group, resolved)
-        self.replaces = replaces
+        self.replaces, self.fresh = replaces, True
         self.ensure_array("complete", shape=(n_samples,), dims=("sample",), dtype=bool, fill_value=False)
         self.write_coordinate("sample", np.arange(n_samples), dim="sample")
         return self
@@ -1062,28 +1065,23 @@ class RunStore:
         shape = tuple(int(s) for s in shape)
         if len(dims) != len(shape):
             raise ValueError(f"{name}: {len(dims)} dimension names for a {len(shape)}-d array")
-        if name in self.group:
-            array = self.group[name]
-            if tuple(array.shape) != shape or np.dtype(array.dtype) != np.dtype(dtype):
-                raise RunMismatchError(
-                    f"Array {name!r} exists with shape {array.shape} and dtype {array.dtype}, "
-                    f"not {shape} and {np.dtype(dtype)}: the store was made by a different run."
-                )
-            return array
         if chunks is None:
             chunks = tuple(self.chunk_samples if d == "sample" else s for d, s in zip(dims, shape, strict=True))
         if fill_value is None:
             fill_value = np.nan if np.issubdtype(np.dtype(dtype), np.floating) else 0
-        try:
-            array = self.group.create_array(
+        try:  # created with its attributes: one metadata write (zarr refuses a path that holds an array)
+            return self.group.create_array(
                 name, shape=shape, chunks=tuple(chunks), dtype=dtype, dimension_names=tuple(dims),
                 fill_value=fill_value, compressors=tuple(compressors),
+                attributes=_jsonable(dict(attrs)) if attrs else None,
             )
-        except zarr.errors.ContainsArrayError:  # another writer created it first
-            return self.ensure_array(name, shape=shape, dims=dims, dtype=dtype, chunks=chunks, fill_value=fill_value,
-                                     compressors=compressors)
-        if attrs:
-            array.attrs.update(_jsonable(dict(attrs)))
+        except zarr.errors.ContainsArrayError:  # a resumed store, or another writer created it first
+            array = self.group[name]
+        if tuple(array.shape) != shape or np.dtype(array.dtype) != np.dtype(dtype):
+            raise RunMismatchError(
+                f"Array {name!r} exists with shape {array.shape} and dtype {array.dtype}, "
+                f"not {shape} and {np.dtype(dtype)}: the store was made by a different run."
+            )
         return array
 
     def step_chunk_size(self, bytes_per_sample_step: int) -> int:
@@ -1098,7 +1096,35 @@ class RunStore:
         """A ``(sample, [branch,] step, *tail)`` array chunked by sample chunk × about 2 MiB of steps.
 
         ``step_multiple``: the steps per chunk are a multiple of it (so that every step chunk of
-        an array written every ``k``-th step holds one of those steps).
+        an array written every ``k``-th step holds one of those steps).  The layout is
+        :meth:`step_array_layout`'s.
+        """
+        return self.ensure_array(name, **self.step_array_layout(
+            tail_shape=tail_shape, tail_dims=tail_dims, dtype=dtype, lead_dims=lead_dims, lead_shape=lead_shape,
+            attrs=attrs, compressors=compressors, step_multiple=step_multiple))
+
+    def step_array_layout(self, *, tail_shape: Sequence[int], tail_dims: Sequence[str], dtype,
+                          lead_dims: Sequence[str] = ("sample", "step"), lead_shape: Sequence[int] | None = None,
+                          attrs: Mapping | None = None, compressors: Sequence = COMPRESSORS,
+                          step_multiple: int = 1) -> dict:
+        """What :meth:`ensure_step_array` creates, without touching the store.
+
+        Parameters
+        ----------
+        tail_shape, tail_dims : sequence
+            The axes after ``step``.
+        dtype : str or numpy.dtype
+        lead_dims, lead_shape : sequence, optional
+            The axes up to ``step`` (default ``("sample", "step")`` and the run's sizes).
+        attrs : mapping, optional
+        compressors : sequence of codecs
+        step_multiple : int
+
+        Returns
+        -------
+        dict
+            The keyword arguments of :meth:`ensure_array`: ``shape``, ``dims``, ``dtype``,
+            ``chunks``, ``attrs``, ``compressors``.
         """
         if lead_shape is None:
             lead_shape = (self.n_samples, self.n_steps)
@@ -1108,10 +1134,8 @@ class RunStore:
         step_chunk = self.step_chunk_size(per_sample_step)
         step_chunk = min(lead_shape[-1], max(step_multiple, step_chunk // step_multiple * step_multiple))
         chunks = (self.chunk_samples, *lead_shape[1:-1], step_chunk, *tail_shape)
-        return self.ensure_array(
-            name, shape=(*lead_shape, *tail_shape), dims=(*lead_dims, *tail_dims), dtype=dtype, chunks=chunks,
-            attrs=attrs, compressors=compressors,
-        )
+        return {"shape": (*lead_shape, *tail_shape), "dims": (*lead_dims, *tail_dims), "dtype": dtype,
+                "chunks": chunks, "attrs": attrs, "compressors": compressors}
 
     def write_coordinate(self, name: str, values, *, dim: str) -> None:
         """Write a small 1-d coordinate (``timestep``, ``seed``, …) in one go, once."""
@@ -1270,6 +1294,11 @@ class StepWriter:
     file), so that all of it overlaps with the denoiser; :meth:`close` waits for them and re-raises
     any error.  The chunk files are the same whatever the number of workers.
 
+    In a store made in this process (:meth:`RunStore.create`) an array is created by the first job
+    that writes it, with its attributes in one metadata write: the loop (and the hooks that append
+    to the writer) never waits for the store.  In an opened store (a resumed run) the existing
+    arrays are looked up at their first step, and their own chunks are followed.
+
     Parameters
     ----------
     store : RunStore
@@ -1290,7 +1319,7 @@ class StepWriter:
         self.samples = samples
         self._declared: dict[str, tuple[tuple[str, ...], str, dict]] = {}
         self._steps: dict[str, frozenset[int] | None] = {}
-        self._arrays: dict[str, tuple[zarr.Array, int]] = {}
+        self._arrays: dict[str, _StepArray] = {}
         self._buffers: dict[str, dict[int, tuple[np.ndarray, object]]] = {}
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="denoisefeat-writer")
         self._max_in_flight = 2 * workers
@@ -1340,17 +1369,20 @@ class StepWriter:
         """
         return name in self._declared
 
-    def _array(self, name: str, data: np.ndarray) -> tuple[zarr.Array, int]:
+    def _array(self, name: str, data: np.ndarray) -> _StepArray:
         if name not in self._arrays:
             if name in self._declared:
                 tail_dims, dtype, extra = self._declared[name]
                 n_lead = len(extra["lead_dims"]) - 1  # the data has the sample axis (chunk) but not step
-                array = self.store.ensure_step_array(name, tail_shape=data.shape[n_lead:], tail_dims=tail_dims,
-                                                     dtype=dtype, **extra)
+                layout = self.store.step_array_layout(tail_shape=data.shape[n_lead:], tail_dims=tail_dims,
+                                                      dtype=dtype, **extra)
+                target = _StepArray(self.store, name, layout)
+                if not self.store.fresh:  # a resumed store: follow the chunks of the array it holds
+                    target.get()
             else:
-                array = self.store.group[name]
-            step_axis = list(array.metadata.dimension_names).index("step")
-            self._arrays[name] = (array, step_axis)
+                target = _StepArray(self.store, name, None)
+                target.get()
+            self._arrays[name] = target
         return self._arrays[name]
 
     def append(self, name: str, step: int, data: np.ndarray, *, ready=None) -> None:
@@ -1366,31 +1398,31 @@ class StepWriter:
             Waits until ``data`` holds its values (an asynchronous device→host copy); default: it does.
         """
         data = np.asarray(data)
-        array, step_axis = self._array(name, data)
-        step_chunk = array.chunks[step_axis]
+        target = self._array(name, data)
+        step_chunk = target.chunks[target.step_axis]
         buffer = self._buffers.setdefault(name, {})
         buffer[step] = (data, ready)
         first = (step // step_chunk) * step_chunk
-        last = min(first + step_chunk, array.shape[step_axis])
+        last = min(first + step_chunk, target.shape[target.step_axis])
         selected = self._steps.get(name)
         expected = [s for s in range(first, last) if selected is None or s in selected]
         if all(s in buffer for s in expected):
             if len(expected) == last - first:
-                self._submit(array, step_axis, [(slice(first, last), [buffer.pop(s) for s in expected])])
+                self._submit(target, [(slice(first, last), [buffer.pop(s) for s in expected])])
             else:  # a partial step chunk: the selected steps one by one, in one job (one chunk file)
-                self._submit(array, step_axis, [(s, [buffer.pop(s)]) for s in expected])
+                self._submit(target, [(s, [buffer.pop(s)]) for s in expected])
 
-    def _submit(self, array, step_axis, writes) -> None:
+    def _submit(self, target: _StepArray, writes) -> None:
         """One job per chunk file: ``writes`` are ``(steps, parts)`` of one step chunk, done in order."""
         regions = []
         for steps, parts in writes:
-            region = [slice(None)] * array.ndim
+            region = [slice(None)] * len(target.shape)
             region[0] = self.samples
-            region[step_axis] = steps
+            region[target.step_axis] = steps
             regions.append((tuple(region), parts))
         while len(self._in_flight) >= self._max_in_flight:  # back-pressure bounds memory
             self._in_flight.pop(0).result()
-        self._in_flight.append(self._executor.submit(_write_blocks, array, step_axis, regions))
+        self._in_flight.append(self._executor.submit(_write_blocks, target, regions))
 
     def pending(self) -> dict[str, list[int]]:
         """Steps still buffered, by array (empty once every step chunk is whole).
@@ -1405,11 +1437,11 @@ class StepWriter:
         """Write what is still buffered (runs that record only some steps), wait for every write."""
         try:
             for name, buffer in self._buffers.items():
-                array, step_axis = self._arrays[name]
-                step_chunk = array.chunks[step_axis]
+                target = self._arrays[name]
+                step_chunk = target.chunks[target.step_axis]
                 for chunk in sorted({s // step_chunk for s in buffer}):
                     steps = [s for s in sorted(buffer) if s // step_chunk == chunk]
-                    self._submit(array, step_axis, [(s, [buffer.pop(s)]) for s in steps])
+                    self._submit(target, [(s, [buffer.pop(s)]) for s in steps])
             for future in self._in_flight:
                 future.result()
         finally:
@@ -1417,14 +1449,45 @@ class StepWriter:
             self._executor.shutdown(wait=True)
 
 
-def _write_blocks(array: zarr.Array, step_axis: int, regions) -> None:
+class _StepArray:
+    """One array a :class:`StepWriter` writes: its planned layout, and the zarr array, made once on first use."""
+
+    def __init__(self, store: RunStore, name: str, layout: dict | None):
+        import threading
+
+        self.store, self.name, self.layout = store, name, layout
+        self._array: zarr.Array | None = None
+        self._lock = threading.Lock()
+        if layout is not None:
+            self.shape, self.chunks = tuple(layout["shape"]), tuple(layout["chunks"])
+            self.step_axis = list(layout["dims"]).index("step")
+
+    def get(self) -> zarr.Array:
+        """The zarr array, created (or, in an opened store, looked up) by the first caller."""
+        with self._lock:
+            if self._array is None:
+                if self.layout is None:
+                    array = self.store.group[self.name]
+                else:
+                    array = self.store.ensure_array(self.name, **self.layout)
+                    if tuple(array.chunks) != tuple(self.layout["chunks"]):
+                        raise StoreError(f"Array {self.name!r} was created by another writer with chunks "
+                                         f"{array.chunks}, not {tuple(self.layout['chunks'])}; write a new store.")
+                self.shape, self.chunks = tuple(array.shape), tuple(array.chunks)
+                self.step_axis = list(array.metadata.dimension_names).index("step")
+                self._array = array
+            return self._array
+
+
+def _write_blocks(target: _StepArray, regions) -> None:
     """A writer job: for each region, wait for its parts' copies, stack them along ``step``, cast, write."""
+    array = target.get()
     for region, parts in regions:
         for _, ready in parts:
             if ready is not None:
                 ready()
-        stacked = isinstance(region[step_axis], slice)
-        block = np.stack([data for data, _ in parts], axis=step_axis) if stacked else parts[0][0]
+        stacked = isinstance(region[target.step_axis], slice)
+        block = np.stack([data for data, _ in parts], axis=target.step_axis) if stacked else parts[0][0]
         array[region] = block.astype(array.dtype, copy=False)
 
 
