@@ -10,7 +10,7 @@ import zarr
 from denoisefeat import trace
 from denoisefeat.hooks import record
 from denoisefeat.models import load_pipeline
-from denoisefeat.store import COMPRESSORS, FAST_COMPRESSORS, RunStore, StepWriter, open_run
+from denoisefeat.store import COMPRESSORS, FAST_COMPRESSORS, RunStore, StepWriter, StoreError, open_run
 from denoisefeat.trajectory import DenoisingLoop, _ChunkCapture
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -100,6 +100,43 @@ def test_streamed_chunks_equal_one_plain_zarr_write_of_the_same_values(stores, t
         mine = {k: v for k, v in _chunk_files(stores[4].path).items() if k.startswith(name + "/c")}
         theirs = {k: v for k, v in _chunk_files(tmp_path / "ref.zarr").items() if k.startswith(name + "/c")}
         assert mine and mine == theirs, name
+
+
+def test_arrays_made_by_the_writer_jobs_have_the_metadata_of_an_eager_create(stores, tmp_path):
+    """A fresh store's step arrays are created by the writer jobs (attributes in the create): their zarr.json
+    equals creating each array up front and then setting its attributes, as the store did before."""
+    import json
+
+    src = stores[4].store
+    assert src.fresh and not RunStore.open(src.path).fresh
+    ref = zarr.open_group(str(tmp_path / "eager.zarr"), mode="w", zarr_format=3)
+    names = ["xt", "x0", "images", "acts/mid_block/full", "acts/mid_block/channel_mean",
+             "acts/up_blocks.0/spatial_energy"]
+    for name in names:
+        array = src.group[name]
+        eager = ref.create_array(name, shape=array.shape, chunks=array.chunks, dtype=array.dtype,
+                                 fill_value=array.fill_value, compressors=array.compressors,
+                                 dimension_names=array.metadata.dimension_names)
+        if array.attrs:
+            eager.attrs.update(array.attrs.asdict())
+        mine = (src.path / name / "zarr.json").read_text()
+        theirs = (tmp_path / "eager.zarr" / name / "zarr.json").read_text()
+        assert list(json.loads(mine).items()) == list(json.loads(theirs).items()), name
+    assert src.group["acts/mid_block/channel_mean"].attrs["branches"] == ["uncond", "cond"]
+
+
+def test_a_step_array_made_elsewhere_with_other_chunks_is_refused(tmp_path):
+    """Two writers of one fresh store that disagree on an array's chunks: the writer says so, nothing is mixed."""
+    store = RunStore.create(tmp_path / "r.zarr", run_attrs={"what": "test"}, n_samples=2, n_steps=4,
+                            chunk_samples=2)
+    store.ensure_array("x", shape=(2, 4, 3), dims=("sample", "step", "channel"), dtype="float32",
+                       chunks=(2, 1, 3))
+    writer = StepWriter(store, slice(0, 2), workers=1)
+    writer.declare("x", tail_dims=("channel",), dtype="float32")
+    for step in range(4):
+        writer.append("x", step, np.zeros((2, 3), dtype=np.float32))
+    with pytest.raises(StoreError, match="other writer with chunks"):
+        writer.close()
 
 
 def test_a_kill_between_chunks_resumes_to_the_same_files(pipe, stores, tmp_path):
