@@ -828,7 +828,7 @@ def object_descriptors(images: torch.Tensor, reference: torch.Tensor) -> dict[st
         object mask (``object_mask_iou``'s ``coverage > 0.5``), over the mean contrast of inside
         and outside (0 on the background, about 1 on the object, not clamped, so that it stays
         linear where the metric's mask saturates): the soft intersection and areas of a soft IoU
-        ``I / (A + A_ref − I)``.
+        ``I / (A + A_ref − I)``; ``"object_map"`` (n, H, W): that smooth object map ``m`` itself.
     """
     x, y = _check(images, name="images"), _check(reference, name="reference").detach()
     if x.ndim != 4 or x.shape[1] != 3 or y.shape != x.shape:
@@ -858,7 +858,7 @@ def object_descriptors(images: torch.Tensor, reference: torch.Tensor) -> dict[st
     soft, soft_ref = soft_mask(_chroma_distance(x, ground)[0]), soft_mask(d_ref)
     overlap = torch.stack([(soft * soft_ref).sum(dim=(1, 2)), soft.sum(dim=(1, 2)), (soft_ref**2).sum(dim=(1, 2))],
                           dim=1)
-    return {"color": lab, "texture_energy": energy, "overlap": overlap}
+    return {"color": lab, "texture_energy": energy, "overlap": overlap, "object_map": soft}
 
 
 def lab_delta_e2000(lab1: torch.Tensor, lab2: torch.Tensor) -> torch.Tensor:
