@@ -436,6 +436,19 @@ def _write_column(group: zarr.Group, name: str, values: np.ndarray, attrs: dict)
     array.attrs.update(attrs)
 
 
+def _copy_group(source: zarr.Group, root: zarr.Group, path: str) -> None:
+    """Copy ``source`` (its attributes, subgroups and arrays) to ``root[path]``: an in-memory store's "rename"."""
+    root.create_group(path, attributes=dict(source.attrs))
+    for name, member in sorted(source.members(max_depth=None), key=lambda item: item[0].count("/")):
+        if isinstance(member, zarr.Group):
+            root.create_group(f"{path}/{name}", attributes=dict(member.attrs))
+            continue
+        array = root.create_array(f"{path}/{name}", shape=member.shape, chunks=member.chunks, dtype=member.dtype,
+                                  fill_value=member.fill_value, dimension_names=member.metadata.dimension_names,
+                                  compressors=member.compressors, attributes=dict(member.attrs))
+        array[...] = member[...]
+
+
 def _is_coordinate(name: str) -> bool:
     return "/" not in name and name in ("sample", "seed", "class_label", "step", "timestep", "sigma", "alpha_bar")
 
@@ -1255,9 +1268,6 @@ class RunStore:
         """
         if self.holds(path) and not overwrite:
             raise RunExistsError(f"{path!r} already exists in the store; pass overwrite=True to replace it.")
-        parent, _, leaf = path.rpartition("/")
-        if not leaf or _is_staging(path):
-            raise ValueError(f"Invalid table path {path!r}: its names must be non-empty and not start with '.'.")
         data = {name: (np.asarray(values), _jsonable(dict(column_attrs))) for name, (values, column_attrs)
                 in columns.items()}
         group_attrs = _jsonable(dict(attrs))
@@ -1265,44 +1275,74 @@ class RunStore:
             arrays, image_attrs = images
             images = ({name: (tuple(dims), np.ascontiguousarray(values, dtype=np.float32))
                        for name, (dims, values) in arrays.items()}, _jsonable(dict(image_attrs)))
-
-        def write(where: str) -> None:
+        with self.replacing_group(path) as where:
             group = self.group.create_group(where)
             for name, (values, column_attrs) in data.items():
                 _write_column(group, name, values, column_attrs)
             if images is not None:
                 self.write_images(f"{where}/{_IMAGES}", images[0], attrs=images[1])
-            group.attrs.update(group_attrs)  # last: a group with its attributes is whole
+            group.attrs.update(group_attrs)
 
-        if parent:
-            self.group.require_group(parent)
-        self._replace_group(path, write)
+    @contextlib.contextmanager
+    def replacing_group(self, path: str) -> Iterator[str]:
+        """Write a group that replaces (or creates) ``path`` under a hidden sibling name, and put it at ``path``
+        only when the block ends without an error.
 
-    def _replace_group(self, path: str, write) -> None:
-        """Have ``write(where)`` write the new group at a hidden sibling of ``path``, then put it at ``path``.
+        A failure in the block deletes the staged group; a kill leaves it, hidden from readers
+        (:meth:`attribution_tables`, :meth:`damage` skip names that start with a dot), and the
+        next replacement of ``path`` deletes it.  On disk the new folder is swapped in at once
+        (:func:`_swap_in`) after the consolidated copy stopped listing ``path`` (so that no reader
+        takes the old metadata for the new arrays); :meth:`finalize` lists it again.  In memory
+        the staged group is copied to ``path``.
 
-        On disk the new folder is swapped in (:func:`_swap_in`) and the handle reopened without the
-        consolidated copy (:meth:`finalize` rewrites it); in memory (nothing survives a crash there)
-        the staged write proves the data writes, then the old group is replaced by a second write.
+        Parameters
+        ----------
+        path : str
+            The group to replace, e.g. :func:`attribution_path` or :data:`FEATURES`.
+
+        Yields
+        ------
+        str
+            The staged group's path (``.<leaf>.new`` beside ``path``), not created yet: the block writes it.
         """
         parent, _, leaf = path.rpartition("/")
+        if not leaf or _is_staging(path):
+            raise ValueError(f"Invalid group path {path!r}: its names must be non-empty and not start with '.'.")
         staged = f"{parent}/.{leaf}.new" if parent else f".{leaf}.new"
-        self._drop_group(staged)  # what a crash left of an earlier replacement
         if self.path is not None:
             _restore_interrupted_swap(self.path / path)
+        self._drop_group(staged)  # what a crash left of an earlier replacement
+        if parent:
+            self.group.require_group(parent)
         try:
-            write(staged)
+            yield staged
         except BaseException:
             self._drop_group(staged)
             raise
         if self.path is None:
             self._drop_group(path)
-            write(path)
+            _copy_group(self.group[staged], self.group, path)
             self._drop_group(staged)
             return
+        self._unlist_consolidated(path)
         _swap_in(self.path / staged, self.path / path)
         self.group = zarr.open_group(str(self.path), mode="r" if self.group.read_only else "r+",
                                      use_consolidated=False)
+
+    def _unlist_consolidated(self, path: str) -> None:
+        """Drop ``path`` and its members from the root's consolidated copy (readers then read their own metadata)."""
+        meta = self.path / "zarr.json"
+        root = json.loads(meta.read_bytes())
+        listed = (root.get("consolidated_metadata") or {}).get("metadata")
+        if not listed:
+            return
+        kept = {name: doc for name, doc in listed.items() if name != path and not name.startswith(f"{path}/")}
+        if len(kept) == len(listed):
+            return
+        root["consolidated_metadata"]["metadata"] = kept
+        tmp = meta.with_name(".zarr.json.tmp")
+        tmp.write_text(json.dumps(root, indent=2))
+        os.replace(tmp, meta)
 
     def _drop_group(self, path: str) -> None:
         """Delete the group ``path`` if it is there (also one the consolidated copy does not list)."""

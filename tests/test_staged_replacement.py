@@ -274,3 +274,21 @@ def test_scan_overwrite_through_the_cli_keeps_the_old_store_on_an_error(tmp_path
     second = runner.invoke(app, [*args, "--seed", "4", "--overwrite"], env={"COLUMNS": "200"})
     assert second.exit_code == 0, second.output
     assert open_run(out).attrs["seeds"][:1] == [4]
+
+
+def test_the_consolidated_copy_never_describes_the_old_table_after_the_swap(tmp_path):
+    path = tmp_path / "run.zarr"
+    _made(path)
+    listed = lambda: json.loads((path / "zarr.json").read_text())["consolidated_metadata"]["metadata"]  # noqa: E731
+    assert "attribution/scan/effect" in listed()
+    new = make_frame().head(5).assign(effect=7.0, feature="other")  # another length, other categories
+    columns = {c: (np.arange(5.0), {"kind": "numeric"}) for c in new.columns}
+    RunStore.open(path).write_table(attribution_path("scan"), columns, attrs={"columns": list(columns), "n_rows": 5,
+                                                                           "format": table.TABLE_FORMAT},
+                                    overwrite=True)  # swapped in, not consolidated yet (write_attribution does it)
+    assert not [name for name in listed() if name.startswith("attribution/scan")]
+    back = read_attribution(path, "scan")  # a new reader reads the new table's own metadata
+    assert len(back) == 5 and back["effect"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert RunStore.open(path, mode="r").damage(decode=True) == []
+    RunStore.open(path).finalize()
+    assert "attribution/scan/effect" in listed() and len(read_attribution(path, "scan")) == 5
