@@ -340,19 +340,22 @@ def acts_path(layer: str, reducer: str) -> str:
 FEATURES = "features"
 
 
-def features_path(name: str) -> str:
+def features_path(name: str, *, group: str = FEATURES) -> str:
     """The store path of the feature variable (or coordinate) ``name``.
 
     Parameters
     ----------
     name : str
         A variable (``"ssim"``, ``"band_energy"``), a coordinate (``"freq"``) or ``"complete"``.
+    group : str
+        The features group: :data:`FEATURES`, or the staged group that replaces it while it is
+        written (:meth:`RunStore.replacing_group`).
 
     Returns
     -------
     str
     """
-    return f"{FEATURES}/{name}"
+    return f"{group}/{name}"
 
 
 def is_run_store(path) -> bool:
@@ -905,7 +908,7 @@ class RunStore:
         -------
         list of str
         """
-        return sorted(name for name, _ in self.group.groups())
+        return sorted(name for name, _ in self.group.groups() if not _is_staging(name))
 
     def differing_attrs(self, run_attrs: Mapping, *, added: Sequence[str] = ()) -> list[str]:
         """Keys whose values differ between ``run_attrs`` and the store's (empty: the same run).
@@ -1021,40 +1024,40 @@ class RunStore:
         group = self._member(FEATURES)
         return dict(group.attrs.get("config", {})) if isinstance(group, zarr.Group) else {}
 
-    def drop_features(self) -> None:
-        """Delete the ``features`` group (before computing them again with other settings)."""
-        if FEATURES in self.group:
-            del self.group[FEATURES]
-        elif self.holds(FEATURES):  # written after this handle's consolidated metadata
-            del self.reopened().group[FEATURES]
-
-    def declare_features(self, config: Mapping) -> None:
+    def declare_features(self, config: Mapping, *, group: str = FEATURES) -> None:
         """Create the ``features`` group with its ``config`` (kept if it is there) and its ``complete`` marker.
 
         Parameters
         ----------
         config : mapping
             JSON-serialisable; :meth:`features_config` returns it.
+        group : str
+            :data:`FEATURES`, or the staged group that replaces it (:meth:`replacing_group`).
         """
-        group = self.group.require_group(FEATURES)
-        if "config" not in group.attrs:
-            group.attrs["config"] = dict(config)
-        self.ensure_array(features_path("complete"), shape=(self.n_samples,), dims=("sample",), dtype=bool,
-                          fill_value=False)
+        features = self.group.require_group(group)
+        if "config" not in features.attrs:
+            features.attrs["config"] = dict(config)
+        self.ensure_array(features_path("complete", group=group), shape=(self.n_samples,), dims=("sample",),
+                          dtype=bool, fill_value=False)
 
-    def features_completed(self) -> np.ndarray:
+    def features_completed(self, *, group: str = FEATURES) -> np.ndarray:
         """Boolean (sample,): which samples' features are all written (all false where none were computed).
+
+        Parameters
+        ----------
+        group : str
+            :data:`FEATURES`, or the staged group that replaces it (:meth:`replacing_group`).
 
         Returns
         -------
         numpy.ndarray of bool
         """
-        marker = self._member(features_path("complete"))
+        marker = self._member(features_path("complete", group=group))
         if not isinstance(marker, zarr.Array):
             return np.zeros(self.n_samples, dtype=bool)
         return np.asarray(marker[...], dtype=bool)
 
-    def mark_features_complete(self, samples, *, complete: bool = True) -> None:
+    def mark_features_complete(self, samples, *, complete: bool = True, group: str = FEATURES) -> None:
         """Mark the features of ``samples`` done (call only after all their variables are written), or not.
 
         Parameters
@@ -1062,8 +1065,10 @@ class RunStore:
         samples : slice or sequence of int
         complete : bool
             ``False`` marks them to be recomputed.
+        group : str
+            :data:`FEATURES`, or the staged group that replaces it (:meth:`replacing_group`).
         """
-        marker = self.array(features_path("complete"))
+        marker = self.array(features_path("complete", group=group))
         if isinstance(samples, slice):
             marker[samples] = complete
         else:
