@@ -40,7 +40,12 @@ and a folder that is not a denoisefeat store is never deleted.
 
 Replacing a store (``overwrite=True``) writes the new one beside it (``.<name>.new``) and swaps
 the two only in :meth:`RunStore.finalize`, after the last sample is written: a run that fails or
-is killed leaves the old store as it was.
+is killed leaves the old store as it was.  A scan that adds its table to the run it traces
+replaces the store only with the table (:func:`replacement`).  Replacing a group inside a store
+(an attribution table with its images, ``features`` with ``overwrite=True``) works the same way
+(:meth:`RunStore.replacing_group`): the new group is written whole under ``.<name>.new`` and
+swapped in; names that start with a dot are staging, which readers and :meth:`RunStore.damage`
+skip and the next replacement deletes.
 
 Damage: every chunk of every array is written, even one that holds only fill values (zarr's
 ``array.write_empty_chunks``, switched on when this module is imported), and chunks carry a zstd

@@ -170,6 +170,10 @@ def test_a_stale_staged_group_from_a_crash_is_ignored_and_cleaned(tmp_path):
     assert table.attribution_names(path) == ["scan"]
     _assert_same(_snapshot(path), before)
     assert open_run(path).store.damage(decode=True) == []  # readers do not call it damage
+    from denoisefeat.viz.report import _load_attribution  # the report's (and the viewer's) reading of the tables
+
+    notes = []
+    assert set(_load_attribution(open_run(path), notes)["table"]) == {"scan"} and notes == []
     write_attribution(path, _new_frame(), name="other")  # a write of another table leaves it
     assert (path / "attribution" / ".scan.new").exists()
     write_attribution(path, _new_frame(), name="scan", overwrite=True)
