@@ -219,21 +219,23 @@ def contrast(
     from denoisefeat.analyses import QuerySpec, run_query, write_attribution
     from denoisefeat.analyses import contrast as contrast_table
     from denoisefeat.models import load_pipeline
+    from denoisefeat.store import replacement
 
     query = QuerySpec.from_toml(spec)
     layers, maps = parse_record(record), _attention_layers(attention)
     if layers is None and maps is None:
         raise ValueError("Name what to contrast: --record LAYER=REDUCER and/or --attention LAYER (or all).")
     pipe = load_pipeline(model, device=device)
-    run = run_query(pipe, query, store=out, overwrite=overwrite, model_id=model, progress=True, steps=steps,
-                    guidance_scale=guidance, keep=("x0",), record=layers, attention=maps)
-    for source, name, wanted in (("activations", "contrast", layers), ("attention", "contrast_attention", maps)):
-        if wanted is None:
-            continue
-        frame = contrast_table(run, query, source=source, windows=_windows(windows), n_permutations=permutations)
-        write_attribution(out, frame, name=name, overwrite=True)
-        _print_top(frame, title=f"{source} contrast → {out}/attribution/{name} ({len(frame)} rows; effect: "
-                                f"η² over its permutation mean)", top=top)
+    with replacement(out, overwrite=overwrite) as target:  # an old store stays until the tables are written
+        run = run_query(pipe, query, store=target, overwrite=overwrite, model_id=model, progress=True, steps=steps,
+                        guidance_scale=guidance, keep=("x0",), record=layers, attention=maps)
+        for source, name, wanted in (("activations", "contrast", layers), ("attention", "contrast_attention", maps)):
+            if wanted is None:
+                continue
+            frame = contrast_table(run, query, source=source, windows=_windows(windows), n_permutations=permutations)
+            write_attribution(target, frame, name=name, overwrite=True)
+            _print_top(frame, title=f"{source} contrast → {out}/attribution/{name} ({len(frame)} rows; effect: "
+                                    f"η² over its permutation mean)", top=top)
 
 
 def parse_record(items: list[str] | None) -> dict[str, list[str]] | None:

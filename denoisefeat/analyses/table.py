@@ -326,16 +326,18 @@ def write_attribution(store_or_path, frame: pd.DataFrame, *, name: str = "defaul
         else:
             codes, categories = pd.factorize(values.astype(str))
             columns[column] = (codes.astype(np.int32), {"kind": "str", "categories": [str(c) for c in categories]})
-    store.write_table(attribution_path(name), columns, overwrite=overwrite,
-                      attrs={"columns": list(columns), "n_rows": len(frame), "format": TABLE_FORMAT,
-                             "table_attrs": _json_attrs(frame.attrs)})
     images = frame.attrs.get("images")
+    kept = None
     if isinstance(images, CellImages):
         arrays = {"clean": (("sample", "rgb", "height", "width"), images.clean),
                   "edited": (("cell", "sample", "rgb", "height", "width"), images.edited)}
         if images.corrupted is not None:
             arrays["corrupted"] = (("sample", "rgb", "height", "width"), images.corrupted)
-        store.write_images(cell_images_path(name), arrays, attrs={"cells": [list(c) for c in images.cells]})
+        kept = (arrays, {"cells": [list(c) for c in images.cells]})
+    # the table and its images are written whole beside the old table, then swapped in (nothing lost on a failure)
+    store.write_table(attribution_path(name), columns, overwrite=overwrite, images=kept,
+                      attrs={"columns": list(columns), "n_rows": len(frame), "format": TABLE_FORMAT,
+                             "table_attrs": _json_attrs(frame.attrs)})
     store.finalize()  # re-consolidate: readers of a finished run see its metadata through the consolidated copy
 
 
