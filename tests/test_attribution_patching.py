@@ -329,3 +329,20 @@ def test_without_probes_disruption_is_nan_and_ranking_needs_by_effect(linear):
 def test_a_bad_number_of_disruption_probes_is_refused(linear, probes):
     with pytest.raises(ValueError, match="disruption_probes must be a non-negative"):
         attribution_patching(linear, layers=LAYERS, features={"affine": _affine}, disruption_probes=probes, **RUN)
+
+
+def test_a_failed_overwrite_keeps_the_old_store_and_an_existing_store_is_refused_first(linear, tmp_path):
+    store = tmp_path / "run.zarr"
+    first = attribution_patching(linear, layers=LAYERS, features={"affine": _affine}, store=store, **RUN)
+    before = read_attribution(store, "attribution_patching")
+
+    def broken(images):
+        raise RuntimeError("feature failed mid-way")
+
+    with pytest.raises(RuntimeError, match="mid-way"):  # after the new clean run was traced
+        attribution_patching(linear, layers=LAYERS, features={"broken": broken}, store=store, overwrite=True, **RUN)
+    after = read_attribution(store, "attribution_patching")
+    assert after.equals(before) and set(after["feature"]) == {"affine"} and len(after) == len(first)
+    assert dft.open_run(store)["x0"].shape[1] == RUN["steps"]
+    with pytest.raises(dft.store.RunExistsError):
+        attribution_patching(linear, layers=LAYERS, features={"broken": broken}, store=store, **RUN)

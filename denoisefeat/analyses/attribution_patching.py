@@ -114,6 +114,7 @@ from denoisefeat.models import denoiser_of
 from denoisefeat.options import RunOptions
 from denoisefeat.progress import progress_bar
 from denoisefeat.steps import step_windows
+from denoisefeat.store import replacement
 from denoisefeat.trajectory import DenoisingLoop, PrefixCache, trace
 
 __all__ = [
@@ -549,6 +550,56 @@ def _disruption(projections: torch.Tensor, images: torch.Tensor, resolution: flo
     return (norms.mean(dim=-1) / image_scale).numpy()
 
 
+def _table(pipe, loop: DenoisingLoop, options: RunOptions, layer_names: list[str], pairs, feats: list[_Feature],
+           replacements, *, method: str, estimator: str, probes: int, alpha: float, progress: bool,
+           traced_calls: int) -> pd.DataFrame:
+    """The estimate's attribution table: every chunk's backward pass, then one row per (feature, layer, window).
+
+    ``traced_calls``: the denoiser calls of the clean run written to the store, counted in the attrs.
+    """
+    chunks = loop.chunks(options.batch_size)
+    k = sum(f.components for f in feats)
+    with progress_bar(progress, total=2 * len(chunks) * loop.n_steps, label="attribution patching") as advance:
+        parts = [_chunk(loop, samples, layer_names, pairs, feats, replacements, advance, estimator=estimator,
+                        probes=probes) for samples in chunks]
+    estimates = torch.cat([p.estimates for p in parts], dim=2)  # (layer, window, sample, Σ k + probes)
+    clean = torch.cat([p.clean for p in parts])
+    images = torch.cat([p.images for p in parts])
+    resolution = float_resolution(denoiser_of(pipe).dtype)
+    scale, floor = _scale_and_resolution(feats, images, resolution)
+    disruption = _disruption(estimates[..., k:], images, resolution)
+    flat = [name for name in scale if not scale[name] > 2 * floor[name]]
+    if flat:
+        raise ValueError(f"Features {flat} do not vary between the clean samples (between-sample scale within float "
+                         "resolution), so their standardised effect is undefined: use samples that differ (other "
+                         "seeds or conditions) or leave these features out.")
+    rows = []
+    for i, layer in enumerate(layer_names):
+        for w, (start, stop) in enumerate(pairs):
+            changes = _changes(feats, clean + estimates[i, w, :, :k], clean)
+            moved = float(disruption[i, w])
+            for f in feats:
+                d = floor_changes(changes[f.name], resolution=floor[f.name])
+                result = t_inference(d, alpha=alpha)
+                std = result.estimate / scale[f.name]
+                rows.append(dict(feature=f.name, layer=layer, step_start=start, step_stop=stop,
+                                 method=f"attribution_patching:{method}", effect=result.estimate,
+                                 ci_low=result.ci_low, ci_high=result.ci_high, p=result.p, n=len(d),
+                                 effect_std=std, disruption=moved,
+                                 specificity=abs(std) / moved if not moved <= 0 else 0.0 * std,
+                                 scale=scale[f.name], resolution=floor[f.name], surrogate=f.surrogate or "",
+                                 estimator=estimator))
+    frame = pd.DataFrame(rows)
+    frame.insert(frame.columns.get_loc("n"), "p_adj", benjamini_hochberg(frame["p"]))
+    frame["n"] = frame["n"].astype(np.int64)
+    backward, calls = len(chunks) * loop.n_steps * (k + probes), loop.calls + traced_calls
+    frame.attrs.update(alpha=alpha, ci_level=1 - alpha, inference="t", image_resolution=resolution,
+                       estimator=estimator, components=k, disruption_probes=probes, denoiser_calls=calls,
+                       backward_passes=backward, denoiser_equivalents=calls + 2 * backward)
+    validate(frame)
+    return frame
+
+
 def attribution_patching(
     pipe,
     *,
@@ -658,53 +709,15 @@ def attribution_patching(
         raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}.")
     pairs = step_windows(loop.n_steps if windows is None else windows, loop.n_steps)
     editor = intervene(pipe, [Edit(layer=layer, method=method) for layer in layer_names], clock=loop.clock)
-    replacements = editor.layer_hooks()
-    chunks = loop.chunks(options.batch_size)
-    k = sum(f.components for f in feats)
-    with progress_bar(progress, total=2 * len(chunks) * loop.n_steps, label="attribution patching") as advance:
-        parts = [_chunk(loop, samples, layer_names, pairs, feats, replacements, advance, estimator=estimator,
-                        probes=int(disruption_probes)) for samples in chunks]
-    estimates = torch.cat([p.estimates for p in parts], dim=2)  # (layer, window, sample, Σ k + probes)
-    clean = torch.cat([p.clean for p in parts])
-    images = torch.cat([p.images for p in parts])
-    resolution = float_resolution(denoiser_of(pipe).dtype)
-    scale, floor = _scale_and_resolution(feats, images, resolution)
-    disruption = _disruption(estimates[..., k:], images, resolution)
-    flat = [name for name in scale if not scale[name] > 2 * floor[name]]
-    if flat:
-        raise ValueError(f"Features {flat} do not vary between the clean samples (between-sample scale within float "
-                         "resolution), so their standardised effect is undefined: use samples that differ (other "
-                         "seeds or conditions) or leave these features out.")
-    rows = []
-    for i, layer in enumerate(layer_names):
-        for w, (start, stop) in enumerate(pairs):
-            changes = _changes(feats, clean + estimates[i, w, :, :k], clean)
-            moved = float(disruption[i, w])
-            for f in feats:
-                d = floor_changes(changes[f.name], resolution=floor[f.name])
-                result = t_inference(d, alpha=alpha)
-                std = result.estimate / scale[f.name]
-                rows.append(dict(feature=f.name, layer=layer, step_start=start, step_stop=stop,
-                                 method=f"attribution_patching:{method}", effect=result.estimate,
-                                 ci_low=result.ci_low, ci_high=result.ci_high, p=result.p, n=len(d),
-                                 effect_std=std, disruption=moved,
-                                 specificity=abs(std) / moved if not moved <= 0 else 0.0 * std,
-                                 scale=scale[f.name], resolution=floor[f.name], surrogate=f.surrogate or "",
-                                 estimator=estimator))
-    frame = pd.DataFrame(rows)
-    frame.insert(frame.columns.get_loc("n"), "p_adj", benjamini_hochberg(frame["p"]))
-    frame["n"] = frame["n"].astype(np.int64)
-    if store is not None:
-        trace(pipe, store=store, overwrite=overwrite, progress=progress, **vars(options))
-        loop.calls += len(chunks) * loop.n_steps
-    backward = len(chunks) * loop.n_steps * (k + int(disruption_probes))
-    frame.attrs.update(alpha=alpha, ci_level=1 - alpha, inference="t", image_resolution=resolution,
-                       estimator=estimator, components=k, disruption_probes=int(disruption_probes),
-                       denoiser_calls=loop.calls, backward_passes=backward,
-                       denoiser_equivalents=loop.calls + 2 * backward)
-    validate(frame)
-    if store is not None:
-        write_attribution(store, frame, name="attribution_patching", overwrite=overwrite)
+    with replacement(store, overwrite=overwrite) as target:  # an old store stays until the table is written
+        if target is not None:  # first: a store in the way fails before the backward passes
+            trace(pipe, store=target, overwrite=overwrite, progress=progress, **vars(options))
+        traced = 0 if target is None else loop.n_steps * len(loop.chunks(options.batch_size))
+        frame = _table(pipe, loop, options, layer_names, pairs, feats, editor.layer_hooks(), method=method,
+                       estimator=estimator, probes=int(disruption_probes), alpha=alpha, progress=progress,
+                       traced_calls=traced)
+        if target is not None:
+            write_attribution(target, frame, name="attribution_patching", overwrite=overwrite)
     return frame
 
 
