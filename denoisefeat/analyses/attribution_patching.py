@@ -76,9 +76,14 @@ activation is estimated exactly, distances included (:data:`DIFFERENTIABLE_FEATU
 * ``texture_spectrum_distance`` (``texture``; an L1 distance between spectra, whose gradient vanishes
   at the clean image) via ``φ`` = the total power of the spectrum's bins (of the absolute luminance
   contrast), ``D = |Δφ|`` (a lower bound of the L1 distance: ``|Σ_k Δ_k| ≤ Σ_k |Δ_k|``);
-* ``object_mask_iou`` (``shape``; a thresholded mask) via the smooth masks ``m`` (``coverage > 0.5``
-  through a sigmoid): ``φ = [Σ m·m_clean, Σ m, Σ m_clean²]``, ``D`` the soft IoU
-  ``I / (A + A_clean − I)`` minus its clean value.
+* ``object_mask_iou`` (``shape``; a thresholded mask) via the smooth object map ``m`` of
+  :func:`~denoisefeat.metrics.device.object_descriptors` (0 on the background, about 1 on the
+  object, unclamped): ``φ_j = r_j · m / (‖m_clean‖ √p)`` for :data:`SHAPE_PROBES` fixed standard
+  normal maps ``r_j``, ``D = −‖Δφ‖``, a sketch of ``−‖m − m_clean‖ / ‖m_clean‖``.  For binary
+  masks that is ``−√(|A Δ B| / |B|)``: it counts the pixels that leave the mask and those that join
+  it alike, as the IoU's symmetric difference does, where a soft IoU (the first surrogate) lets a
+  boundary that moves out here and in there cancel, and ranked worse (0.92 against 0.95 for the
+  sketch, each surrogate's exact change vs the metric's over the toy model's 7 blocks × 5 windows).
 
 How well each surrogate ranks like its metric is measured by the two-stage study
 (:func:`attribution_study`) against the exact scan of the metric itself.  Metrics that compare with
@@ -121,6 +126,7 @@ __all__ = [
     "DIFFERENTIABLE_FEATURES",
     "ESTIMATORS",
     "PATCHING_METHODS",
+    "SHAPE_PROBES",
     "GraphBreakError",
     "LayerOutputError",
     "NonDifferentiableFeatureError",
@@ -182,7 +188,8 @@ def _texture_change(estimated, clean):
     return (estimated - clean).abs()[:, 0]
 
 
-#: Random projections of the smooth object map that sketch how far it moves (``object_mask_iou``'s surrogate).
+#: Random projections of the smooth object map that sketch how far it moves (``object_mask_iou``'s
+#: surrogate, module notes): 8 gives a relative error of 25 % per sample, 1 / √(16 n) over n samples.
 SHAPE_PROBES = 8
 
 
