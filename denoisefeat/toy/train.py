@@ -221,8 +221,8 @@ class TrainConfig:
 RECIPES: Mapping[str, TrainConfig] = MappingProxyType({
     "v2": TrainConfig(),
     "v3": TrainConfig(
-        attention_levels=2, batch_size=48, iterations=12000, warmup=300, ema_decay=0.9995,
-        checkpoint_every=100, keep_every=1000,
+        block_out_channels=(16, 64, 64), attention_levels=2, attention_head_dim=32,
+        batch_size=48, iterations=12000, warmup=300, ema_decay=0.9995, checkpoint_every=100, keep_every=1000,
     ),
 })
 #: The recipe of ``denoisefeat toy train`` without ``--recipe``: the one of the shipped weights.
