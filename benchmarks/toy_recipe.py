@@ -19,6 +19,7 @@ writes, e.g. 32 px), and the profiler's self CPU time per operator (top 8).
 """
 import argparse
 import collections
+import contextlib
 import json
 import sys
 import tempfile
@@ -152,7 +153,8 @@ with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         short = recipe(args.recipe, threads=args.threads, iterations=args.train_iterations, log_every=1,
                        checkpoint_every=args.train_iterations)
-        train(short, run, progress=False)
+        with contextlib.redirect_stdout(sys.stderr):  # the loss lines; stdout is this script's JSON
+            train(short, run, progress=False)
         seconds = [json.loads(line)["seconds_per_iteration"] for line in (run / "log.jsonl").read_text().splitlines()]
         training = {"batch_size": config.batch_size, "seconds_per_iteration": [round(s, 3) for s in seconds],
                     "median_after_first": round(sorted(seconds[1:])[len(seconds[1:]) // 2], 3) if len(seconds) > 1
