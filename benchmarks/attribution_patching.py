@@ -169,7 +169,7 @@ def main() -> None:
             "cheaper_by_wall_time": round(exact_calls * per_call / fine_time, 2),
             "faster_than_blocks_exact_scan": fine_time < exact_time,
         }
-    k = fine.attrs["components"]
+    k = fine.attrs["components"] + fine.attrs["disruption_probes"]  # backward passes per step
     scaling = {}
     for steps in (10, 20, 50):  # counted, not run: the exact scan's planned calls, the estimate's formula
         grid = EditScan(pipe, RunOptions.of({**run, "steps": steps}, caller="benchmark"))

@@ -219,21 +219,23 @@ def contrast(
     from denoisefeat.analyses import QuerySpec, run_query, write_attribution
     from denoisefeat.analyses import contrast as contrast_table
     from denoisefeat.models import load_pipeline
+    from denoisefeat.store import replacement
 
     query = QuerySpec.from_toml(spec)
     layers, maps = parse_record(record), _attention_layers(attention)
     if layers is None and maps is None:
         raise ValueError("Name what to contrast: --record LAYER=REDUCER and/or --attention LAYER (or all).")
     pipe = load_pipeline(model, device=device)
-    run = run_query(pipe, query, store=out, overwrite=overwrite, model_id=model, progress=True, steps=steps,
-                    guidance_scale=guidance, keep=("x0",), record=layers, attention=maps)
-    for source, name, wanted in (("activations", "contrast", layers), ("attention", "contrast_attention", maps)):
-        if wanted is None:
-            continue
-        frame = contrast_table(run, query, source=source, windows=_windows(windows), n_permutations=permutations)
-        write_attribution(out, frame, name=name, overwrite=True)
-        _print_top(frame, title=f"{source} contrast → {out}/attribution/{name} ({len(frame)} rows; effect: "
-                                f"η² over its permutation mean)", top=top)
+    with replacement(out, overwrite=overwrite) as target:  # an old store stays until the tables are written
+        run = run_query(pipe, query, store=target, overwrite=overwrite, model_id=model, progress=True, steps=steps,
+                        guidance_scale=guidance, keep=("x0",), record=layers, attention=maps)
+        for source, name, wanted in (("activations", "contrast", layers), ("attention", "contrast_attention", maps)):
+            if wanted is None:
+                continue
+            frame = contrast_table(run, query, source=source, windows=_windows(windows), n_permutations=permutations)
+            write_attribution(target, frame, name=name, overwrite=True)
+            _print_top(frame, title=f"{source} contrast → {out}/attribution/{name} ({len(frame)} rows; effect: "
+                                    f"η² over its permutation mean)", top=top)
 
 
 def parse_record(items: list[str] | None) -> dict[str, list[str]] | None:
@@ -567,11 +569,16 @@ def attribute_patching(
         "first_order", "--estimator",
         help="first_order (one backward pass for all layers) or exact_step (each edited step run exactly: one "
              "denoiser call per layer and step; ranks like the exact scan where first_order does not)."),
+    disruption_probes: int = typer.Option(
+        8, "--disruption-probes", min=0,
+        help="Random projections of the final image that estimate each cell's disruption and specificity (one "
+             "backward pass per step each); 0: none, rank by effect."),
     verify_top: int = typer.Option(0, "--verify-top",
                                    help="Ablate the top K cells per feature exactly and report the agreement."),
     device: str = _DEVICE,
     fp16: bool = _FP16,
     overwrite: bool = _OVERWRITE,
+    rank_by: str = _RANK_BY,
     top: int = _TOP,
     spec: Path = _SPEC_OPTION,
     run: dict = None,
@@ -581,12 +588,13 @@ def attribute_patching(
 
     pipe = _scan_pipe(model, device, fp16)
     options = dict(layers=list(layer), windows=None if windows is None else _windows(windows), method=method,
-                   features=_split(features), estimator=estimator, **run, store=out, overwrite=overwrite, progress=True)
+                   features=_split(features), estimator=estimator, disruption_probes=disruption_probes, **run,
+                   store=out, overwrite=overwrite, progress=True)
+    by = rank_by if rank_by is not None or disruption_probes > 0 else "effect"
     if verify_top > 0:
         frame = attribution_study(pipe, top_k=verify_top, **options)
         for method_name in sorted(frame["method"].unique()):
-            _print_top(frame[frame["method"] == method_name], title=f"{method_name} (top cells)", top=top,
-                       by="effect")
+            _print_top(frame[frame["method"] == method_name], title=f"{method_name} (top cells)", top=top, by=by)
         for feature, agreed in frame.attrs["agreement"].items():
             rho = "—" if agreed["spearman"] is None else f"{agreed['spearman']:+.2f}"
             verdict = "agrees" if agreed["top_agrees"] else "differs"
@@ -596,7 +604,7 @@ def attribute_patching(
     frame = attribution_patching(pipe, **options)
     _print_top(frame, title=f"attribution patching → {out}/attribution/attribution_patching ({len(frame)} rows, "
                             f"{frame.attrs['denoiser_equivalents']} denoiser-equivalent evaluations; dim rows: not "
-                            "significant)", top=top, by="effect")
+                            "significant)", top=top, by=by)
 
 
 @attribute_app.command("stats")

@@ -263,8 +263,8 @@ def run_demo(out, *, quick: bool = False, overwrite: bool = False,
     from denoisefeat.hooks import list_layers
     from denoisefeat.models import load_pipeline
     from denoisefeat.probes import final_feature_targets, label_targets, probe_table
-    from denoisefeat.step_features import features
-    from denoisefeat.store import StoreError, open_run
+    from denoisefeat.step_features import features, load_features
+    from denoisefeat.store import StoreError, open_run, replacement
     from denoisefeat.trajectory import trace
     from denoisefeat.viz.report import build_report
 
@@ -287,25 +287,27 @@ def run_demo(out, *, quick: bool = False, overwrite: bool = False,
     pipe = load_pipeline("toy")
     labels = demo_labels(settings.samples)
     record = {block: "channel_mean" for block in _BLOCKS}
-    timed("trace", lambda: trace(pipe, class_labels=labels, steps=settings.steps, seed=0, store=store,
-                                 record=record, overwrite=overwrite, batch_size=12, progress=progress))
-    feats = timed("features", lambda: features(str(store), progress=progress))
-    run = open_run(store)
+    with replacement(store, overwrite=overwrite) as target:  # a previous demo stays until the new store is whole
+        timed("trace", lambda: trace(pipe, class_labels=labels, steps=settings.steps, seed=0, store=target,
+                                     record=record, overwrite=overwrite, batch_size=12, progress=progress))
+        timed("features", lambda: features(str(target), progress=progress))
+        run = open_run(target)
 
-    def probes():
-        targets = {**label_targets(run), **final_feature_targets(run, metrics=["edge_density"])}
-        # the ablation scan's step windows; one fixed penalty on standardised activations (no inner
-        # search): ~20x fewer fits, minutes -> seconds
-        return probe_table(run, targets=targets, windows=settings.windows, cv=4, alphas=(100.0,),
-                           n_boot=min(settings.n_boot, 200), seed=0)
+        def probes():
+            targets = {**label_targets(run), **final_feature_targets(run, metrics=["edge_density"])}
+            # the ablation scan's step windows; one fixed penalty on standardised activations (no inner
+            # search): ~20x fewer fits, minutes -> seconds
+            return probe_table(run, targets=targets, windows=settings.windows, cv=4, alphas=(100.0,),
+                               n_boot=min(settings.n_boot, 200), seed=0)
 
-    write_attribution(store, timed("probes", probes), name="probe", overwrite=True)
-    n = settings.ablation_samples
-    table = timed("ablation", lambda: ablation_scan(
-        pipe, layers=list(_BLOCKS), windows=settings.windows, method="mean",
-        features=list(DEMO_FEATURES.values()), class_labels=labels[:n], steps=settings.steps, seed=0,
-        batch_size=n, keep_images=_KEPT_IMAGES, progress=progress))
-    write_attribution(store, table, name="ablation", overwrite=True)
+        write_attribution(target, timed("probes", probes), name="probe", overwrite=True)
+        n = settings.ablation_samples
+        table = timed("ablation", lambda: ablation_scan(
+            pipe, layers=list(_BLOCKS), windows=settings.windows, method="mean",
+            features=list(DEMO_FEATURES.values()), class_labels=labels[:n], steps=settings.steps, seed=0,
+            batch_size=n, keep_images=_KEPT_IMAGES, progress=progress))
+        write_attribution(target, table, name="ablation", overwrite=True)
+    feats = load_features(store)
     layers = list_layers(pipe)
     timed("report", lambda: build_report(store, report, title="denoisefeat demo: the DiffShapes toy model",
                                          layers=layers, features=feats))

@@ -62,6 +62,7 @@ per-step arrays, processed ``batch_size`` images at a time.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 import warnings
@@ -439,9 +440,9 @@ def _tail_shape(name: str, config: dict, H: int, W: int) -> tuple[int, ...]:
     return tuple(sizes[d] for d in _DIMS.get(name, ()))
 
 
-def _prepare_group(store, config: dict, *, overwrite: bool, owns_everything: bool) -> None:
-    """Create (or check, or replace) the store's features for ``config``: its group, marker and arrays."""
-    from denoisefeat.store import FEATURES, RunMismatchError, features_path
+def _check_stored_config(store, config: dict, *, overwrite: bool, owns_everything: bool) -> None:
+    """Refuse settings that differ from the stored features', unless the whole group is to be replaced."""
+    from denoisefeat.store import FEATURES, RunMismatchError
 
     old = store.features_config()
     if store.holds(FEATURES) and old != config and not (overwrite and owns_everything):
@@ -452,16 +453,37 @@ def _prepare_group(store, config: dict, *, overwrite: bool, owns_everything: boo
             f"The store's features were computed with other settings ({', '.join(changed)}; stored metrics: "
             f"{', '.join(old.get('metrics', [])) or 'none'}). Ask for the same settings, or {fix}."
         )
-    if overwrite and owns_everything:
-        store.drop_features()
-    store.declare_features(config)
+
+
+def _prepare_group(store, config: dict, *, group: str) -> None:
+    """Create (or check) the features group ``group`` for ``config``: its marker and arrays."""
+    from denoisefeat.store import features_path
+
+    store.declare_features(config, group=group)
     n, T = store.n_samples, store.n_steps
     H, W = store.array("final").shape[-2:]
-    store.write_coordinate(features_path("freq"), _rapsd_freq(int(H), int(W)), dim="freq")
+    store.write_coordinate(features_path("freq", group=group), _rapsd_freq(int(H), int(W)), dim="freq")
     for name in config["variables"]:
         tail = _DIMS.get(name, ())
-        store.ensure_array(features_path(name), shape=(n, T, *_tail_shape(name, config, int(H), int(W))),
+        store.ensure_array(features_path(name, group=group),
+                           shape=(n, T, *_tail_shape(name, config, int(H), int(W))),
                            dims=("sample", "step", *tail), dtype="float32", attrs=_attrs_of(name))
+
+
+def _compute_into(store, work, *, config: dict, group: str, batch_size: int, device, progress: bool) -> None:
+    """Compute the features of each sample array of ``work`` and write them into ``group``, marking them done."""
+    from denoisefeat.store import features_path
+
+    bands = _bands_from_json(config)
+    signal = _signal_scales(store) if "band_snr_measured" in config["variables"] else None
+    with progress_bar(progress, total=int(sum(todo.size for todo in work)), label="features") as advance:
+        for todo in work:
+            values = _compute_samples(store, todo, config=config, bands=bands, batch_size=batch_size,
+                                      signal=signal, device=device)
+            for name in config["variables"]:
+                store.array(features_path(name, group=group)).oindex[todo] = values[name].astype(np.float32)
+            store.mark_features_complete(todo, group=group)  # last: a sample is complete only with all its variables
+            advance(todo.size)
 
 
 def _check_device(device):
@@ -551,7 +573,7 @@ def features(
     See the module docstring for the conventions (reference image, luminance, SNR, ground truth)
     and for resuming.  A call that finds everything done only reads.
     """
-    from denoisefeat.store import IncompleteRunError, Run, features_path, index_ranges
+    from denoisefeat.store import FEATURES, IncompleteRunError, Run, index_ranges
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -570,24 +592,21 @@ def features(
             "their features cannot be computed yet: finish the trace first (resume=True, CLI --resume)"
             + (", or pass samples= for complete chunks." if samples is None else ".")
         )
-    _prepare_group(store, config, overwrite=overwrite, owns_everything=samples is None)
-    if overwrite and samples is not None:
-        for chunk in chunks:
-            store.mark_features_complete(chunk, complete=False)
-    done = store.features_completed()
-    work = [(chunk, np.arange(chunk.start, chunk.stop)[~done[chunk]]) for chunk in chunks]
-    work = [(chunk, todo) for chunk, todo in work if todo.size]
+    _check_stored_config(store, config, overwrite=overwrite, owns_everything=samples is None)
+    # replacing every feature: the new group is written beside the old one, which stays until it is whole
+    replacing = overwrite and samples is None and store.holds(FEATURES)
+    with store.replacing_group(FEATURES) if replacing else contextlib.nullcontext(FEATURES) as group:
+        _prepare_group(store, config, group=group)
+        if overwrite and samples is not None:  # the same settings (checked): those samples are computed again
+            for chunk in chunks:
+                store.mark_features_complete(chunk, complete=False)
+        done = store.features_completed(group=group)
+        work = [(chunk, np.arange(chunk.start, chunk.stop)[~done[chunk]]) for chunk in chunks]
+        work = [todo for _chunk, todo in work if todo.size]
+        if work:
+            _compute_into(store, work, config=config, group=group, batch_size=int(batch_size), device=device,
+                          progress=progress)
     if work:
-        bands_ = _bands_from_json(config)
-        signal = _signal_scales(store) if "band_snr_measured" in config["variables"] else None
-        with progress_bar(progress, total=int(sum(todo.size for _, todo in work)), label="features") as advance:
-            for _chunk, todo in work:
-                values = _compute_samples(store, todo, config=config, bands=bands_, batch_size=int(batch_size),
-                                          signal=signal, device=device)
-                for name in config["variables"]:
-                    store.array(features_path(name)).oindex[todo] = values[name].astype(np.float32)
-                store.mark_features_complete(todo)  # last: a sample is complete only with all its variables
-                advance(todo.size)
         store.finalize()
     ds = load_features(Run(store), allow_incomplete=samples is not None)
     return ds if samples is None else ds.isel(sample=owned)

@@ -40,7 +40,12 @@ and a folder that is not a denoisefeat store is never deleted.
 
 Replacing a store (``overwrite=True``) writes the new one beside it (``.<name>.new``) and swaps
 the two only in :meth:`RunStore.finalize`, after the last sample is written: a run that fails or
-is killed leaves the old store as it was.
+is killed leaves the old store as it was.  A scan that adds its table to the run it traces
+replaces the store only with the table (:func:`replacement`).  Replacing a group inside a store
+(an attribution table with its images, ``features`` with ``overwrite=True``) works the same way
+(:meth:`RunStore.replacing_group`): the new group is written whole under ``.<name>.new`` and
+swapped in; names that start with a dot are staging, which readers and :meth:`RunStore.damage`
+skip and the next replacement deletes.
 
 Damage: every chunk of every array is written, even one that holds only fill values (zarr's
 ``array.write_empty_chunks``, switched on when this module is imported), and chunks carry a zstd
@@ -53,11 +58,12 @@ incomplete so that a resumed trace recomputes exactly those (``extract --resume 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +97,7 @@ __all__ = [
     "features_path",
     "is_run_store",
     "open_run",
+    "replacement",
 ]
 
 SCHEMA_VERSION = 1
@@ -198,8 +205,64 @@ def index_ranges(mask: np.ndarray) -> str:
 
 
 def _staging_path(path: Path, kind: str = "new") -> Path:
-    """Where a store that replaces ``path`` is written (``new``) or the old one waits (``old``)."""
+    """Where a store (or a group's folder) that replaces ``path`` is written (``new``) or the old one waits
+    (``old``): a hidden sibling, which readers skip."""
     return path.with_name(f".{path.name}.{kind}")
+
+
+def _is_staging(name: str) -> bool:
+    """Whether a path inside a store is (or lies in) a hidden staged group: a name that starts with a dot."""
+    return any(part.startswith(".") for part in name.split("/"))
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system or
+    the file system cannot (then nothing was moved)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a libc without it (glibc < 2.28, musl)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Put the complete folder ``new`` at ``target``, then delete what was there: at every instant one of
+    the two is at ``target`` (an atomic exchange), or, where the file system cannot exchange, for the
+    instant between two renames neither is, and the old one waits at ``.<target>.old``
+    (:func:`_restore_interrupted_swap` puts it back after a crash there)."""
+    if not target.exists():
+        os.rename(new, target)
+        return
+    if _exchange(new, target):
+        shutil.rmtree(new)  # it holds the old folder now
+        return
+    old = _staging_path(target, "old")
+    if old.exists():
+        shutil.rmtree(old)
+    os.rename(target, old)
+    os.rename(new, target)
+    shutil.rmtree(old)
+
+
+def _restore_interrupted_swap(target: Path) -> None:
+    """Undo what a crash in the middle of :func:`_swap_in` left: the old folder back at ``target`` if it is
+    missing there, a leftover old copy deleted."""
+    old = _staging_path(target, "old")
+    if not old.exists():
+        return
+    if target.exists():
+        shutil.rmtree(old)
+    else:
+        os.rename(old, target)
 
 
 def _same_metadata(own, listed) -> bool:
@@ -282,19 +345,22 @@ def acts_path(layer: str, reducer: str) -> str:
 FEATURES = "features"
 
 
-def features_path(name: str) -> str:
+def features_path(name: str, *, group: str = FEATURES) -> str:
     """The store path of the feature variable (or coordinate) ``name``.
 
     Parameters
     ----------
     name : str
         A variable (``"ssim"``, ``"band_energy"``), a coordinate (``"freq"``) or ``"complete"``.
+    group : str
+        The features group: :data:`FEATURES`, or the staged group that replaces it while it is
+        written (:meth:`RunStore.replacing_group`).
 
     Returns
     -------
     str
     """
-    return f"{FEATURES}/{name}"
+    return f"{group}/{name}"
 
 
 def is_run_store(path) -> bool:
@@ -318,12 +384,9 @@ def is_run_store(path) -> bool:
     return meta.is_file() and _MARKER.encode() in _head(meta)
 
 
-#: The group of the attribution tables: ``attribution/<table>``.
-ATTRIBUTION = "attribution"
-
-
 #: The group of the attribution tables (:mod:`denoisefeat.analyses.table`): ``attribution/<table>``.
 ATTRIBUTION = "attribution"
+_IMAGES = "images"  # a table's kept images: attribution/<table>/images
 
 
 def attribution_path(table: str) -> str:
@@ -371,7 +434,27 @@ def cell_images_path(table: str) -> str:
     -------
     str
     """
-    return f"{ATTRIBUTION}/{table}/images"
+    return f"{attribution_path(table)}/{_IMAGES}"
+
+
+def _write_column(group: zarr.Group, name: str, values: np.ndarray, attrs: dict) -> None:
+    """One column of a table: a 1-d array with its attributes."""
+    array = group.create_array(name, shape=values.shape, dtype=values.dtype, compressors=COMPRESSORS)
+    array[...] = values
+    array.attrs.update(attrs)
+
+
+def _copy_group(source: zarr.Group, root: zarr.Group, path: str) -> None:
+    """Copy ``source`` (its attributes, subgroups and arrays) to ``root[path]``: an in-memory store's "rename"."""
+    root.create_group(path, attributes=dict(source.attrs))
+    for name, member in sorted(source.members(max_depth=None), key=lambda item: item[0].count("/")):
+        if isinstance(member, zarr.Group):
+            root.create_group(f"{path}/{name}", attributes=dict(member.attrs))
+            continue
+        array = root.create_array(f"{path}/{name}", shape=member.shape, chunks=member.chunks, dtype=member.dtype,
+                                  fill_value=member.fill_value, dimension_names=member.metadata.dimension_names,
+                                  compressors=member.compressors, attributes=dict(member.attrs))
+        array[...] = member[...]
 
 
 def _is_coordinate(name: str) -> bool:
@@ -412,6 +495,15 @@ def describe_damage(store: RunStore, damage: Sequence[Damage], *, limit: int = 4
     where = str(store.path or "the run")
     return (f"{where!r} is damaged: {shown}. `denoisefeat check {where}` lists every damaged chunk; "
             f"`denoisefeat extract ... --out {where} --resume --repair` recomputes the damaged samples.")
+
+
+def _clear_staging(staged: Path) -> None:
+    """Delete what a replacement that failed earlier left at ``staged`` (never a finished store)."""
+    if staged.exists():
+        if not _is_run_group(staged) and any(staged.iterdir()):
+            raise RunExistsError(f"{str(staged)!r} is in the way of the replacement store and is not "
+                                 "a denoisefeat store; move it away.")
+        shutil.rmtree(staged)
 
 
 def _is_run_group(path: Path) -> bool:
@@ -471,6 +563,7 @@ class RunStore:
             resolved = None
         else:
             resolved = Path(path).expanduser().resolve()
+            _restore_interrupted_swap(resolved)
             if resolved.exists():
                 if not _is_run_group(resolved):
                     raise RunExistsError(
@@ -484,11 +577,7 @@ class RunStore:
                     )
                 # the new store is written beside the old one; finalize() swaps them at the end
                 replaces, resolved = resolved, _staging_path(resolved)
-                if resolved.exists():  # a replacement that failed earlier: never a finished store
-                    if not _is_run_group(resolved) and any(resolved.iterdir()):
-                        raise RunExistsError(f"{str(resolved)!r} is in the way of the replacement store and is not "
-                                             "a denoisefeat store; move it away.")
-                    shutil.rmtree(resolved)
+                _clear_staging(resolved)
             if not resolved.parent.is_dir():
                 raise StoreError(
                     f"Cannot create {str(resolved)!r}: the folder {str(resolved.parent)!r} does not exist.")
@@ -592,7 +681,9 @@ class RunStore:
 
     # -- damage ---------------------------------------------------------------------------------
     def _arrays(self) -> list[tuple[str, zarr.Array]]:
-        return sorted((name, obj) for name, obj in self.group.members(max_depth=None) if isinstance(obj, zarr.Array))
+        """The store's arrays, without those of a staged group (a replacement being written, or a crash's leftover)."""
+        return sorted((name, obj) for name, obj in self.group.members(max_depth=None)
+                      if isinstance(obj, zarr.Array) and not _is_staging(name))
 
     def _expected_chunks(self, name: str, array: zarr.Array):
         """``(chunk coords, region, samples, optional)`` of every chunk that must exist (data, not fill).
@@ -660,7 +751,7 @@ class RunStore:
         found = []
         if self.path is not None:  # arrays the consolidated metadata lists must have their own metadata
             listed = self._consolidated()
-            for name in sorted(listed):
+            for name in sorted(n for n in listed if not _is_staging(n)):
                 own = self.path / name / "zarr.json"
                 if not own.is_file():
                     found.append(Damage(name, None, "missing metadata", f"{name}/zarr.json"))
@@ -822,7 +913,7 @@ class RunStore:
         -------
         list of str
         """
-        return sorted(name for name, _ in self.group.groups())
+        return sorted(name for name, _ in self.group.groups() if not _is_staging(name))
 
     def differing_attrs(self, run_attrs: Mapping, *, added: Sequence[str] = ()) -> list[str]:
         """Keys whose values differ between ``run_attrs`` and the store's (empty: the same run).
@@ -938,40 +1029,40 @@ class RunStore:
         group = self._member(FEATURES)
         return dict(group.attrs.get("config", {})) if isinstance(group, zarr.Group) else {}
 
-    def drop_features(self) -> None:
-        """Delete the ``features`` group (before computing them again with other settings)."""
-        if FEATURES in self.group:
-            del self.group[FEATURES]
-        elif self.holds(FEATURES):  # written after this handle's consolidated metadata
-            del self.reopened().group[FEATURES]
-
-    def declare_features(self, config: Mapping) -> None:
+    def declare_features(self, config: Mapping, *, group: str = FEATURES) -> None:
         """Create the ``features`` group with its ``config`` (kept if it is there) and its ``complete`` marker.
 
         Parameters
         ----------
         config : mapping
             JSON-serialisable; :meth:`features_config` returns it.
+        group : str
+            :data:`FEATURES`, or the staged group that replaces it (:meth:`replacing_group`).
         """
-        group = self.group.require_group(FEATURES)
-        if "config" not in group.attrs:
-            group.attrs["config"] = dict(config)
-        self.ensure_array(features_path("complete"), shape=(self.n_samples,), dims=("sample",), dtype=bool,
-                          fill_value=False)
+        features = self.group.require_group(group)
+        if "config" not in features.attrs:
+            features.attrs["config"] = dict(config)
+        self.ensure_array(features_path("complete", group=group), shape=(self.n_samples,), dims=("sample",),
+                          dtype=bool, fill_value=False)
 
-    def features_completed(self) -> np.ndarray:
+    def features_completed(self, *, group: str = FEATURES) -> np.ndarray:
         """Boolean (sample,): which samples' features are all written (all false where none were computed).
+
+        Parameters
+        ----------
+        group : str
+            :data:`FEATURES`, or the staged group that replaces it (:meth:`replacing_group`).
 
         Returns
         -------
         numpy.ndarray of bool
         """
-        marker = self._member(features_path("complete"))
+        marker = self._member(features_path("complete", group=group))
         if not isinstance(marker, zarr.Array):
             return np.zeros(self.n_samples, dtype=bool)
         return np.asarray(marker[...], dtype=bool)
 
-    def mark_features_complete(self, samples, *, complete: bool = True) -> None:
+    def mark_features_complete(self, samples, *, complete: bool = True, group: str = FEATURES) -> None:
         """Mark the features of ``samples`` done (call only after all their variables are written), or not.
 
         Parameters
@@ -979,8 +1070,10 @@ class RunStore:
         samples : slice or sequence of int
         complete : bool
             ``False`` marks them to be recomputed.
+        group : str
+            :data:`FEATURES`, or the staged group that replaces it (:meth:`replacing_group`).
         """
-        marker = self.array(features_path("complete"))
+        marker = self.array(features_path("complete", group=group))
         if isinstance(samples, slice):
             marker[samples] = complete
         else:
@@ -1152,11 +1245,17 @@ class RunStore:
         keys = {name for name in group.group_keys()}
         if self.path is not None:  # tables written after the metadata was consolidated
             keys |= {p.name for p in (self.path / ATTRIBUTION).iterdir() if (p / "zarr.json").is_file()}
-        return sorted(keys)
+        return sorted(name for name in keys if not _is_staging(name))  # not a table being written
 
     def write_table(self, path: str, columns: Mapping[str, tuple[np.ndarray, Mapping]], *, attrs: Mapping,
+                    images: tuple[Mapping[str, tuple[Sequence[str], np.ndarray]], Mapping] | None = None,
                     overwrite: bool = False) -> None:
-        """Write a table: a group of equal-length 1-d arrays, one per column.
+        """Write a table: a group of equal-length 1-d arrays, one per column, and optionally its images.
+
+        Everything is converted (and so checked) before the store is touched, then written whole
+        under a hidden sibling name (``.<leaf>.new``) and only then swapped in, so that a failure
+        or a kill at any point leaves the old table (and its images) as it was: readers skip the
+        hidden group, and the next write deletes what a crash left of one.
 
         Parameters
         ----------
@@ -1166,6 +1265,9 @@ class RunStore:
             ``{column: (values, attrs)}``, in column order.
         attrs : mapping
             The group's attributes (JSON).
+        images : (mapping, mapping), optional
+            ``(arrays, attrs)`` of the table's ``images`` subgroup (:func:`cell_images_path`), as
+            :meth:`write_images` takes them, written in the same staged group as the table.
         overwrite : bool
             Replace a group at ``path`` (and what it holds); otherwise an existing one is an error.
 
@@ -1176,17 +1278,89 @@ class RunStore:
         """
         if self.holds(path) and not overwrite:
             raise RunExistsError(f"{path!r} already exists in the store; pass overwrite=True to replace it.")
+        data = {name: (np.asarray(values), _jsonable(dict(column_attrs))) for name, (values, column_attrs)
+                in columns.items()}
+        group_attrs = _jsonable(dict(attrs))
+        if images is not None:
+            arrays, image_attrs = images
+            images = ({name: (tuple(dims), np.ascontiguousarray(values, dtype=np.float32))
+                       for name, (dims, values) in arrays.items()}, _jsonable(dict(image_attrs)))
+        with self.replacing_group(path) as where:
+            group = self.group.create_group(where)
+            for name, (values, column_attrs) in data.items():
+                _write_column(group, name, values, column_attrs)
+            if images is not None:
+                self.write_images(f"{where}/{_IMAGES}", images[0], attrs=images[1])
+            group.attrs.update(group_attrs)
+
+    @contextlib.contextmanager
+    def replacing_group(self, path: str) -> Iterator[str]:
+        """Write a group that replaces (or creates) ``path`` under a hidden sibling name, and put it at ``path``
+        only when the block ends without an error.
+
+        A failure in the block deletes the staged group; a kill leaves it, hidden from readers
+        (:meth:`attribution_tables`, :meth:`damage` skip names that start with a dot), and the
+        next replacement of ``path`` deletes it.  On disk the new folder is swapped in at once
+        (:func:`_swap_in`) after the consolidated copy stopped listing ``path`` (so that no reader
+        takes the old metadata for the new arrays); :meth:`finalize` lists it again.  In memory
+        the staged group is copied to ``path``.
+
+        Parameters
+        ----------
+        path : str
+            The group to replace, e.g. :func:`attribution_path` or :data:`FEATURES`.
+
+        Yields
+        ------
+        str
+            The staged group's path (``.<leaf>.new`` beside ``path``), not created yet: the block writes it.
+        """
         parent, _, leaf = path.rpartition("/")
-        root = self.group.require_group(parent) if parent else self.group
-        if leaf in root:
-            del root[leaf]
-        group = root.create_group(leaf)
-        for name, (values, column_attrs) in columns.items():
-            data = np.asarray(values)
-            array = group.create_array(name, shape=data.shape, dtype=data.dtype, compressors=COMPRESSORS)
-            array[...] = data
-            array.attrs.update(_jsonable(dict(column_attrs)))
-        group.attrs.update(_jsonable(dict(attrs)))
+        if not leaf or _is_staging(path):
+            raise ValueError(f"Invalid group path {path!r}: its names must be non-empty and not start with '.'.")
+        staged = f"{parent}/.{leaf}.new" if parent else f".{leaf}.new"
+        if self.path is not None:
+            _restore_interrupted_swap(self.path / path)
+        self._drop_group(staged)  # what a crash left of an earlier replacement
+        if parent:
+            self.group.require_group(parent)
+        try:
+            yield staged
+        except BaseException:
+            self._drop_group(staged)
+            raise
+        if self.path is None:
+            self._drop_group(path)
+            _copy_group(self.group[staged], self.group, path)
+            self._drop_group(staged)
+            return
+        self._unlist_consolidated(path)
+        _swap_in(self.path / staged, self.path / path)
+        self.group = zarr.open_group(str(self.path), mode="r" if self.group.read_only else "r+",
+                                     use_consolidated=False)
+
+    def _unlist_consolidated(self, path: str) -> None:
+        """Drop ``path`` and its members from the root's consolidated copy (readers then read their own metadata)."""
+        meta = self.path / "zarr.json"
+        root = json.loads(meta.read_bytes())
+        listed = (root.get("consolidated_metadata") or {}).get("metadata")
+        if not listed:
+            return
+        kept = {name: doc for name, doc in listed.items() if name != path and not name.startswith(f"{path}/")}
+        if len(kept) == len(listed):
+            return
+        root["consolidated_metadata"]["metadata"] = kept
+        tmp = meta.with_name(".zarr.json.tmp")
+        tmp.write_text(json.dumps(root, indent=2))
+        os.replace(tmp, meta)
+
+    def _drop_group(self, path: str) -> None:
+        """Delete the group ``path`` if it is there (also one the consolidated copy does not list)."""
+        if self.path is not None:
+            if (self.path / path).exists():
+                shutil.rmtree(self.path / path)
+        elif path in self.group:
+            del self.group[path]
 
     def group_attrs(self, path: str) -> dict:
         """The attributes of the group at ``path``.
@@ -1250,12 +1424,8 @@ class RunStore:
                 warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
                 zarr.consolidate_metadata(str(self.path))
         if self.replaces is not None:
-            target, old = self.replaces, _staging_path(self.replaces, "old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.rename(target, old)
-            os.rename(self.path, target)
-            shutil.rmtree(old)
+            target = self.replaces
+            _swap_in(self.path, target)
             self.path, self.replaces = target, None
             self.group = zarr.open_group(str(target), mode="r+")
 
@@ -1582,6 +1752,59 @@ class Run:
             coords["timestep"] = ("step", ds["timestep"].values)
         return xr.DataArray(array[...], dims=list(array.metadata.dimension_names), coords=coords,
                             name=attention_path(layer), attrs=dict(array.attrs))
+
+
+@contextlib.contextmanager
+def replacement(path, *, overwrite: bool) -> Iterator[Path | None]:
+    """Where to write a store that replaces ``path`` with everything added to it in the block (a scan's
+    run and then its table): a hidden sibling, swapped in when the block ends without an error.
+
+    A failure, Ctrl-C or kill inside the block leaves the old store as it was (a killed block's
+    sibling is deleted by the next replacement or :meth:`RunStore.create`).  The store's lock
+    (``.<name>.lock``, the one :func:`denoisefeat.trace` takes) is held for the block.
+
+    Parameters
+    ----------
+    path : str, path or None
+        The store to replace.
+    overwrite : bool
+        Whether the caller may replace an existing store; without it (or where there is none to
+        replace) the block writes at ``path`` itself, and an existing store there is the writer's
+        error, as before.
+
+    Yields
+    ------
+    path or None
+        Where to write: the hidden sibling, ``path`` itself, or ``None`` for ``path=None``.
+
+    Raises
+    ------
+    RunExistsError
+        ``path`` is not a denoisefeat store, or something that is not one is in the sibling's way.
+    """
+    from denoisefeat.locking import TaskLock
+
+    if path is None:
+        yield None
+        return
+    target = Path(path).expanduser().resolve()
+    _restore_interrupted_swap(target)
+    if not (overwrite and target.exists()):
+        yield path
+        return
+    if not _is_run_group(target):
+        raise RunExistsError(f"{str(target)!r} exists and is not a denoisefeat store; refusing to touch it. "
+                             "Choose another path.")
+    staged = _staging_path(target)
+    with TaskLock(target.with_name(f".{target.name}.lock"), what=f"The store {str(target)!r}"):
+        _clear_staging(staged)
+        try:
+            yield staged
+        except BaseException:
+            if staged.exists():
+                shutil.rmtree(staged)
+            raise
+        _swap_in(staged, target)
 
 
 def open_run(path: str | Path, *, allow_incomplete: bool = False) -> Run:

@@ -397,3 +397,26 @@ def test_lanes_run_every_family(tiny_pipes, name):
     both = scan.loop.run(slice(0, 2), lanes=2).numpy()
     np.testing.assert_array_equal(both[:2], both[2:])
     np.testing.assert_allclose(both[:2], one, rtol=0, atol=1e-4)
+
+
+def test_causal_trace_overwrite_keeps_the_old_store_when_the_table_write_fails(noop_pipe, tmp_path, monkeypatch):
+    """The clean run replaces the old store only together with its table: an error in between loses nothing."""
+    from denoisefeat import store as store_module
+    from denoisefeat.analyses.table import read_attribution
+
+    path = tmp_path / "traced.zarr"
+    kw = dict(layers=["conv_out"], windows=[(0, 2)], features="delta_e2000", samples=2, class_labels=[0, 1], steps=2,
+              n_boot=20, store=path)
+    old = causal_trace(noop_pipe, seed=0, **kw)
+    def full_disk(*args):
+        raise OSError(28, "disk full")
+
+    monkeypatch.setattr(store_module, "_write_column", full_disk)
+    with pytest.raises(OSError, match="disk full"):
+        causal_trace(noop_pipe, seed=5, overwrite=True, **kw)
+    assert open_run(path).attrs["seeds"] == [0, 1]
+    assert read_attribution(path, "causal_tracing")["effect"].tolist() == old["effect"].tolist()
+    assert not (tmp_path / ".traced.zarr.new").exists()
+    monkeypatch.undo()
+    causal_trace(noop_pipe, seed=5, overwrite=True, **kw)
+    assert open_run(path).attrs["seeds"] == [5, 6] and not (tmp_path / ".traced.zarr.new").exists()

@@ -58,7 +58,8 @@ def _exact(pipe, layer, method, steps):
 @pytest.mark.parametrize("method", ["zero", "mean", "resample"])
 def test_the_estimate_is_exact_for_an_affine_model_at_every_step(linear, clean_final, method):
     frame = attribution_patching(linear, layers=LAYERS, method=method, features={"affine": _affine}, **RUN)
-    assert len(frame) == len(LAYERS) * RUN["steps"] and frame.attrs["backward_passes"] == RUN["steps"]
+    passes = RUN["steps"] * (1 + frame.attrs["disruption_probes"])  # one per step and component
+    assert len(frame) == len(LAYERS) * RUN["steps"] and frame.attrs["backward_passes"] == passes
     assert (0.0 < clean_final.min()) and (clean_final.max() < 1.0)  # no clipping: the chain is affine
     for row in frame.itertuples():
         exact = (_affine(_exact(linear, row.layer, method, [row.step_start])) - _affine(clean_final)).double()
@@ -97,7 +98,8 @@ def test_the_planted_modules_rank_first_for_each_feature_group():
     for group, truth in PLANTED_TRUTH.items():
         top = rank(frame, feature=FEATURE_GROUPS[group][0]).iloc[0]
         assert (top["layer"], bool(top["significant"])) == (truth, True), (group, top.to_dict())
-    assert (frame["method"] == "attribution_patching:zero").all() and frame["disruption"].isna().all()
+    assert (frame["method"] == "attribution_patching:zero").all()
+    assert (frame["disruption"] >= 0).all() and (frame["disruption"] > 0).any()
     assert set(frame.loc[frame["surrogate"] != "", "feature"]) == {"texture_spectrum_distance",
                                                                    "object_mask_iou", "object_color_distance"}
 
@@ -133,7 +135,11 @@ def test_the_study_scans_the_top_cells_exactly_and_reports_agreement(linear, tmp
     methods = set(frame["method"])
     assert methods == {"attribution_patching:zero", "ablation:zero"}
     estimated, exact = (frame[frame["method"] == m] for m in sorted(methods, reverse=True))
-    assert len(estimated) == len(exact) == frame.attrs["cells_scanned"] == 2
+    whole = read_attribution(store, "attribution_patching")
+    chosen = {(r.layer, r.step_start, r.step_stop) for by in ("effect", "specificity")
+              for r in rank(whole, feature="boundary_width", by=by, top=2).itertuples()}  # both criteria's top 2
+    assert len(estimated) == len(exact) == frame.attrs["cells_scanned"] == len(chosen) >= 2
+    assert {(r.layer, r.step_start, r.step_stop) for r in exact.itertuples()} == chosen
     assert set(frame.attrs["agreement"]) == {"boundary_width"}
     assert frame.attrs["agreement"] == agreement(estimated, exact)
     assert frame.attrs["exact_denoiser_calls"] > 0 and frame.attrs["cells_ranked"] == 4
@@ -287,3 +293,75 @@ def test_exact_step_equals_the_first_order_on_the_affine_model(linear, method):
 def test_an_unknown_estimator_is_refused(linear):
     with pytest.raises(ValueError, match="estimator"):
         attribution_patching(linear, layers=LAYERS, estimator="second_order", features={"affine": _affine}, **RUN)
+
+
+def test_the_disruption_sketch_estimates_the_exact_scans_disruption_on_the_affine_model(linear):
+    """On the affine model ΔI is exact, so the probes' estimate of ‖ΔI‖ is unbiased in ‖ΔI‖²: with many
+    probes it matches the exact scan's disruption per cell; specificity follows from it as in the scan."""
+    windows = [(0, 1), (2, 3), (4, 5)]
+    frame = attribution_patching(linear, layers=LAYERS, windows=windows, method="mean", features={"affine": _affine},
+                                 disruption_probes=600, **RUN)
+    exact = dft.analyses.ablation_scan(linear, layers=LAYERS, windows=windows, method="mean", features=["edges"],
+                                       **RUN)
+    keys = ["layer", "step_start", "step_stop"]
+    merged = frame.merge(exact.drop_duplicates(keys), on=keys, suffixes=("", "_exact"))
+    assert len(merged) == len(LAYERS) * len(windows)
+    assert (merged["disruption_exact"] > 1e-3).sum() >= 3 and (merged["disruption_exact"] == 0).sum() >= 1
+    # 1/sqrt(2 * 600 * 3) = 1.7 % relative error of the norm's mean; 8 % is > 4 sigma
+    np.testing.assert_allclose(merged["disruption"], merged["disruption_exact"], rtol=0.08)
+    moved = merged["disruption"] > 0
+    expected = np.where(moved, merged["effect_std"].abs() / merged["disruption"].where(moved, 1.0), 0.0)
+    np.testing.assert_allclose(merged["specificity"], expected, rtol=1e-12)
+
+
+def test_without_probes_disruption_is_nan_and_ranking_needs_by_effect(linear):
+    frame = attribution_patching(linear, layers=LAYERS, features={"affine": _affine}, disruption_probes=0, **RUN)
+    assert frame["disruption"].isna().all() and frame["specificity"].isna().all()
+    assert frame.attrs["backward_passes"] == RUN["steps"]
+    with pytest.raises(ValueError, match="no disruption estimate.*by='effect'"):
+        rank(frame, feature="affine")
+    assert len(rank(frame, feature="affine", by="effect", top=3)) == 3
+    null = attribution_patching(linear, layers=LAYERS, method="identity", features={"affine": _affine}, **RUN)
+    assert (null["disruption"] == 0).all() and (null["specificity"] == 0).all()
+
+
+@pytest.mark.parametrize("probes", [-1, 2.5, True, "8"])
+def test_a_bad_number_of_disruption_probes_is_refused(linear, probes):
+    with pytest.raises(ValueError, match="disruption_probes must be a non-negative"):
+        attribution_patching(linear, layers=LAYERS, features={"affine": _affine}, disruption_probes=probes, **RUN)
+
+
+def test_a_failed_overwrite_keeps_the_old_store_and_an_existing_store_is_refused_first(linear, tmp_path):
+    store = tmp_path / "run.zarr"
+    first = attribution_patching(linear, layers=LAYERS, features={"affine": _affine}, store=store, **RUN)
+    before = read_attribution(store, "attribution_patching")
+
+    def broken(images):
+        raise RuntimeError("feature failed mid-way")
+
+    with pytest.raises(RuntimeError, match="mid-way"):  # after the new clean run was traced
+        attribution_patching(linear, layers=LAYERS, features={"broken": broken}, store=store, overwrite=True, **RUN)
+    after = read_attribution(store, "attribution_patching")
+    assert after.equals(before) and set(after["feature"]) == {"affine"} and len(after) == len(first)
+    assert dft.open_run(store)["x0"].shape[1] == RUN["steps"]
+    with pytest.raises(dft.store.RunExistsError):
+        attribution_patching(linear, layers=LAYERS, features={"broken": broken}, store=store, **RUN)
+
+
+def test_the_shape_surrogate_sketches_the_symmetric_difference_of_the_masks():
+    """A red disc moved by 3 px on grey: ``−‖m − m_ref‖ / ‖m_ref‖`` of binary-like maps is
+    ``−√(|A Δ B| / |B|)``; averaged over 64 copies (independent probes) the sketch is within 10 %."""
+    yy, xx = np.mgrid[:32, :32]
+
+    def disc(cx):
+        img = np.full((3, 32, 32), 0.5)
+        inside = (yy - 16) ** 2 + (xx - cx) ** 2 <= 7**2
+        img[:, inside] = np.array([0.9, 0.1, 0.1])[:, None]
+        return img, inside
+
+    (ref, b), (moved, a) = disc(15), disc(18)
+    changes = feature_changes(np.stack([moved] * 64), np.stack([ref] * 64), features=["object_mask_iou"])
+    expected = -np.sqrt((a ^ b).sum() / b.sum())
+    assert np.mean(changes["object_mask_iou"]) == pytest.approx(expected, rel=0.1)
+    same = feature_changes(np.stack([ref] * 4), np.stack([ref] * 4), features=["object_mask_iou"])
+    assert np.abs(same["object_mask_iou"]).max() < 1e-12

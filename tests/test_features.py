@@ -163,6 +163,33 @@ def test_overwrite_and_changed_settings(fresh):
     assert (load_features(fresh)["ssim"].values[2] == -5.0).all()  # other chunks untouched
 
 
+def test_a_failed_overwrite_keeps_the_old_features(fresh, monkeypatch):
+    """features(overwrite=True) writes the new group beside the old one: an error in the middle loses nothing."""
+    from denoisefeat import step_features
+
+    old = features(fresh, metrics=["ssim", "psnr"])
+    files = sorted(str(p.relative_to(fresh)) for p in (fresh / "features").rglob("*"))
+    real, calls = step_features._compute_samples, []
+
+    def failing(store, todo, **kw):
+        calls.append(todo)
+        if len(calls) > 1:
+            raise OSError(28, "No space left on device (injected)")
+        return real(store, todo, **kw)
+
+    monkeypatch.setattr(step_features, "_compute_samples", failing)
+    with pytest.raises(OSError, match="injected"):
+        features(fresh, metrics=["ssim"], overwrite=True)
+    assert len(calls) == 2  # one chunk of the new features was written before the failure
+    back = load_features(fresh)
+    assert back.attrs == old.attrs and sorted(back.data_vars) == sorted(old.data_vars)
+    np.testing.assert_array_equal(back["psnr"].values, old["psnr"].values)
+    assert sorted(str(p.relative_to(fresh)) for p in (fresh / "features").rglob("*")) == files
+    assert not (fresh / ".features.new").exists() and open_run(fresh).store.damage(decode=True) == []
+    monkeypatch.undo()
+    assert "psnr" not in features(fresh, metrics=["ssim"], overwrite=True) and not (fresh / ".features.new").exists()
+
+
 def test_x0_fallback_equals_decoded_images(tmp_path, computed):
     _, with_images = computed
     path = tmp_path / "x0.zarr"

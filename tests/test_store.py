@@ -208,8 +208,11 @@ def test_acts_and_features_layouts_are_the_stores(pipe, tmp_path):
     store.mark_features_complete(slice(0, 2), complete=False)
     assert not store.features_completed().any()
     store.fsync((0, 1))  # the chunk files of sample 0 exist and are flushed; nothing else is touched
-    store.drop_features()
-    assert store.features_config() == {} and "features" not in store.group_names()
+    with store.replacing_group("features") as staged:  # features(..., overwrite=True) replaces the group so
+        store.declare_features({"version": 2, "variables": []}, group=staged)
+        assert store.features_config() == {"version": 1, "variables": []}  # the old group until the block ends
+        assert store.group_names() == ["acts"]  # the staged group is no group of the store
+    assert store.features_config() == {"version": 2, "variables": []} and not store.features_completed().any()
 
 
 def test_an_attribute_added_later_does_not_stop_an_old_store_resuming(tmp_path):

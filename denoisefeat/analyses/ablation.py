@@ -54,6 +54,7 @@ from denoisefeat.metrics import FEATURE_GROUPS, METRICS, compute_metrics
 from denoisefeat.models import denoiser_of
 from denoisefeat.options import RunOptions
 from denoisefeat.steps import step_windows
+from denoisefeat.store import replacement
 from denoisefeat.trajectory import trace
 
 __all__ = [
@@ -403,23 +404,25 @@ def ablation_scan(
              for m in methods]
     edits = [Edit(layer=layer, method=m, steps=range(start, stop)) for layer, (start, stop), m in cells]
     resolution = float_resolution(denoiser_of(pipe).dtype)
-    ref = _Reference.of(scan.run_base(edits, store=store, overwrite=overwrite), names, image_resolution=resolution)
-    ref.check_scales()  # before the edited runs: a flat feature is an error, not hours later
-    rows = []
-    for (layer, (start, stop), m), ablated in zip(cells, scan.run_edits(edits), strict=True):
-        for name, stats in _ablation_rows(ablated, ref, names, alpha=alpha):
-            rows.append(dict(feature=name, layer=layer, step_start=start, step_stop=stop, method=f"ablation:{m}",
-                             **stats, baseline=float(np.nanmean(ref.features[name])), scale=ref.scale[name],
-                             resolution=ref.resolution[name]))
-    frame = _finish(rows, alpha=alpha, inference="t", image_resolution=resolution)
-    frame.attrs.update(denoiser_calls=scan.calls,
-                       denoiser_calls_uncached=scan.planned_calls(edits, cache=False, lanes=1))
-    if keep_images:
-        frame.attrs["images"] = CellImages(
-            cells=[(layer, start, stop, f"ablation:{m}") for layer, (start, stop), m in cells],
-            clean=scan.kept_base, edited=np.stack(scan.kept))
-    if store is not None:
-        write_attribution(store, frame, name="ablation", overwrite=overwrite)
+    with replacement(store, overwrite=overwrite) as target:  # an old store stays until the table is written
+        ref = _Reference.of(scan.run_base(edits, store=target, overwrite=overwrite), names,
+                            image_resolution=resolution)
+        ref.check_scales()  # before the edited runs: a flat feature is an error, not hours later
+        rows = []
+        for (layer, (start, stop), m), ablated in zip(cells, scan.run_edits(edits), strict=True):
+            for name, stats in _ablation_rows(ablated, ref, names, alpha=alpha):
+                rows.append(dict(feature=name, layer=layer, step_start=start, step_stop=stop,
+                                 method=f"ablation:{m}", **stats, baseline=float(np.nanmean(ref.features[name])),
+                                 scale=ref.scale[name], resolution=ref.resolution[name]))
+        frame = _finish(rows, alpha=alpha, inference="t", image_resolution=resolution)
+        frame.attrs.update(denoiser_calls=scan.calls,
+                           denoiser_calls_uncached=scan.planned_calls(edits, cache=False, lanes=1))
+        if keep_images:
+            frame.attrs["images"] = CellImages(
+                cells=[(layer, start, stop, f"ablation:{m}") for layer, (start, stop), m in cells],
+                clean=scan.kept_base, edited=np.stack(scan.kept))
+        if target is not None:
+            write_attribution(target, frame, name="ablation", overwrite=overwrite)
     return frame
 
 
@@ -579,6 +582,16 @@ def causal_trace(
     scan = EditScan(pipe, replace(options, prompts=bad_prompts, class_labels=bad_labels, seed=list(bad_seeds)),
                     cache=cache, progress=progress, lanes=lanes, keep_images=keep_images)
     cells = [(layer, pair) for layer in layer_names for pair in step_windows(windows, scan.n_steps)]
+    with replacement(store, overwrite=overwrite) as target:  # an old store stays until the table is written
+        frame = _causal_tracing_table(pipe, scan, layer_names, cells, names, options, store=target,
+                                      overwrite=overwrite, corrupt=corrupt, n_boot=n_boot, alpha=alpha,
+                                      keep_images=keep_images, progress=progress)
+    return frame
+
+
+def _causal_tracing_table(pipe, scan, layer_names, cells, names, options, *, store, overwrite, corrupt, n_boot,
+                          alpha, keep_images, progress):
+    """The causal-tracing scan of :func:`causal_trace` and its table (written to ``store`` when there is one)."""
     window_steps = sorted({s for _, (start, stop) in cells for s in range(start, stop)})
     clean_run = trace(pipe, record={layer: "full" for layer in layer_names}, record_steps=window_steps,
                       keep=("xt", "x0", "images") if store is not None else (), store=store, overwrite=overwrite,

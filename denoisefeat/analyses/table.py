@@ -109,8 +109,9 @@ DIRECTIONS: dict[str, str] = {
     "contrast": "larger",
 }
 
-#: Method families that intervene on the model: their rows carry a disruption and a specificity.
-INTERVENTIONS = ("ablation", "causal_tracing", "perturbation")
+#: Method families that intervene on the model (or estimate an intervention, as attribution patching
+#: does): their rows carry a disruption and a specificity.
+INTERVENTIONS = ("ablation", "causal_tracing", "perturbation", "attribution_patching")
 
 #: What :func:`rank` can order by: the standardised effect or the specificity.
 RANK_BY: dict[str, str] = {"effect": "effect_std", "specificity": "specificity"}
@@ -325,16 +326,18 @@ def write_attribution(store_or_path, frame: pd.DataFrame, *, name: str = "defaul
         else:
             codes, categories = pd.factorize(values.astype(str))
             columns[column] = (codes.astype(np.int32), {"kind": "str", "categories": [str(c) for c in categories]})
-    store.write_table(attribution_path(name), columns, overwrite=overwrite,
-                      attrs={"columns": list(columns), "n_rows": len(frame), "format": TABLE_FORMAT,
-                             "table_attrs": _json_attrs(frame.attrs)})
     images = frame.attrs.get("images")
+    kept = None
     if isinstance(images, CellImages):
         arrays = {"clean": (("sample", "rgb", "height", "width"), images.clean),
                   "edited": (("cell", "sample", "rgb", "height", "width"), images.edited)}
         if images.corrupted is not None:
             arrays["corrupted"] = (("sample", "rgb", "height", "width"), images.corrupted)
-        store.write_images(cell_images_path(name), arrays, attrs={"cells": [list(c) for c in images.cells]})
+        kept = (arrays, {"cells": [list(c) for c in images.cells]})
+    # the table and its images are written whole beside the old table, then swapped in (nothing lost on a failure)
+    store.write_table(attribution_path(name), columns, overwrite=overwrite, images=kept,
+                      attrs={"columns": list(columns), "n_rows": len(frame), "format": TABLE_FORMAT,
+                             "table_attrs": _json_attrs(frame.attrs)})
     store.finalize()  # re-consolidate: readers of a finished run see its metadata through the consolidated copy
 
 
@@ -580,8 +583,9 @@ def rank(
         ``"effect"``: the standardised effect ``effect_std`` (within one feature and table the same
         order as the raw ``effect``); ``"specificity"``: how much more the cell moves this feature
         than the whole image (intervention methods only).  Default: ``"specificity"`` for methods
-        that intervene (ablation, causal tracing: the most specific cause, not the cell that breaks
-        everything, such as an output block), ``"effect"`` for the others.
+        that intervene or estimate an intervention (ablation, causal tracing, perturbation,
+        attribution patching: the most specific cause, not the cell that breaks everything, such as
+        an output block), ``"effect"`` for the others.
     alpha : float
         Significance level of ``p_adj``.
     top : int
@@ -596,7 +600,8 @@ def rank(
     ------
     ValueError
         An empty table, an unknown feature, method, family or criterion, rows of several method
-        families, or ``by="specificity"`` for a method that does not intervene.
+        families, or ``by="specificity"`` for rows without a specificity (a method that does not
+        intervene, attribution patching without disruption probes).
     """
     validate(frame)
     if top < 1:
@@ -629,9 +634,9 @@ def rank(
         by = "specificity" if family in INTERVENTIONS else "effect"
     values = rows[RANK_BY[by]].to_numpy(dtype=float)
     if by == "specificity" and np.isnan(values).all():
-        raise ValueError(
-            f"Method {family!r} has no specificity (it does not intervene on the model): rank by='effect'."
-        )
+        why = ("its rows carry no disruption estimate" if family in INTERVENTIONS
+               else "it does not intervene on the model")
+        raise ValueError(f"Method {family!r} has no specificity ({why}): rank by='effect'.")
     larger = DIRECTIONS[family] == "larger"
     significant = rows["p_adj"].to_numpy(dtype=float) < alpha
     right = (rows["effect_std"].to_numpy(dtype=float) > 0) if larger else np.ones(len(rows), dtype=bool)

@@ -822,13 +822,11 @@ def object_descriptors(images: torch.Tensor, reference: torch.Tensor) -> dict[st
         ``object_color_distance`` measures it; ``"texture_energy"`` (n, 1): the total power of
         ``texture_spectrum``'s orientation x frequency bins over that interior, of the absolute
         luminance contrast (the metric's is relative to the mean luminance, which moves with the
-        layout); ``"overlap"`` (n, 3): ``[Σ m·m_ref, Σ m, Σ m_ref²]`` of the smooth object maps ``m``
-        of the images and ``m_ref`` of the reference: each pixel's chromaticity distance to the
-        reference's background (the border's median), minus its mean outside the reference's
-        object mask (``object_mask_iou``'s ``coverage > 0.5``), over the mean contrast of inside
-        and outside (0 on the background, about 1 on the object, not clamped, so that it stays
-        linear where the metric's mask saturates): the soft intersection and areas of a soft IoU
-        ``I / (A + A_ref − I)``.
+        layout); ``"object_map"`` (n, H, W): the smooth object map ``m`` of the images, each
+        pixel's chromaticity distance to the reference's background (the border's median), minus
+        its mean outside the reference's object mask (``object_mask_iou``'s ``coverage > 0.5``),
+        over the mean contrast of inside and outside (0 on the background, about 1 on the object,
+        not clamped, so that it stays linear where the metric's mask saturates).
     """
     x, y = _check(images, name="images"), _check(reference, name="reference").detach()
     if x.ndim != 4 or x.shape[1] != 3 or y.shape != x.shape:
@@ -855,10 +853,7 @@ def object_descriptors(images: torch.Tensor, reference: torch.Tensor) -> dict[st
     def soft_mask(d):  # the chromaticity contrast in units of the reference object's, unclamped
         return ((d - torch.nan_to_num(outside, nan=0.0)) / contrast).reshape(n, h, w)
 
-    soft, soft_ref = soft_mask(_chroma_distance(x, ground)[0]), soft_mask(d_ref)
-    overlap = torch.stack([(soft * soft_ref).sum(dim=(1, 2)), soft.sum(dim=(1, 2)), (soft_ref**2).sum(dim=(1, 2))],
-                          dim=1)
-    return {"color": lab, "texture_energy": energy, "overlap": overlap}
+    return {"color": lab, "texture_energy": energy, "object_map": soft_mask(_chroma_distance(x, ground)[0])}
 
 
 def lab_delta_e2000(lab1: torch.Tensor, lab2: torch.Tensor) -> torch.Tensor:
