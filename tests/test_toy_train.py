@@ -8,6 +8,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, UNet2DModel
 from safetensors.torch import load_file
+from torch.utils import flop_counter
 
 from denoisefeat.models import ClassConditionalImagePipeline, load_pipeline
 from denoisefeat.toy.diffshapes import NULL_LABEL, NUM_CONDITIONS
@@ -156,6 +157,18 @@ def test_command_line_parses_every_field():
     assert config.block_out_channels == (16, 32)
 
 
+def _forward_gflop_batch16(unet) -> float:
+    # FLOPs of one image's forward pass, times 16 (a guided DDIM step of 8 samples).  The counter has no
+    # formula for the CPU kernel of scaled_dot_product_attention: give it the counter's own SDPA formula.
+    def cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+        return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
+    with torch.no_grad(), flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        unet(torch.zeros(1, 3, 32, 32), 10, class_labels=torch.zeros(1, dtype=torch.long))
+    return 16 * counter.get_total_flops() / 1e9
+
+
 def test_recipes_v2_is_the_default_and_v3_fits_the_budget():
     from denoisefeat.toy.train import DEFAULT_RECIPE, RECIPES, build_unet, recipe
 
@@ -173,9 +186,16 @@ def test_recipes_v2_is_the_default_and_v3_fits_the_budget():
     assert [type(block).__name__ for block in unet.up_blocks] == ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"]
     v2_kinds = [type(block).__name__ for block in build_unet(recipe("v2")).down_blocks]
     assert v2_kinds == ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"]
+    # Fewer, wider heads (head_dim 32: 2 heads of 64 channels at 16 px and at 8 px), cheaper on CPU than head_dim 8.
+    heads = {block.attentions[0].heads for block in (*unet.down_blocks[1:], *unet.up_blocks[:2])}
+    assert heads == {2} and v3.block_out_channels == (16, 64, 64)
+    assert TrainConfig.from_json(json.loads(json.dumps(v3.to_json()))) == v3
     with torch.no_grad():
         out = unet(torch.zeros(2, 3, 32, 32), 10, class_labels=torch.tensor([0, NULL_LABEL])).sample
     assert out.shape == (2, 3, 32, 32)
+    # The sampling budget, in load-independent FLOPs: <= 7.5 GFLOP per batch-16 forward (v2: 9.81).
+    gflop = {name: _forward_gflop_batch16(build_unet(recipe(name))) for name in ("v2", "v3")}
+    assert gflop["v3"] <= 7.5 and 9.75 < gflop["v2"] < 9.85, gflop
     with pytest.raises(ValueError, match="unknown toy recipe 'v9'; known: v2, v3"):
         recipe("v9")
     with pytest.raises(ValueError, match="attention_levels"):

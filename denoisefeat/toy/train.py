@@ -214,15 +214,30 @@ class TrainConfig:
 #: The named recipes of ``denoisefeat toy train --recipe``.  ``"v2"`` (the ``TrainConfig()``
 #: defaults) made the shipped weights.  ``"v3"`` (issue 19) answers its diagnosis: v2 draws stripes
 #: at the right frequency and power but without one orientation (orientation order 0.34 against
-#: 0.79 for real stripes), so 67 of 90 stripe samples read as checkers.  The object's parts must
-#: agree on one orientation, and v2 only attends at 8 px, where a 4 to 8 px period is above the
-#: Nyquist frequency; v3 adds attention at 16 px (same channels and depth, to stay within the
-#: sampling budget), a larger batch, more iterations and a slower EMA for the longer run.
+#: 0.79 for real stripes; 67 of 90 stripe samples read as checkers), and its denoiser loses them at
+#: SNR 0.5 to 4, where the orientation must be agreed over the whole object.  v2 attends only at
+#: 8 px, where a 4 to 8 px period is above the Nyquist frequency; v3 attends at 16 px as well (one
+#: period is 2 to 4 positions there), with head_dim 32 (2 heads of 64 channels: fewer, wider heads
+#: run faster on CPU than head_dim 8's many tiny ones).  It pays for that within the sampling budget
+#: (8 x 50 guided steps <= 10 s on 2 cores, which v2 itself misses: 12.4 s idle) at the 32 px level,
+#: where 42 % of v2's FLOPs are (the 64-channel upsampling convolution alone writes 1.21 GFLOP there),
+#: and at 8 px: channels 32/64/96 -> 16/64/64, the 16 px level untouched.  FLOPs of one batch-16
+#: forward (``benchmarks/toy_recipe.py``, CPU attention counted): v2 9.81 G (32 px 4.15, 16 px 3.17,
+#: 8 px 2.49), v3 6.95 G (2.13 / 3.61 / 1.22; the 16 px attention 1.21); one-thread forward 0.75 x v2's
+#: (same load), so about 9.3 s for v2's 12.4; 1.98 MB of fp16 weights.  Batch 48, 12000 iterations,
+#: warmup 300, EMA 0.9995, milestones every 1000; min-SNR 5 and class dropout kept (not implicated).
+#: Pilot, not a success: v2 and v3 architectures, same seeds, batch 32, 600-iteration cosine, EMA
+#: 0.999, stopped at 300; x0-hat of 240 real images noised to t = 300 / 400 / 500 / 600 (SNR 3.7 to
+#: 0.5): stripes read as stripes v2 0.68 / 0.37 / 0.12 / 0.07, v3 0.63 / 0.28 / 0.17 / 0.13; their
+#: orientation order (real 0.77) v2 0.46 / 0.39 / 0.29 / 0.27, v3 0.44 / 0.32 / 0.22 / 0.12; epsilon
+#: MSE of stripe images v2 0.079 / 0.057 / 0.044 / 0.035, v3 0.105 / 0.084 / 0.071 / 0.064.  At 300
+#: iterations the smaller v3 is behind (at 100 and 200 too); whether 16 px attention pays off late,
+#: where v2's failure is, this pilot cannot say.
 RECIPES: Mapping[str, TrainConfig] = MappingProxyType({
     "v2": TrainConfig(),
     "v3": TrainConfig(
-        attention_levels=2, batch_size=48, iterations=12000, warmup=300, ema_decay=0.9995,
-        checkpoint_every=100, keep_every=1000,
+        block_out_channels=(16, 64, 64), attention_levels=2, attention_head_dim=32,
+        batch_size=48, iterations=12000, warmup=300, ema_decay=0.9995, checkpoint_every=100, keep_every=1000,
     ),
 })
 #: The recipe of ``denoisefeat toy train`` without ``--recipe``: the one of the shipped weights.
