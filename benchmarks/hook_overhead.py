@@ -77,6 +77,7 @@ def main() -> None:
         **bench.header("hook_overhead"),
         "blocks": blocks, "mid_resolution_block": mid,
         "seconds": {k: round(v, 4) for k, v in med.items()},
+        "times": {k: [round(x, 3) for x in t] for k, t in times.items()},
         "ratio_to_plain": {k: round(v / med["plain"], 4) for k, v in med.items() if k != "plain"},
         "ratio_to_minimal_hook_loop": {k: round(v / med["minimal_hook_loop"], 4) for k, v in med.items()
                                        if k.startswith("a_channel_mean")},

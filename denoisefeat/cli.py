@@ -570,7 +570,7 @@ def attribute_patching(
         help="first_order (one backward pass for all layers) or exact_step (each edited step run exactly: one "
              "denoiser call per layer and step; ranks like the exact scan where first_order does not)."),
     disruption_probes: int = typer.Option(
-        8, "--disruption-probes", min=0,
+        4, "--disruption-probes", min=0,  # DISRUPTION_PROBES (torch is imported per command; a test checks)
         help="Random projections of the final image that estimate each cell's disruption and specificity (one "
              "backward pass per step each); 0: none, rank by effect."),
     verify_top: int = typer.Option(0, "--verify-top",

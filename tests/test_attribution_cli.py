@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from denoisefeat.analyses import FEATURE_GROUPS
+from denoisefeat.analyses.attribution_patching import DISRUPTION_PROBES
 from denoisefeat.analyses.table import rank, read_attribution, read_cell_images
 from denoisefeat.cli import app
 from denoisefeat.store import open_run
@@ -150,6 +151,7 @@ def test_patching_command_stores_the_estimate_and_verifies_its_top_cells(tmp_pat
                   "--layer", "detail", "--windows", "0:2,2:4", "--features", "edges", "--top", "1", *SMALL])
     table = read_attribution(out, name="attribution_patching")
     assert set(table["method"]) == {"attribution_patching:zero"} and len(table) == 4
+    assert table.attrs["disruption_probes"] == DISRUPTION_PROBES  # the CLI's default is the API's
     top = rank(table, feature="boundary_width", top=1).iloc[0]
     assert f"{top.effect:+.4g}" in _top_rows(output, "boundary_width")[0]
     output = _ok(["attribute", "patching", "planted-factorized", "--out", str(out), "--layer", "layout",

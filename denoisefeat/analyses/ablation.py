@@ -46,7 +46,7 @@ from denoisefeat.analyses.inference import (
     t_inference,
 )
 from denoisefeat.analyses.scan import EditScan, as_images
-from denoisefeat.analyses.table import CellImages, benjamini_hochberg, validate, write_attribution
+from denoisefeat.analyses.table import CellImages, benjamini_hochberg, specificity, validate, write_attribution
 from denoisefeat.frequency import DEFAULT_BANDS, band_energy
 from denoisefeat.hooks import Edit, resolve_layers
 from denoisefeat.hooks.layers import probe_layers
@@ -263,7 +263,7 @@ def _ablation_rows(edited: np.ndarray, ref: _Reference, names: Sequence[str], *,
         effect_std = result.estimate / scale if scale > 0 else (0.0 if result.estimate == 0 else np.nan)
         yield name, dict(effect=result.estimate, ci_low=result.ci_low, ci_high=result.ci_high, p=result.p, n=n,
                          effect_std=effect_std, disruption=disruption,
-                         specificity=abs(effect_std) / disruption if disruption > 0 else 0.0 * effect_std)
+                         specificity=specificity(abs(effect_std), disruption))
 
 
 def _tracing_rows(patched: np.ndarray, corrupted: np.ndarray, f_bad: dict, gap: dict, ref: _Reference,
@@ -283,7 +283,7 @@ def _tracing_rows(patched: np.ndarray, corrupted: np.ndarray, f_bad: dict, gap: 
             result = bootstrap_inference(ratio_of_means, num, den, n_boot=n_boot, alpha=alpha)
         yield name, dict(effect=result.estimate, ci_low=result.ci_low, ci_high=result.ci_high, p=result.p, n=n,
                          restored=float(np.nanmean(restored)), effect_std=result.estimate, disruption=disruption,
-                         specificity=result.estimate / disruption if disruption > 0 else 0.0 * result.estimate)
+                         specificity=specificity(result.estimate, disruption))
 
 
 def _finish(rows: list[dict], *, alpha: float, inference: str, image_resolution: float, **attrs) -> pd.DataFrame:

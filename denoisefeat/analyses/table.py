@@ -60,6 +60,7 @@ __all__ = [
     "CellImages",
     "validate",
     "benjamini_hochberg",
+    "specificity",
     "write_attribution",
     "attribution_names",
     "read_attribution",
@@ -255,6 +256,28 @@ def validate(frame: pd.DataFrame) -> pd.DataFrame:
             f"{int(bad.sum())} row(s) have step_stop <= step_start; windows are half-open [start, stop) and non-empty."
         )
     return frame
+
+
+def specificity(effect: float, disruption: float) -> float:
+    """How much more a cell moves a feature than the whole image: ``effect / disruption``.
+
+    Parameters
+    ----------
+    effect : float
+        The row's effect in the scale-free units its family ranks by (``|effect_std|`` for
+        ablations, the signed recovered fraction for causal tracing).
+    disruption : float
+        How far the same cell moved the whole image (``disruption`` column).
+
+    Returns
+    -------
+    float
+        ``effect / disruption``; 0 where nothing moved (NaN where the effect is NaN), NaN where
+        the disruption is unknown.
+    """
+    if np.isnan(disruption):
+        return float("nan")
+    return effect / disruption if disruption > 0 else 0.0 * effect
 
 
 def benjamini_hochberg(p) -> np.ndarray:
