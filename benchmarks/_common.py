@@ -43,6 +43,16 @@ def emit(result: dict) -> None:
     print(json.dumps(result, indent=2, default=str))
 
 
+#: Stable Diffusion 1.5's published ``UNet2DConditionModel`` configuration.
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768, attention_head_dim=8,
+)
+
+
 def random_sd15_pipeline(*, dtype=torch.float16, device="cuda"):
     """Stable Diffusion 1.5's published architecture with random weights (no download).
 
@@ -55,13 +65,7 @@ def random_sd15_pipeline(*, dtype=torch.float16, device="cuda"):
     from denoisefeat.tiny import tiny_clip_tokenizer
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=768, attention_head_dim=8,
-    )
+    unet = UNet2DConditionModel(**SD15_UNET)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
         block_out_channels=(128, 256, 512, 512),

@@ -14,7 +14,9 @@
    vs the exact scan of the same grid: its denoiser calls counted (``EditScan.planned_calls`` with
    prefix caching), its wall time extrapolated from the block scan's measured time per call (the
    exact sub-module scan itself would take too long here); and both counts at 10, 20 and 50 steps
-   (the exact scan grows with steps², the estimate with steps).  Target: >= 10x cheaper.
+   (the exact scan grows with steps², the estimate with steps), for the toy model's modules and for
+   Stable Diffusion 1.5's (its ``resnets``/``attentions`` counted from its configuration; the exact
+   scan grows with the modules too, the first-order estimate does not).  Target: >= 10x cheaper.
 3. **Peak memory vs steps**: attribution patching of the linear planted model (64 px, 4 samples) at
    ``--memory-steps``, each in a fresh process: its peak RSS (``VmHWM``, reset after a warm-up run)
    above the RSS before the run.  Bounded: one step's graph plus one state per step.
@@ -34,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, machine, peak_rss_mib  # noqa: E402
+from _common import SD15_UNET, emit, machine, peak_rss_mib  # noqa: E402
 
 _MEMORY_CHILD = """
 import json, re, sys
@@ -64,6 +66,11 @@ def _rho(a, b) -> float | None:
     return round(float(stats.spearmanr(a[keep], b[keep]).statistic), 3)
 
 
+def _submodule(name: str) -> bool:
+    """A ``resnets`` or ``attentions`` module: the sub-module granularity of the cost comparison."""
+    return name.split(".")[-2:-1] in (["resnets"], ["attentions"])
+
+
 def _labels(n: int) -> list[int]:
     from denoisefeat.toy.diffshapes import SHAPES, condition_label
 
@@ -80,6 +87,9 @@ def main() -> None:
     parser.add_argument("--memory-steps", default="5,10,20,40", help="comma-separated step counts")
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
+
+    import torch
+    from diffusers import UNet2DConditionModel
 
     import denoisefeat as dft
     from denoisefeat.analyses import ablation_scan
@@ -151,7 +161,7 @@ def main() -> None:
                          "backward_passes": estimated.attrs["backward_passes"]},
         }
 
-    subs = [info.name for info in list_layers(pipe) if info.name.split(".")[-2:-1] in (["resnets"], ["attentions"])]
+    subs = [info.name for info in list_layers(pipe) if _submodule(info.name)]
     scan = EditScan(pipe, RunOptions.of(run, caller="benchmark"))
     cells = [Edit(layer=layer, method=args.method, steps=[s]) for layer in subs for s in range(scan.n_steps)]
     exact_calls = scan.planned_calls(cells)
@@ -170,17 +180,22 @@ def main() -> None:
             "faster_than_blocks_exact_scan": fine_time < exact_time,
         }
     k = fine.attrs["components"] + fine.attrs["disruption_probes"]  # backward passes per step
+    with torch.device("meta"):  # SD 1.5's module names, no weights
+        sd15 = [name for name, _ in UNet2DConditionModel(**SD15_UNET).named_modules() if _submodule(name)]
+    assert [name for name, _ in pipe.unet.named_modules() if _submodule(name)] == subs
     scaling = {}
-    for steps in (10, 20, 50):  # counted, not run: the exact scan's planned calls, the estimate's formula
-        grid = EditScan(pipe, RunOptions.of({**run, "steps": steps}, caller="benchmark"))
-        planned = grid.planned_calls([Edit(layer=layer, method=args.method, steps=[s]) for layer in subs
-                                      for s in range(grid.n_steps)])
-        estimate = len(grid.chunks) * (2 * steps + 1 + 2 * steps * k)  # calls + 2 x backward passes
-        exact_step = estimate + len(grid.chunks) * steps * len(subs)  # + one call per module and step
-        scaling[steps] = {"exact_calls": planned, "first_order_equivalents": estimate,
-                          "exact_step_equivalents": exact_step,
-                          "cheaper_by_evaluations": {"first_order": round(planned / estimate, 2),
-                                                     "exact_step": round(planned / exact_step, 2)}}
+    for model, modules in (("toy", subs), ("sd15", sd15)):
+        scaling[model] = {"modules": len(modules)}
+        for steps in (10, 20, 50):  # counted, not run: the exact scan's planned calls, the estimate's formula
+            grid = EditScan(pipe, RunOptions.of({**run, "steps": steps}, caller="benchmark"))
+            planned = grid.planned_calls([Edit(layer=layer, method=args.method, steps=[s]) for layer in modules
+                                          for s in range(grid.n_steps)])  # counts names, runs nothing
+            estimate = len(grid.chunks) * (2 * steps + 1 + 2 * steps * k)  # calls + 2 x backward passes
+            exact_step = estimate + len(grid.chunks) * steps * len(modules)  # + one call per module and step
+            scaling[model][steps] = {"exact_calls": planned, "first_order_equivalents": estimate,
+                                     "exact_step_equivalents": exact_step,
+                                     "cheaper_by_evaluations": {"first_order": round(planned / estimate, 2),
+                                                                "exact_step": round(planned / exact_step, 2)}}
     result["submodules_x_steps"]["scaling_counted"] = scaling
     result["peak_rss_mib"] = round(peak_rss_mib(), 1)
 
