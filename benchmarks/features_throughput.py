@@ -114,8 +114,8 @@ def throughput(size, S, T, device, repeat):
 
 
 def analysis_vs_generation(S, steps, device, repeat):
-    from denoisefeat.features import features
     from denoisefeat.models import load_pipeline
+    from denoisefeat.step_features import features
     from denoisefeat.trajectory import trace
 
     pipe = load_pipeline("toy")
