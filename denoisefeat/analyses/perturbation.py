@@ -30,7 +30,7 @@ import torch
 from denoisefeat.analyses.ablation import resolve_features
 from denoisefeat.analyses.coarse_to_fine import STATS
 from denoisefeat.analyses.inference import float_resolution, floor_changes, t_inference
-from denoisefeat.analyses.table import benjamini_hochberg, validate
+from denoisefeat.analyses.table import benjamini_hochberg, specificity, validate
 from denoisefeat.frequency import DEFAULT_BANDS, band_energy
 from denoisefeat.metrics import compute_metrics
 from denoisefeat.models import denoiser_of
@@ -234,7 +234,7 @@ def perturbation_timing(
                              "effect": result.estimate, "ci_low": result.ci_low, "ci_high": result.ci_high,
                              "p": result.p,
                              "n": len(change), "effect_std": effect_std, "disruption": disruption,
-                             "specificity": abs(effect_std) / disruption if disruption > 0 else 0.0 * effect_std,
+                             "specificity": specificity(abs(effect_std), disruption),
                              "strength": float(strength), "noise_scale": levels[k].noise,
                              "baseline": float(np.nanmean(base[name])), "scale": scale[name]})
     frame = pd.DataFrame(rows)
